@@ -1,0 +1,23 @@
+# Every target is a one-liner over the CLI, pytest or pulumi; logic lives in trainer/ and scripts/.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo-data
+RUN    ?=
+
+.PHONY: setup demo test bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops]' && touch $(STAMP)
+
+## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
+demo: $(STAMP)
+	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer train --data $(DEMO) --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs results $(DEMO) bench.json .pytest_cache

@@ -1,0 +1,118 @@
+"""Where a run's files live: a local folder, optionally mirrored to an ``s3://`` prefix.
+
+The trainer always writes into a local folder (for an ``s3://`` run directory, a staging
+folder), atomically: a temp file in the same folder, then ``os.replace``. After each write the
+file is *published*, which for a local run directory is nothing and for an S3 one is an upload
+of the whole file, so a reader never sees half a file in either place.
+
+Example:
+    >>> run = RunDir("runs/demo")
+    >>> run.write_json("config.json", {"epochs": 50})
+    >>> run.append_line("metrics.jsonl", '{"epoch": 1}')
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+class RunDir:
+    """A run directory (DESIGN.md section 4) at a local path or an ``s3://`` prefix.
+
+    Args:
+        uri: a folder, or ``s3://bucket/prefix``.
+        staging: local folder that mirrors an S3 run directory (default: a temp folder).
+    """
+
+    def __init__(self, uri: str | os.PathLike, staging: str | os.PathLike | None = None):
+        self.uri = str(uri)
+        self.remote = None
+        if is_s3(self.uri):
+            from trainer.s3 import S3Mirror  # boto3 only where S3 is used
+
+            self.local = Path(staging or tempfile.mkdtemp(prefix="run-staging-"))
+            self.remote = S3Mirror(self.uri, self.local)
+        else:
+            self.local = Path(self.uri)
+        self.local.mkdir(parents=True, exist_ok=True)
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def path(self, name: str) -> Path:
+        return self.local / name
+
+    def exists(self, name: str) -> bool:
+        """True if the file exists here, fetching it from the remote first if there is one."""
+        if self.remote is not None and not self.path(name).exists():
+            self.remote.fetch(name)
+        return self.path(name).exists()
+
+    def publish(self, name: str) -> None:
+        """Send a finished local file to the remote, if any."""
+        if self.remote is not None:
+            self.remote.upload(name)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        atomic_write_bytes(self.path(name), data)
+        self.publish(name)
+
+    def write_text(self, name: str, text: str) -> None:
+        self.write_bytes(name, text.encode("utf-8"))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        self.write_text(name, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        return json.loads(self.path(name).read_text())
+
+    def save_torch(self, name: str, obj: Any) -> None:
+        self.write_bytes(name, torch_bytes(obj))
+
+    def append_line(self, name: str, line: str) -> None:
+        """Append one line; the file is rewritten whole so readers never see a partial line."""
+        p = self.path(name)
+        old = p.read_bytes() if p.exists() else b""
+        self.write_bytes(name, old + line.rstrip("\n").encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        """Publish whatever is still pending (the log, plots)."""
+        if self.remote is not None:
+            self.remote.flush()

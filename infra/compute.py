@@ -1,0 +1,104 @@
+"""The one EC2 CPU instance that runs the trainer's container, and the user data it boots with.
+
+User data contract (read by scripts/bootstrap.sh, run with no arguments at first boot):
+
+    #!/bin/bash
+    export AVE_BUCKET=... AVE_REGION=... AVE_REPO_URL=... AVE_LOG_GROUP=... AVE_MAX_RUN_HOURS=... AVE_IDLE_MINUTES=...
+    <the full text of scripts/bootstrap.sh>
+
+Names and numbers only: no secrets (the instance gets credentials from its role via IMDSv2).
+"""
+
+import shlex
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+
+from settings import Settings
+
+BOOTSTRAP = Path(__file__).resolve().parent.parent / "scripts" / "bootstrap.sh"
+USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data
+
+
+def user_data(cfg: Settings, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repository,
+              log_group: aws.cloudwatch.LogGroup) -> pulumi.Output[str]:
+    script = read_bootstrap()  # read now, so a missing file fails before anything is created
+    return pulumi.Output.all(bucket.bucket, repo.repository_url, log_group.name).apply(
+        lambda a: render_user_data({
+            "AVE_BUCKET": a[0],
+            "AVE_REGION": cfg.region,
+            "AVE_REPO_URL": a[1],
+            "AVE_LOG_GROUP": a[2],
+            "AVE_MAX_RUN_HOURS": cfg.max_run_hours,
+            "AVE_IDLE_MINUTES": cfg.idle_minutes,
+        }, script))
+
+
+def read_bootstrap() -> str:
+    if not BOOTSTRAP.is_file():
+        raise pulumi.RunError(
+            f"{BOOTSTRAP} is missing: the instance's user data is built from scripts/bootstrap.sh; "
+            "restore it (git checkout scripts/bootstrap.sh) and run again")
+    return BOOTSTRAP.read_text()
+
+
+def render_user_data(env: dict[str, object], script: str) -> str:
+    exports = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
+    text = f"#!/bin/bash\nexport {exports}\n{script}"
+    if len(text.encode()) > USER_DATA_LIMIT:
+        raise pulumi.RunError(f"user data is {len(text.encode())} bytes, over EC2's limit of "
+                              f"{USER_DATA_LIMIT}: shorten scripts/bootstrap.sh")
+    return text
+
+
+def instance(cfg: Settings, *, profile: aws.iam.InstanceProfile, security_group: aws.ec2.SecurityGroup,
+             user_data: pulumi.Input[str]) -> aws.ec2.Instance:
+    ami = aws.ec2.get_ami(
+        most_recent=True,
+        owners=["amazon"],
+        filters=[{"name": "name", "values": ["al2023-ami-2023.*-x86_64"]},
+                 {"name": "architecture", "values": ["x86_64"]}],
+    )
+    return aws.ec2.Instance(
+        "ave-trainer",
+        ami=ami.id,
+        instance_type=cfg.instance_type,
+        iam_instance_profile=profile.name,
+        vpc_security_group_ids=[security_group.id],
+        # The default VPC's subnet; a public address is the way out to S3, ECR and SSM
+        # (no NAT or VPC endpoints), and with no ingress rule nothing can come in.
+        associate_public_ip_address=True,
+        metadata_options={
+            "http_endpoint": "enabled",
+            "http_tokens": "required",  # IMDSv2 only
+            "http_put_response_hop_limit": 2,  # one hop more, so the container reaches it too
+        },
+        root_block_device={
+            "volume_type": "gp3",
+            "volume_size": cfg.root_volume_gb,
+            "encrypted": True,
+            "delete_on_termination": True,
+            "tags": cfg.tags,
+        },
+        # `shutdown -h now` from inside (end of run, time limit, idle) stops rather than
+        # terminates: the disk keeps the image cache, and `make deploy` starts it again.
+        instance_initiated_shutdown_behavior="stop",
+        # Spot: a persistent request that stops (not terminates) on interruption, so the run
+        # resumes from its last checkpoint when capacity returns. Changing `spot` replaces the
+        # instance. Known provider issue (terraform-provider-aws #38142): destroying a
+        # persistent spot instance may leave its spot request open; cancel it after destroy.
+        instance_market_options={
+            "market_type": "spot",
+            "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
+        } if cfg.spot else None,
+        user_data=user_data,
+        # False: a changed bootstrap script is applied by a stop/start that keeps the instance,
+        # its id and its disk, rather than a replacement. cloud-init runs user data at first
+        # boot only, so bootstrap.sh must make whatever should run on later boots persistent.
+        user_data_replace_on_change=False,
+        tags={**cfg.tags, "Name": f"{cfg.project}-{cfg.stack}"},
+        # A new Amazon Linux release would otherwise replace the instance on the next
+        # `pulumi up`; the instance keeps the image it was made with (dnf updates it).
+        opts=pulumi.ResourceOptions(ignore_changes=["ami"]),
+    )

@@ -1,0 +1,250 @@
+"""trainer/s3.py against a real moto server over HTTP, with and without injected failures."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer import s3
+from trainer.s3 import S3Error, S3Mirror, parse_s3_uri, sync_down, sync_up
+
+
+def put(client, bucket: str, key: str, data: bytes) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(client, bucket: str, prefix: str = "") -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def object_gets(proxy, bucket: str) -> int:
+    """GETs of objects (not listings) that the proxy passed on."""
+    return sum(1 for m, p, o in proxy.requests
+               if m == "GET" and p.startswith(f"/{bucket}/") and "list-type" not in p)
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    """Short waits for retries (botocore's own and ours) so failure tests stay fast."""
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    monkeypatch.setattr(s3, "retry", _fast(s3.retry))
+
+
+def _fast(retry):
+    def fast(fn, what, attempts=4, backoff=1.0, max_backoff=20.0):
+        return retry(fn, what, attempts, 0.01, 0.05)
+    return fast
+
+
+# --- URIs ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("uri, expected", [
+    ("s3://my-bucket/data/", ("my-bucket", "data/")),
+    ("s3://my-bucket/runs/r1", ("my-bucket", "runs/r1")),
+    ("s3://my.bucket-2", ("my.bucket-2", "")),
+    ("s3://abc/", ("abc", "")),
+])
+def test_parse_s3_uri(uri, expected):
+    assert parse_s3_uri(uri) == expected
+
+
+@pytest.mark.parametrize("uri", ["data/", "s3:/b/x", "s3://", "s3:///data", "s3://Bucket/x",
+                                 "s3://a/x", "s3://bad_name/x", "https://b/x", "s3://abc//x"])
+def test_parse_s3_uri_rejects_malformed(uri):
+    with pytest.raises(ValueError, match="bucket|S3 URI|prefix"):
+        parse_s3_uri(uri)
+
+
+# --- sync_down -------------------------------------------------------------------------------
+
+def test_sync_down_caches_and_follows_changes(flaky_proxy, s3_bucket, s3_client, tmp_path):
+    files = {"data/a.npz": b"a" * 100, "data/Actor_01/b.npz": b"b" * 200, "data/m.csv": b"x,y\n"}
+    for k, v in files.items():
+        put(s3_client, s3_bucket, k, v)
+    put(s3_client, s3_bucket, "data2/not-under-data.npz", b"no")
+    cache = tmp_path / "cache"
+
+    folder = sync_down(f"s3://{s3_bucket}/data", cache)
+    assert folder == cache / s3_bucket / "data"
+    assert {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in folder.rglob("*") if p.is_file() and p.name != s3.INDEX} == \
+        {k.removeprefix("data/"): v for k, v in files.items()}
+    assert object_gets(flaky_proxy, s3_bucket) == 3
+
+    sync_down(f"s3://{s3_bucket}/data/", cache)  # nothing changed: nothing downloaded
+    assert object_gets(flaky_proxy, s3_bucket) == 3
+
+    put(s3_client, s3_bucket, "data/a.npz", b"A" * 100)  # same size, new content
+    s3_client.delete_object(Bucket=s3_bucket, Key="data/m.csv")
+    sync_down(f"s3://{s3_bucket}/data/", cache)
+    assert object_gets(flaky_proxy, s3_bucket) == 4
+    assert (folder / "a.npz").read_bytes() == b"A" * 100
+    assert not (folder / "m.csv").exists()
+
+    (folder / "Actor_01" / "b.npz").write_bytes(b"tampered")  # a local edit is undone
+    sync_down(f"s3://{s3_bucket}/data/", cache)
+    assert (folder / "Actor_01" / "b.npz").read_bytes() == b"b" * 200
+    assert not [p for p in folder.rglob("*.part")]
+
+
+def test_sync_down_survives_injected_errors(flaky_proxy, s3_bucket, s3_client, tmp_path, quick):
+    files = {f"data/{i:02d}.npz": os.urandom(3000 + i) for i in range(12)}
+    for k, v in files.items():
+        put(s3_client, s3_bucket, k, v)
+    flaky_proxy.fail("503", every=4)
+    flaky_proxy.fail("drop", every=5)
+    flaky_proxy.fail("cut", methods={"GET"}, every=4)
+    folder = sync_down(f"s3://{s3_bucket}/data/", tmp_path)
+    assert flaky_proxy.failures >= 5
+    for k, v in files.items():
+        assert (folder / k.removeprefix("data/")).read_bytes() == v
+
+
+def test_sync_down_says_what_is_wrong(aws_env, s3_bucket, tmp_path, monkeypatch):
+    with pytest.raises(S3Error, match="no objects under"):
+        sync_down(f"s3://{s3_bucket}/nothing-here/", tmp_path)
+    with pytest.raises(S3Error, match="does not exist"):
+        sync_down("s3://no-such-bucket-here/data/", tmp_path)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(S3Error, match="no AWS credentials"):
+        sync_down(f"s3://{s3_bucket}/data/", tmp_path)
+
+
+# --- sync_up ---------------------------------------------------------------------------------
+
+def test_sync_up_uploads_only_what_changed(flaky_proxy, s3_bucket, s3_client, tmp_path):
+    src = tmp_path / "demo"
+    (src / "Actor_01").mkdir(parents=True)
+    (src / "a.npz").write_bytes(b"a" * 10)
+    (src / "Actor_01" / "b.npz").write_bytes(b"b" * 20)
+    (src / "big.bin").write_bytes(os.urandom(s3.CHUNK + 1000))  # multipart: ETag "md5-2"
+    uri = f"s3://{s3_bucket}/data/"
+
+    assert sync_up(src, uri)["uploaded"] == 3
+    assert keys(s3_client, s3_bucket) == {"data/a.npz", "data/Actor_01/b.npz", "data/big.bin"}
+    assert get(s3_client, s3_bucket, "data/big.bin") == (src / "big.bin").read_bytes()
+
+    puts = flaky_proxy.count("PUT")
+    assert sync_up(src, uri) == {"uploaded": 0, "skipped": 3, "bytes": 0}
+    assert flaky_proxy.count("PUT") == puts
+
+    (src / "a.npz").write_bytes(b"c" * 10)
+    assert sync_up(src, uri)["uploaded"] == 1
+    assert get(s3_client, s3_bucket, "data/a.npz") == b"c" * 10
+    assert sync_up(src, uri, only_changed=False)["uploaded"] == 3
+
+
+# --- S3Mirror --------------------------------------------------------------------------------
+
+def test_mirror_round_trip(flaky_proxy, s3_bucket, s3_client, tmp_path):
+    uri = f"s3://{s3_bucket}/runs/r1/"
+    a = tmp_path / "a"
+    (a / "checkpoints").mkdir(parents=True)
+    (a / "checkpoints" / "last.pt").write_bytes(b"weights")
+    (a / "status.json").write_text('{"state": "training"}')
+    m = S3Mirror(uri, a)
+    m.upload("checkpoints/last.pt")
+    m.upload("status.json")
+    assert get(s3_client, s3_bucket, "runs/r1/checkpoints/last.pt") == b"weights"
+    assert s3_client.head_object(Bucket=s3_bucket, Key="runs/r1/status.json")["ContentType"] == \
+        "application/json"
+
+    # flush sends only what changed since its upload: a new log, a new plot
+    (a / "train.log").write_text("line\n")
+    (a / "plots").mkdir()
+    (a / "plots" / "curves.png").write_bytes(b"png")
+    (a / ".status.json.123.tmp").write_text("half")  # a write in progress is not published
+    puts = flaky_proxy.count("PUT")
+    m.flush()
+    assert flaky_proxy.count("PUT") == puts + 2
+    m.flush()
+    assert flaky_proxy.count("PUT") == puts + 2
+    assert keys(s3_client, s3_bucket) == {f"runs/r1/{n}" for n in
+                                          ("checkpoints/last.pt", "status.json", "train.log",
+                                           "plots/curves.png")}
+
+    # another machine (a resume) fetches what is there, and nothing else
+    b = tmp_path / "b"
+    m2 = S3Mirror(uri, b)
+    assert m2.fetch("checkpoints/last.pt")
+    assert (b / "checkpoints" / "last.pt").read_bytes() == b"weights"
+    assert not m2.fetch("checkpoints/best.pt")
+    assert not (b / "checkpoints" / "best.pt").exists()
+    puts = flaky_proxy.count("PUT")
+    m2.flush()  # a fetched file is already in S3
+    assert flaky_proxy.count("PUT") == puts
+
+
+def test_mirror_loses_nothing_to_injected_errors(flaky_proxy, s3_bucket, s3_client, tmp_path,
+                                                 quick):
+    flaky_proxy.fail("503", times=3, methods={"PUT"})  # more than botocore's own 3 attempts
+    flaky_proxy.fail("503", every=4)
+    flaky_proxy.fail("drop", every=5)
+    flaky_proxy.fail("500", every=7)
+    flaky_proxy.fail("cut", methods={"GET"}, every=3)
+    m = S3Mirror(f"s3://{s3_bucket}/runs/r2/", tmp_path / "a", backoff=0.01)
+    expected = {}
+    for i in range(10):
+        name = f"checkpoints/e{i}.pt" if i % 2 else f"m{i}.json"
+        data = os.urandom(2000 + i)
+        (tmp_path / "a" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "a" / name).write_bytes(data)
+        m.upload(name)  # never raises
+        expected[name] = data
+    m.flush()
+    assert m.pending == []
+    assert flaky_proxy.failures >= 5
+    for name, data in expected.items():
+        assert get(s3_client, s3_bucket, f"runs/r2/{name}") == data
+    m2 = S3Mirror(f"s3://{s3_bucket}/runs/r2/", tmp_path / "b", backoff=0.01)
+    for name, data in expected.items():
+        assert m2.fetch(name) and (tmp_path / "b" / name).read_bytes() == data
+
+
+def test_mirror_keeps_uploads_pending_while_s3_is_down(flaky_proxy, s3_bucket, s3_client,
+                                                       tmp_path, quick):
+    local = tmp_path / "run"
+    local.mkdir()
+    m = S3Mirror(f"s3://{s3_bucket}/runs/r3/", local, attempts=2, backoff=0.01)
+    flaky_proxy.fail("500")
+    (local / "checkpoints").mkdir()
+    (local / "checkpoints" / "last.pt").write_bytes(b"epoch 1")
+    m.upload("checkpoints/last.pt")  # does not raise: training goes on
+    assert m.pending == ["checkpoints/last.pt"]
+    (local / "train.log").write_text("log\n")
+    with pytest.raises(S3Error, match="not uploaded to s3://"):
+        m.flush()
+    assert set(m.pending) == {"checkpoints/last.pt", "train.log"}
+    assert keys(s3_client, s3_bucket) == set()
+
+    flaky_proxy.heal()
+    time.sleep(0.1)  # past the quiet period after a failure
+    (local / "status.json").write_text("{}")
+    m.upload("status.json")  # the pending files go first
+    assert m.pending == []
+    assert get(s3_client, s3_bucket, "runs/r3/checkpoints/last.pt") == b"epoch 1"
+    assert keys(s3_client, s3_bucket) == {f"runs/r3/{n}" for n in
+                                          ("checkpoints/last.pt", "train.log", "status.json")}
+    m.flush()
+
+
+def test_mirror_fetch_raises_when_s3_cannot_answer(aws_env, s3_bucket, tmp_path, monkeypatch,
+                                                    quick):
+    from conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+    m = S3Mirror(f"s3://{s3_bucket}/runs/r4/", tmp_path, attempts=2, backoff=0.01)
+    with pytest.raises(S3Error, match="cannot reach S3"):
+        m.fetch("checkpoints/last.pt")  # not "there is none": a resume must not start over
+    Path(tmp_path / "x").write_text("x")
+    m.upload("x")  # but uploads still never raise
+    assert m.pending == ["x"]

@@ -1,0 +1,481 @@
+"""S3 for the trainer: a data set synced down into a cache, a folder synced up, a run directory mirrored.
+
+Only boto3, with its standard settings: the credential chain (env, AWS_PROFILE, instance role),
+AWS_ENDPOINT_URL (a local moto server in tests and in the local backend), AWS_DEFAULT_REGION,
+AWS_MAX_ATTEMPTS and AWS_RETRY_MODE.
+
+Example:
+    >>> folder = sync_down("s3://my-bucket/data/", "~/.cache/av-emotion")   # cached, only changes
+    >>> sync_up("demo-data", "s3://my-bucket/data/")                       # the operator's deploy
+    >>> mirror = S3Mirror("s3://my-bucket/runs/r1/", "/tmp/staging")        # what RunDir uses
+    >>> mirror.upload("status.json"); mirror.flush()
+
+Errors a user can act on (no credentials, missing bucket, empty prefix, S3 unreachable) are raised
+as ``S3Error`` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import os
+import random
+import re
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path, PurePosixPath
+from typing import Callable, TypeVar
+
+import boto3
+import structlog
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from tqdm import tqdm
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+INDEX = ".s3-sync-index.json"  # sidecar in a sync_down folder: rel path -> etag, size, mtime_ns
+# 8 MiB parts, as s3transfer's defaults; stated so that sync_up can predict multipart ETags.
+CHUNK = 8 * 1024 * 1024
+TRANSFER = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK)
+# S3 error codes worth another try; any 5xx and 429 are too.
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                    "RequestTimeoutException", "InternalError", "ServiceUnavailable",
+                    "RequestLimitExceeded"}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+class S3Error(RuntimeError):
+    """An S3 problem the user can act on; ``str()`` is one line."""
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")``.
+
+    The prefix is returned as written (possibly ``""``); a malformed URI raises ``ValueError``.
+
+    Example:
+        >>> parse_s3_uri("s3://my-bucket/runs/r1/")
+        ('my-bucket', 'runs/r1/')
+    """
+    uri = str(uri)
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(f"bad bucket name {bucket!r} in {uri!r} (3-63 characters: a-z 0-9 . -)")
+    if prefix.startswith("/") or "//" in prefix or any(c in prefix for c in "\n\r\t"):
+        raise ValueError(f"bad key prefix {prefix!r} in {uri!r}")
+    return bucket, prefix
+
+
+def _folder(prefix: str) -> str:
+    """A prefix as a folder: ``data`` -> ``data/`` (so ``data2/...`` is not under it)."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def client():
+    """The S3 client every function here uses: standard chain, retries and timeouts in one place.
+
+    botocore retries throttling, 5xx and connection errors itself (AWS_MAX_ATTEMPTS and
+    AWS_RETRY_MODE override the defaults below, for tests); the functions here add their own
+    backoff on top for whole operations.
+    """
+    retries = {"mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+               "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "8"))}
+    cfg = Config(retries=retries, connect_timeout=5, read_timeout=60, max_pool_connections=16)
+    # A session per client: boto3's default session is not safe to share between threads.
+    return boto3.session.Session().client("s3", config=cfg)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """boto3's upload_file raises S3UploadFailedError from the ClientError that says why."""
+    if isinstance(exc, S3UploadFailedError) and exc.__context__ is not None:
+        return exc.__context__
+    return exc
+
+
+def _transient(exc: BaseException) -> bool:
+    exc = _unwrap(exc)
+    if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
+        return True  # EndpointConnectionError, ConnectionClosedError, ReadTimeout, cut bodies
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return exc.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status >= 500 \
+            or status == 429
+    return False
+
+
+def _brief(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _explain(exc: BaseException, where: str) -> S3Error:
+    """A one-line S3Error for what went wrong at ``where`` (a URI)."""
+    exc = _unwrap(exc)
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
+        return S3Error(f"no AWS credentials for {where}: set AWS_PROFILE or AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY, or run with an instance role")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        if code == "NoSuchBucket":
+            return S3Error(f"bucket of {where} does not exist")
+        if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "ExpiredToken"):
+            return S3Error(f"access denied to {where} ({code}): check the credentials and policy")
+    if isinstance(exc, BotoConnectionError):
+        return S3Error(f"cannot reach S3 for {where}: {_brief(exc)}")
+    return S3Error(f"S3 failed for {where}: {_brief(exc)}")
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 4, backoff: float = 1.0,
+          max_backoff: float = 20.0) -> T:
+    """Call ``fn`` again on transient S3 errors, with exponential backoff and full jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if attempt >= attempts or not _transient(e):
+                raise
+            delay = random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1)))
+            log.warning("s3.retry", what=what, attempt=attempt, delay=round(delay, 2),
+                        error=_brief(e))
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith((".tmp", ".part"))
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _list(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """Objects under ``prefix`` (a folder prefix) as ``{relative key: (size, etag)}``."""
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix):]
+            parts = PurePosixPath(rel).parts
+            if not rel or rel.endswith("/") or rel == INDEX:
+                continue  # folder markers, our own sidecar
+            if ".." in parts or rel.startswith("/"):
+                log.warning("s3.unsafe_key_skipped", key=obj["Key"])
+                continue
+            out[rel] = (obj["Size"], obj["ETag"].strip('"'))
+    return out
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    """A byte progress bar on a terminal; elsewhere a disabled one (log lines say the progress)."""
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not sys.stderr.isatty())
+
+
+def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
+    """Download every object under ``uri`` into ``cache_dir/BUCKET/PREFIX/`` and return that folder.
+
+    A file already there with the same size, mtime and ETag as recorded in the folder's
+    ``.s3-sync-index.json`` is not downloaded again; a changed object is; a file that was synced
+    before but is gone from S3 is removed. Each file arrives under a temp name and is renamed.
+
+    Raises:
+        S3Error: no credentials, no such bucket, nothing under the prefix, S3 unreachable.
+
+    Example:
+        >>> sync_down("s3://my-bucket/data/", "~/.cache/av-emotion")
+        PosixPath('/home/me/.cache/av-emotion/my-bucket/data')
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _folder(prefix)
+    dest = Path(cache_dir).expanduser() / bucket / prefix
+    s3 = client()
+    try:
+        objects = retry(lambda: _list(s3, bucket, prefix), f"list {uri}")
+    except (BotoCoreError, ClientError) as e:
+        raise _explain(e, uri) from None
+    if not objects:
+        raise S3Error(f"no objects under {uri}")
+
+    dest.mkdir(parents=True, exist_ok=True)
+    index_path = dest / INDEX
+    try:
+        index = json.loads(index_path.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        index = {}
+
+    def current(rel: str) -> bool:
+        size, etag = objects[rel]
+        try:
+            st = (dest / rel).stat()
+        except OSError:
+            return False
+        return index.get(rel) == {"etag": etag, "size": size, "mtime_ns": st.st_mtime_ns} \
+            and st.st_size == size
+
+    for rel in [r for r in index if r not in objects]:  # deleted in S3: not training data now
+        (dest / rel).unlink(missing_ok=True)
+        del index[rel]
+    todo = [rel for rel in sorted(objects) if not current(rel)]
+    total = sum(objects[rel][0] for rel in todo)
+    log.info("s3.sync_down.start", uri=uri, local=str(dest), objects=len(objects),
+             to_download=len(todo), bytes=total)
+
+    def save_index() -> None:
+        _write_atomic(index_path, json.dumps({"uri": uri, "files": index}).encode())
+
+    def download(rel: str, bar: tqdm) -> None:
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{threading.get_ident()}.part"
+        try:
+            retry(lambda: s3.download_file(bucket, prefix + rel, str(tmp), Config=TRANSFER,
+                                           Callback=bar.update), f"get {rel}")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    t0 = last_log = last_save = time.monotonic()
+    done = 0
+    with _progress(total, "s3 sync") as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(download, rel, bar): rel for rel in todo}
+        try:
+            for fut in as_completed(futures):
+                rel = futures[fut]
+                try:
+                    fut.result()
+                except Exception as e:  # botocore's, or s3transfer's RetriesExceededError
+                    raise _explain(e, f"s3://{bucket}/{prefix}{rel}") from None
+                size, etag = objects[rel]
+                index[rel] = {"etag": etag, "size": size, "mtime_ns": (dest / rel).stat().st_mtime_ns}
+                done += 1
+                now = time.monotonic()
+                if bar.disable and now - last_log > 10:
+                    log.info("s3.sync_down.progress", files=f"{done}/{len(todo)}", bytes=bar.n)
+                    last_log = now
+                if now - last_save > 5:
+                    save_index()
+                    last_save = now
+        finally:
+            for fut in futures:
+                fut.cancel()
+            save_index()
+    log.info("s3.sync_down.done", uri=uri, downloaded=done, skipped=len(objects) - len(todo),
+             bytes=total, seconds=round(time.monotonic() - t0, 2))
+    return dest
+
+
+def local_etag(path: Path, chunk: int = CHUNK) -> str:
+    """The ETag S3 gives ``path`` when uploaded with ``TRANSFER``: the MD5, or for a multipart
+    upload the MD5 of the parts' MD5s and ``-N`` (not for SSE-KMS objects, whose ETag is opaque)."""
+    parts = []
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            parts.append(hashlib.md5(block).digest())
+    if len(parts) <= 1 and path.stat().st_size <= chunk:
+        return (parts[0] if parts else hashlib.md5(b"").digest()).hex()
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+
+
+def sync_up(local_dir: str | os.PathLike, uri: str, only_changed: bool = True,
+            workers: int = 8) -> dict:
+    """Upload every file under ``local_dir`` to ``uri``; with ``only_changed``, skip objects already
+    there with the same size and ETag. Nothing is deleted in S3. Returns counts.
+
+    Example:
+        >>> sync_up("demo-data", "s3://my-bucket/data/")
+        {'uploaded': 12, 'skipped': 0, 'bytes': 40960}
+    """
+    local = Path(local_dir).expanduser()
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = _folder(prefix)
+    if not local.is_dir():
+        raise FileNotFoundError(f"no folder {local} to upload")
+    files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*"))
+             if p.is_file() and p.name != INDEX and not _is_temp(p.name)}
+    s3 = client()
+    try:
+        remote = retry(lambda: _list(s3, bucket, prefix), f"list {uri}") if only_changed else {}
+    except (BotoCoreError, ClientError) as e:
+        raise _explain(e, uri) from None
+    todo = [rel for rel, p in files.items()
+            if not (rel in remote and remote[rel][0] == p.stat().st_size
+                    and remote[rel][1] == local_etag(p))]
+    total = sum(files[rel].stat().st_size for rel in todo)
+    log.info("s3.sync_up.start", local=str(local), uri=uri, files=len(files), to_upload=len(todo),
+             bytes=total)
+
+    def upload(rel: str, bar: tqdm) -> None:
+        retry(lambda: s3.upload_file(str(files[rel]), bucket, prefix + rel, Config=TRANSFER,
+                                     Callback=bar.update), f"put {rel}")
+
+    with _progress(total, "s3 upload") as bar, ThreadPoolExecutor(workers) as pool:
+        futures = {pool.submit(upload, rel, bar): rel for rel in todo}
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except Exception as e:
+                for f in futures:
+                    f.cancel()
+                raise _explain(e, f"s3://{bucket}/{prefix}{futures[fut]}") from None
+    result = {"uploaded": len(todo), "skipped": len(files) - len(todo), "bytes": total}
+    log.info("s3.sync_up.done", uri=uri, **result)
+    return result
+
+
+class S3Mirror:
+    """A local folder mirrored to an ``s3://`` prefix, one whole file (one PUT) at a time.
+
+    Uploads never raise: a file that cannot be uploaded after the retries stays pending and is
+    tried again at the next ``upload``/``flush`` (after a failure, uploads only queue for a
+    while, so an S3 outage does not stall training). ``flush`` raises ``S3Error`` if anything is
+    still pending when it is done.
+
+    Args:
+        uri: ``s3://bucket/prefix``; ``name`` maps to the key ``prefix/name``.
+        local: the local folder.
+        attempts, backoff, max_backoff: this layer's retries (on top of botocore's).
+
+    Example:
+        >>> m = S3Mirror("s3://my-bucket/runs/r1/", "/tmp/staging")
+        >>> m.fetch("checkpoints/last.pt")   # False when there is none
+        False
+    """
+
+    def __init__(self, uri: str, local: str | os.PathLike, attempts: int = 4,
+                 backoff: float = 1.0, max_backoff: float = 20.0):
+        self.uri = str(uri)
+        self.bucket, prefix = parse_s3_uri(self.uri)
+        self.prefix = _folder(prefix)
+        self.local = Path(local)
+        self.attempts, self.backoff, self.max_backoff = attempts, backoff, max_backoff
+        self._s3 = client()
+        self._lock = threading.RLock()  # the training loop and a heartbeat thread may both write
+        self._synced: dict[str, tuple[int, int]] = {}  # name -> (mtime_ns, size) last uploaded
+        self._pending: dict[str, None] = {}  # an ordered set of names to upload
+        self._failures = 0
+        self._quiet_until = 0.0
+
+    @property
+    def pending(self) -> list[str]:
+        return list(self._pending)
+
+    def _key(self, name: str) -> str:
+        return self.prefix + PurePosixPath(Path(name).as_posix()).as_posix()
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return retry(fn, what, self.attempts, self.backoff, self.max_backoff)
+
+    def _put(self, name: str) -> None:
+        path = self.local / name
+        try:
+            st = path.stat()
+            data = path.read_bytes()
+        except FileNotFoundError:
+            log.warning("s3.upload_skipped_missing", name=name)
+            return
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        self._retry(lambda: self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=data,
+                                                ContentType=ctype), f"put {name}")
+        self._synced[name] = (st.st_mtime_ns, st.st_size)
+
+    def _drain(self) -> None:
+        """Upload what is pending, oldest first; stop at the first transient failure."""
+        for name in list(self._pending):
+            try:
+                self._put(name)
+            except Exception as e:
+                self._failures += 1
+                self._quiet_until = time.monotonic() + min(60.0, self.backoff * 2 ** self._failures)
+                log.error("s3.upload_pending", uri=self.uri, name=name, pending=len(self._pending),
+                          error=_brief(e))
+                if _transient(e):
+                    return
+                continue
+            del self._pending[name]
+        if not self._pending:
+            self._failures, self._quiet_until = 0, 0.0
+
+    def upload(self, name: str) -> None:
+        """Upload ``local/name`` to ``prefix/name`` (whole); on failure keep it pending. Never raises."""
+        with self._lock:
+            self._pending.pop(name, None)
+            self._pending[name] = None
+            if time.monotonic() < self._quiet_until:
+                return
+            try:
+                self._drain()
+            except Exception as e:  # never crash training for a mirror
+                log.error("s3.upload_error", name=name, error=_brief(e))
+
+    def fetch(self, name: str) -> bool:
+        """Download ``prefix/name`` into ``local/name`` (temp name, then rename); False if absent.
+
+        Raises:
+            S3Error: S3 could not say (unreachable, no credentials, no bucket): a resume must not
+                silently start over.
+        """
+        with self._lock:
+            def get() -> bytes:
+                return self._s3.get_object(Bucket=self.bucket, Key=self._key(name))["Body"].read()
+            try:
+                data = self._retry(get, f"get {name}")
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return False
+                raise _explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
+            except BotoCoreError as e:
+                raise _explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
+            path = self.local / name
+            _write_atomic(path, data)
+            st = path.stat()
+            self._synced[name] = (st.st_mtime_ns, st.st_size)
+            self._pending.pop(name, None)
+            return True
+
+    def flush(self) -> None:
+        """Upload every local file that changed since its last upload, and whatever is pending.
+
+        Raises:
+            S3Error: files still not uploaded after the retries (they stay pending).
+        """
+        with self._lock:
+            for path in sorted(self.local.rglob("*")):
+                try:
+                    if not path.is_file() or _is_temp(path.name):
+                        continue
+                    st = path.stat()
+                except FileNotFoundError:  # a temp file renamed meanwhile
+                    continue
+                name = path.relative_to(self.local).as_posix()
+                if self._synced.get(name) != (st.st_mtime_ns, st.st_size):
+                    self._pending.setdefault(name, None)
+            self._drain()
+            if self._pending:
+                names = ", ".join(list(self._pending)[:5])
+                raise S3Error(f"{len(self._pending)} file(s) not uploaded to {self.uri} after "
+                              f"retries: {names}")

@@ -19,6 +19,8 @@ import settings
 import storage
 
 cfg = settings.load()
+bootstrap = compute.read_bootstrap()
+# (a bad config value or a missing scripts/bootstrap.sh has stopped the run by now, before anything is made)
 
 bucket = storage.bucket(cfg)
 repo = registry.repository(cfg)
@@ -29,7 +31,7 @@ instance = compute.instance(
     cfg,
     profile=profile,
     security_group=group,
-    user_data=compute.user_data(cfg, bucket=bucket, repo=repo, log_group=log_group),
+    user_data=compute.user_data(cfg, bootstrap, bucket=bucket, repo=repo, log_group=log_group),
 )
 
 pulumi.export("bucket", bucket.bucket)

@@ -21,18 +21,17 @@ BOOTSTRAP = Path(__file__).resolve().parent.parent / "scripts" / "bootstrap.sh"
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data
 
 
-def user_data(cfg: Settings, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repository,
+def user_data(cfg: Settings, script: str, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repository,
               log_group: aws.cloudwatch.LogGroup) -> pulumi.Output[str]:
-    script = read_bootstrap()  # read now, so a missing file fails before anything is created
-    return pulumi.Output.all(bucket.bucket, repo.repository_url, log_group.name).apply(
-        lambda a: render_user_data({
-            "AVE_BUCKET": a[0],
-            "AVE_REGION": cfg.region,
-            "AVE_REPO_URL": a[1],
-            "AVE_LOG_GROUP": a[2],
-            "AVE_MAX_RUN_HOURS": cfg.max_run_hours,
-            "AVE_IDLE_MINUTES": cfg.idle_minutes,
-        }, script))
+    env = pulumi.Output.all(
+        AVE_BUCKET=bucket.bucket,
+        AVE_REGION=cfg.region,
+        AVE_REPO_URL=repo.repository_url,
+        AVE_LOG_GROUP=log_group.name,
+        AVE_MAX_RUN_HOURS=cfg.max_run_hours,
+        AVE_IDLE_MINUTES=cfg.idle_minutes,
+    )
+    return env.apply(lambda values: render_user_data(values, script))
 
 
 def read_bootstrap() -> str:

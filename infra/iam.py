@@ -27,10 +27,10 @@ def instance_profile(cfg: Settings, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repo
 
     partition = aws.get_partition_output().partition
     account = aws.get_caller_identity_output().account_id
-    policy = pulumi.Output.all(bucket.arn, repo.arn, log_group.arn, partition, account).apply(
-        lambda a: json.dumps(instance_policy(
-            bucket_arn=a[0], repo_arn=a[1], log_group_arn=a[2],
-            instances_arn=f"arn:{a[3]}:ec2:{cfg.region}:{a[4]}:instance/*", tags=cfg.tags)))
+    policy = pulumi.Output.all(
+        bucket_arn=bucket.arn, repo_arn=repo.arn, log_group_arn=log_group.arn,
+        instances_arn=pulumi.Output.format("arn:{0}:ec2:{1}:{2}:instance/*", partition, cfg.region, account),
+    ).apply(lambda arns: json.dumps(instance_policy(**arns, tags=cfg.tags)))
     aws.iam.RolePolicy("ave-instance-policy", role=role.id, policy=policy)
 
     aws.iam.RolePolicyAttachment(

@@ -153,12 +153,12 @@ def deploy(tmp_path_factory):
             stand_in.write_text("#!/usr/bin/env bash\nset -euo pipefail\necho boot-time set-up\n")
             mp.setattr(compute, "BOOTSTRAP", stand_in)
         yield run_program
-    for name in INFRA_MODULES:
-        sys.modules.pop(name, None)
+        for name in INFRA_MODULES:  # before the context puts back any same-named module
+            sys.modules.pop(name, None)
 
 
-def run_program(config: dict[str, str] | None = None) -> Stack:
-    mocks = Mocks()
+def run_program(config: dict[str, str] | None = None, mocks: Mocks | None = None) -> Stack:
+    mocks = mocks or Mocks()
     monitor = Monitor(mocks)
     pulumi.runtime.reset_options()  # a fresh root stack, so no export survives from a run before
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
@@ -274,8 +274,10 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults(deploy, stack):
 
 
 def test_invalid_config_fails_before_anything_is_made(deploy):
+    mocks = Mocks()
     with pytest.raises(pulumi.RunError, match="logRetentionDays=8"):
-        deploy({"logRetentionDays": "8"})
+        deploy({"logRetentionDays": "8"}, mocks=mocks)
+    assert mocks.resources == []
 
 
 def test_region_comes_from_aws_region(deploy):
@@ -295,7 +297,7 @@ def test_the_ingress_check_catches_an_added_rule(stack):
     rule = Resource("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "ssh",
                     {"fromPort": 22, "toPort": 22, "cidrIpv4": "0.0.0.0/0"})
     opened = Stack(stack.resources + [rule], stack.calls, stack.exports)
-    assert ingress_problems(opened) == ["ssh is an ingress rule"]
+    assert "ssh is an ingress rule" in ingress_problems(opened)
 
 
 def test_egress_is_open_for_s3_ecr_and_ssm(stack):
@@ -387,8 +389,10 @@ def test_user_data_carries_the_time_limits_from_config(deploy):
 
 def test_missing_bootstrap_script_fails_with_a_clear_error(deploy, monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.import_module("compute"), "BOOTSTRAP", tmp_path / "bootstrap.sh")
+    mocks = Mocks()
     with pytest.raises(pulumi.RunError, match=r"bootstrap\.sh is missing"):
-        deploy()
+        deploy(mocks=mocks)
+    assert mocks.resources == []
 
 
 # ---- the bucket ----------------------------------------------------------------------------------
@@ -494,7 +498,7 @@ def test_the_grant_check_catches_a_wildcard(stack):
         {"Sid": "AllOfS3", "Effect": "Allow", "Action": "s3:*", "Resource": stack_arns(stack)["bucket_arn"]},
     ]
     flagged = {problem.split(":")[0] for problem in grant_problems(policy, **stack_arns(stack))}
-    assert flagged == {"AnyObject", "OtherLogs", "AllOfS3"}
+    assert flagged >= {"AnyObject", "OtherLogs", "AllOfS3"}
 
 
 def test_ssm_managed_policy_is_attached(stack):

@@ -1,0 +1,6 @@
+"""Audio-visual emotion recognition: a hybrid TCN + cross-modal attention trainer.
+
+    python -m trainer --help
+"""
+
+__version__ = "0.1.0"

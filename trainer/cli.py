@@ -1,0 +1,204 @@
+"""Command line: ``python -m trainer VERB`` (or the ``trainer`` console script).
+
+Examples:
+    python -m trainer demo-data --out demo-data
+    python -m trainer train --data demo-data --out runs/demo
+    python -m trainer train --data demo-data --out runs/lstm --model lstm --epochs 20
+    python -m trainer train --data s3://my-bucket/data/ --out s3://my-bucket/runs/r1/ --resume
+    python -m trainer evaluate --checkpoint runs/demo/checkpoints/best.pt --data held-out/
+    python -m trainer predict --checkpoint runs/demo/checkpoints/best.pt clip.npz
+
+Bad input ends with one line on stderr and exit code 1 (2 for a wrong flag); a run stopped by
+SIGTERM or Ctrl-C saves its checkpoint and exits 143 or 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import fields
+
+from trainer.config import CHOICES, TrainConfig, defaults
+
+HELP = {
+    "data": "clip feature files: a folder (searched recursively), a manifest CSV, or s3://bucket/prefix",
+    "out": "run directory: a folder or s3://bucket/prefix",
+    "model": "hybrid (TCN + cross-modal attention) or lstm (the BiLSTM baseline)",
+    "epochs": "maximum epochs",
+    "batch_size": "clips per batch",
+    "lr": "Adam learning rate",
+    "weight_decay": "Adam weight decay",
+    "patience": "early stopping: epochs without a better validation macro-F1",
+    "lr_patience": "ReduceLROnPlateau: epochs without improvement before the lr drops",
+    "lr_factor": "ReduceLROnPlateau: factor the lr is multiplied by",
+    "grad_clip": "maximum gradient norm",
+    "focal_gamma": "focal loss gamma (0 = cross-entropy)",
+    "class_weights": "inverse-frequency class weights as focal alpha",
+    "seed": "seed of the split, the initial weights and the batch order",
+    "split": "speaker: held-out speakers; random: clips at random (optimistic: speakers leak)",
+    "val_fraction": "share of speakers (or clips) for validation",
+    "test_fraction": "share of speakers (or clips) for test",
+    "modality": "both, or audio/video to zero the other modality (ablation)",
+    "bucket": "length-bucketed batches (less padding)",
+    "d_model": "hybrid model width",
+    "heads": "attention heads (hybrid)",
+    "dropout": "dropout (hybrid)",
+    "audio_fps": "audio frames per second, used only for clips without timestamps",
+    "threads": "torch threads (0 = all cores)",
+    "resume": "continue the run in --out from checkpoints/last.pt",
+    "cache_dir": "local cache for s3:// data (default ~/.cache/av-emotion)",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage plus error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = defaults()
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON settings; flags override it "
+                   "(default: none)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = d[f.name]
+        shown = default if default != "" else "none"
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{HELP[f.name]} (default: {default})")
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name),
+                       metavar=None if f.name in CHOICES else f.name.upper().split("_")[0],
+                       help=f"{HELP[f.name]} (default: {shown})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = Parser(prog="trainer", description=__doc__, formatter_class=fmt)
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    p = sub.add_parser("train", help="train a model on clip feature files", formatter_class=fmt,
+                       description="Train, validate on held-out speakers, test; writes the run "
+                       "directory.\n\nExamples:\n  python -m trainer train --data demo-data --out "
+                       "runs/demo\n  python -m trainer train --data d/ --out runs/x --resume")
+    _add_train_flags(p)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained model on other clips",
+                       formatter_class=fmt, description="Examples:\n  python -m trainer evaluate "
+                       "--checkpoint runs/demo/checkpoints/best.pt --data held-out/")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
+    p.add_argument("--data", required=True, metavar="PATH", help="folder or manifest CSV")
+    p.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here "
+                   "(default: print only)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: 32)")
+
+    p = sub.add_parser("predict", help="class probabilities per clip", formatter_class=fmt,
+                       description="Prints one JSON line per clip.\n\nExamples:\n  python -m "
+                       "trainer predict --checkpoint runs/demo/checkpoints/best.pt a.npz b.npz")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files or folders of them")
+
+    p = sub.add_parser("demo-data", help="write the built-in demo data set", formatter_class=fmt,
+                       description="Synthetic clips in the real clip format, in which only the "
+                       "two modalities together tell the emotion.\n\nExamples:\n  python -m "
+                       "trainer demo-data --out demo-data")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
+    p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    p.add_argument("--speakers", type=int, default=24, help="speakers (default: 24)")
+    p.add_argument("--clips-per-speaker", type=int, default=24, help="(default: 24)")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from trainer.config import resolve
+    from trainer.train import train
+
+    flags = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    cfg = resolve(args.config, **flags)
+    if not cfg.data or not cfg.out:
+        raise ValueError("train needs --data and --out")
+    summary = train(cfg)
+    t = summary["test"]
+    print(f"test macro-F1 {t['macro_f1']:.3f}  accuracy {t['accuracy']:.3f}  UAR {t['uar']:.3f}  "
+          f"({summary['data']['test']['clips']} clips of {len(summary['data']['test']['speakers'])}"
+          f" held-out speakers)")
+    print(f"results: {cfg.out}  (summary.json, metrics.jsonl, plots/, checkpoints/best.pt)")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from trainer.evaluate import evaluate
+    from trainer.storage import atomic_write_text
+
+    report = evaluate(args.checkpoint, args.data, args.batch_size)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    brief = {k: round(report[k], 6) for k in ("accuracy", "macro_f1", "uar")}
+    print(json.dumps(dict(brief, clips=report["data"]["clips"],
+                          skipped=len(report["data"]["skipped"]))))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from trainer.evaluate import predict
+
+    results = predict(args.checkpoint, args.inputs)
+    for r in results:
+        print(json.dumps(r))
+    return 0 if any("label" in r for r in results) else 1
+
+
+def cmd_demo_data(args) -> int:
+    from trainer.demo import make_demo_data
+
+    info = make_demo_data(args.out, args.seed, args.speakers, args.clips_per_speaker)
+    print(f"demo data: {info['clips']} clips, {info['excluded']} RAVDESS calm/surprised, "
+          f"{info['broken']} broken files in {info['path']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "demo-data": cmd_demo_data}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: reported in one line, never as a traceback."""
+    from trainer.data import DataError
+    from trainer.evaluate import CheckpointError
+
+    errors: list[type[BaseException]] = [DataError, CheckpointError, ValueError,
+                                         FileNotFoundError, PermissionError, IsADirectoryError]
+    try:
+        from trainer.s3 import S3Error
+
+        errors.append(S3Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trainer.train import Stopped
+
+    try:
+        return COMMANDS[args.verb](args)
+    except Stopped as e:
+        print(f"stopped: checkpoint saved; continue with --resume (exit {e.code})", file=sys.stderr)
+        return e.code
+    except _user_errors() as e:
+        if os.environ.get("TRAINER_DEBUG"):
+            raise
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Using a trained model: load a checkpoint, score clips, evaluate on held-out data, predict.
+
+A checkpoint carries its own normalisation statistics and label list, so clips are prepared
+exactly as in training.
+
+Example:
+    python -m trainer evaluate --checkpoint runs/demo/checkpoints/best.pt --data held-out/
+    python -m trainer predict --checkpoint runs/demo/checkpoints/best.pt clip1.npz clip2.npz
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.batching import Normalizer, collate, eval_batches
+from trainer.data import Clip, DataError, check_widths, data_stats, load_dataset, read_clip
+from trainer.metrics import classification_report
+from trainer.model import build_model
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or is not one of ours; one line for the user."""
+
+
+@dataclass
+class Trained:
+    model: torch.nn.Module
+    normalizer: Normalizer
+    labels: list[str]
+    modality: str
+    checkpoint: dict
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict, loaded without unpickling arbitrary objects."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
+    need = {"model", "model_name", "model_settings", "normalizer", "labels"}
+    if not isinstance(ckpt, dict) or need - set(ckpt):
+        raise CheckpointError(f"{path} is not a trainer checkpoint (missing "
+                              f"{', '.join(sorted(need - set(ckpt or {})))})")
+    return ckpt
+
+
+def load_trained(path: str | Path) -> Trained:
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["model_name"], **ckpt["model_settings"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    modality = ckpt.get("config", {}).get("modality", "both")
+    return Trained(model, Normalizer.from_state_dict(ckpt["normalizer"]), list(ckpt["labels"]),
+                   modality, ckpt)
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, clips: list[Clip], batch_size: int = 32,
+                  modality: str = "both") -> np.ndarray:
+    """Class probabilities (N, C) for already normalised clips, in the clips' order."""
+    model.eval()
+    lengths = [c.audio.shape[0] for c in clips]
+    out = np.zeros((len(clips), 0), dtype=np.float32)
+    for idx in eval_batches(lengths, batch_size):
+        probs = torch.softmax(model(**collate([clips[i] for i in idx], modality)), -1).numpy()
+        if out.shape[1] == 0:
+            out = np.zeros((len(clips), probs.shape[1]), dtype=np.float32)
+        out[idx] = probs
+    return out
+
+
+def score(model, clips: list[Clip], labels: list[str], batch_size: int = 32,
+          modality: str = "both") -> dict:
+    """Metrics of ``model`` on normalised ``clips`` (classification_report)."""
+    probs = predict_proba(model, clips, batch_size, modality)
+    return classification_report([c.label for c in clips], probs.argmax(1), labels)
+
+
+def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 32) -> dict:
+    """Metrics of a trained model on every usable clip under ``data``, and what was skipped."""
+    t = load_trained(checkpoint)
+    ds = load_dataset(data)
+    s = t.checkpoint["model_settings"]
+    check_widths(ds, s["audio_dim"], s["video_dim"])
+    report = score(t.model, [t.normalizer(c) for c in ds.clips], t.labels, batch_size, t.modality)
+    report["data"] = dict(data_stats(ds.clips), skipped=ds.skipped,
+                          excluded=dict(ds.excluded))
+    report["checkpoint"] = str(checkpoint)
+    return report
+
+
+def predict(checkpoint: str | Path, inputs: list[str]) -> list[dict]:
+    """Per clip: path, predicted label and probabilities, or the reason it could not be read."""
+    t = load_trained(checkpoint)
+    s = t.checkpoint["model_settings"]
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        files += sorted(p.rglob("*.npz")) if p.is_dir() else [p]
+    if not files:
+        raise DataError("no clip files given")
+    results, clips, where = [], [], []
+    for f in files:
+        got = read_clip(f) if f.exists() else "file not found"
+        if not isinstance(got, str) and (got[0].shape[1], got[1].shape[1]) != (
+                s["audio_dim"], s["video_dim"]):
+            got = f"feature widths {got[0].shape[1]}, {got[1].shape[1]}; the model takes " \
+                  f"{s['audio_dim']}, {s['video_dim']}"
+        if isinstance(got, str):
+            results.append({"path": str(f), "error": got})
+            continue
+        where.append(len(results))
+        results.append({"path": str(f)})
+        clips.append(t.normalizer(Clip(str(f), 0, "", *got)))
+    if clips:
+        probs = predict_proba(t.model, clips, modality=t.modality)
+        for i, p in zip(where, probs):
+            results[i]["label"] = t.labels[int(p.argmax())]
+            results[i]["probabilities"] = {lab: round(float(x), 6) for lab, x in zip(t.labels, p)}
+    return results

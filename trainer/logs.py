@@ -1,0 +1,51 @@
+"""Logging: structlog JSON lines in a file, readable lines on the console.
+
+Call ``setup(log_file)`` once per process; then ``structlog.get_logger().info("event", k=v)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import structlog
+
+_shared = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Console handler (colours only on a terminal) and, if given, a JSON-lines file handler."""
+    structlog.configure(
+        processors=_shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
+        foreign_pre_chain=_shared))
+    root.addHandler(console)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, encoding="utf-8")
+        fh.setFormatter(structlog.stdlib.ProcessorFormatter(
+            processor=structlog.processors.JSONRenderer(), foreign_pre_chain=_shared))
+        root.addHandler(fh)
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "urllib3", "matplotlib", "PIL", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def flush() -> None:
+    for h in logging.getLogger().handlers:
+        h.flush()

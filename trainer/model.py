@@ -1,0 +1,200 @@
+"""The hybrid audio-visual emotion model, built bottom-up.
+
+    audio (B, T_a, F_a) ─ MultiScaleConv x2 (kernels 3 | 5) ──┐
+                                                              ├─ CrossModal (a→v, v→a) ─ pool ─ classifier
+    video (B, T_v, F_v) ─ TCN (dilations 1,2,4,8) ─ SelfAttn ─┘
+
+Masks are True on real frames. Padded frames are zeroed before every convolution, masked out of
+every attention as keys and out of the pooling, so padding never changes a prediction. The two
+streams run at different frame rates; cross-modal attention gets each frame's time in seconds
+and a learned per-head penalty on time distance, so it can relate what happens at the same
+moment in both.
+
+Example:
+    >>> model = HybridModel(audio_dim=88, video_dim=512, n_classes=6)
+    >>> logits = model(**batch)  # batch from trainer.batching.collate; (B, 6)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero padded frames. x (B, T, C), mask (B, T)."""
+    return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real frames: (B, T, C) -> (B, C)."""
+    m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over real frames: (B, T, C) -> (B, C); brief events survive it, unlike the mean."""
+    return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, dropout: float, mult: int = 2):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(mult * d, d), nn.Dropout(dropout))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class MultiScaleConv(nn.Module):
+    """Convolutions of kernel 3 and 5 side by side over time, concatenated; pre-norm residual."""
+
+    def __init__(self, d: int, kernels: tuple[int, ...] = (3, 5), dropout: float = 0.1):
+        super().__init__()
+        assert d % len(kernels) == 0, "d must split evenly across the kernels"
+        self.norm = nn.LayerNorm(d)
+        self.convs = nn.ModuleList(nn.Conv1d(d, d // len(kernels), k, padding=k // 2)
+                                   for k in kernels)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        h = masked(self.norm(x), mask).transpose(1, 2)  # (B, C, T), zero padding as if alone
+        h = torch.cat([conv(h) for conv in self.convs], dim=1).transpose(1, 2)  # (B, T, C)
+        return masked(x + self.drop(F.gelu(h)), mask)
+
+
+class TemporalBlock(nn.Module):
+    """Two dilated causal convolutions with a residual (Bai et al. 2018), LayerNorm for weight_norm."""
+
+    def __init__(self, d: int, kernel: int, dilation: int, dropout: float):
+        super().__init__()
+        self.pad = (kernel - 1) * dilation  # left padding only: frame t sees t - pad .. t
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.conv1 = nn.Conv1d(d, d, kernel, dilation=dilation)
+        self.conv2 = nn.Conv1d(d, d, kernel, dilation=dilation)
+        self.drop = nn.Dropout(dropout)
+
+    def causal(self, conv, x, mask):
+        h = F.pad(masked(x, mask).transpose(1, 2), (self.pad, 0))  # (B, C, pad + T)
+        return conv(h).transpose(1, 2)  # (B, T, C)
+
+    def forward(self, x, mask):
+        h = self.drop(F.gelu(self.causal(self.conv1, self.norm1(x), mask)))
+        h = self.drop(F.gelu(self.causal(self.conv2, self.norm2(h), mask)))
+        return masked(x + h, mask)
+
+
+class TCN(nn.Module):
+    def __init__(self, d: int, levels: int = 4, kernel: int = 3, dropout: float = 0.1):
+        super().__init__()
+        self.blocks = nn.ModuleList(TemporalBlock(d, kernel, 2 ** i, dropout)
+                                    for i in range(levels))  # dilations 1, 2, 4, 8
+
+    def forward(self, x, mask):
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
+class Attention(nn.Module):
+    """Multi-head attention over scaled_dot_product_attention, with a key mask and optional bias."""
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q, self.kv, self.out = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
+
+    def forward(self, x, ctx, ctx_mask, bias=None):
+        B, Tq, C = x.shape
+        Tk, H = ctx.shape[1], self.heads
+        q = self.q(x).view(B, Tq, H, C // H).transpose(1, 2)  # (B, H, Tq, C/H)
+        k, v = self.kv(ctx).view(B, Tk, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Tk, C/H)
+        keep = ctx_mask[:, None, None, :]  # (B, 1, 1, Tk), True on real keys
+        if bias is None:
+            attn_mask = keep
+        else:  # (B, H, Tq, Tk) additive, -inf on padded keys
+            attn_mask = bias.masked_fill(~keep, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.out(y.transpose(1, 2).reshape(B, Tq, C))  # (B, Tq, C)
+
+
+class SelfAttentionBlock(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask):
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, h, mask))
+        return masked(x + self.ff(self.norm2(x)), mask)
+
+
+class CrossModalAttention(nn.Module):
+    """One stream queries the other; attention is penalised by time distance, per head.
+
+    bias[b, h, i, j] = -softplus(slope_h) * |t_query[b, i] - t_key[b, j]|  (seconds)
+    Heads start from different slopes: some look near the same moment, one nearly everywhere.
+    """
+
+    def __init__(self, d: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
+        self.drop = nn.Dropout(dropout)
+        init = torch.linspace(-4.0, 2.0, heads)  # softplus: about 0.02 .. 2.1 per second
+        self.slope = nn.Parameter(init)
+
+    def forward(self, x, x_t, x_mask, ctx, ctx_t, ctx_mask):
+        dist = (x_t[:, :, None] - ctx_t[:, None, :]).abs()  # (B, Tq, Tk)
+        bias = -F.softplus(self.slope)[None, :, None, None] * dist[:, None]  # (B, H, Tq, Tk)
+        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(ctx), ctx_mask, bias))
+        return masked(x + self.ff(self.norm_ff(x)), x_mask)
+
+
+class HybridModel(nn.Module):
+    """Multi-scale Conv1D audio, TCN + self-attention video, bidirectional cross-modal attention."""
+
+    def __init__(self, audio_dim: int, video_dim: int, n_classes: int, d_model: int = 128,
+                 heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1):
+        super().__init__()
+        self.audio_in = nn.Linear(audio_dim, d_model)
+        self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
+                                         for _ in range(audio_layers))
+        self.video_in = nn.Linear(video_dim, d_model)
+        self.tcn = TCN(d_model, tcn_levels, 3, dropout)
+        self.video_attn = SelfAttentionBlock(d_model, heads, dropout)
+        self.a2v = CrossModalAttention(d_model, heads, dropout)  # audio queries video
+        self.v2a = CrossModalAttention(d_model, heads, dropout)  # video queries audio
+        self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
+                                  nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
+
+    def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
+        a = masked(self.audio_in(audio), audio_mask)  # (B, T_a, d)
+        for conv in self.audio_convs:
+            a = conv(a, audio_mask)
+        v = masked(self.video_in(video), video_mask)  # (B, T_v, d)
+        v = self.video_attn(self.tcn(v, video_mask), video_mask)
+        a2 = self.a2v(a, audio_t, audio_mask, v, video_t, video_mask)  # (B, T_a, d)
+        v2 = self.v2a(v, video_t, video_mask, a, audio_t, audio_mask)  # (B, T_v, d)
+        pooled = torch.cat([masked_mean(a2, audio_mask), masked_max(a2, audio_mask),
+                            masked_mean(v2, video_mask), masked_max(v2, video_mask)], -1)
+        return self.head(pooled)  # (B, 4d) -> (B, n_classes)
+
+
+def build_model(name: str, **settings) -> nn.Module:
+    """A model from its name and settings (as stored in a checkpoint)."""
+    from trainer.baseline import LSTMBaseline
+
+    models = {"hybrid": HybridModel, "lstm": LSTMBaseline}
+    if name not in models:
+        raise ValueError(f"unknown model {name!r}: choose from {', '.join(models)}")
+    return models[name](**settings)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,419 @@
+"""The training recipe: data -> split -> normalise -> train with early stopping -> test.
+
+    python -m trainer train --data demo-data --out runs/demo
+    python -m trainer train --data s3://bucket/data/ --out s3://bucket/runs/r1/ --resume
+
+One class with ``setup``, ``train``, ``save_checkpoint`` and ``cleanup`` (after torchtune's
+recipes); the loop itself is written out plainly. Every epoch writes ``checkpoints/last.pt``
+(and ``best.pt`` when validation macro-F1 improves) with everything needed to resume, including
+the position inside an epoch: SIGTERM or Ctrl-C saves at the next batch boundary, so a resumed
+run ends with the same metrics as one never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import psutil
+import structlog
+import torch
+
+from trainer import logs, plots
+from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
+from trainer.config import TrainConfig, model_settings
+from trainer.data import LABELS, DataError, data_stats, load_dataset
+from trainer.evaluate import read_checkpoint, score
+from trainer.losses import focal_loss, inverse_frequency_weights
+from trainer.model import build_model, count_parameters
+from trainer.splits import make_split
+from trainer.storage import RunDir, is_s3
+
+log = structlog.get_logger()
+
+EXIT_STOPPED = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number
+HEARTBEAT_SECONDS = 15  # status.json is rewritten at least this often (contract: 30 s)
+LOG_PUBLISH_SECONDS = 60
+
+
+class Stopped(Exception):
+    """Raised after a stop signal once the checkpoint is saved; carries the exit code."""
+
+    def __init__(self, code: int):
+        super().__init__(f"stopped by signal, exit code {code}")
+        self.code = code
+
+
+def progress_bar(iterable, total: int | None = None, desc: str = ""):
+    """tqdm on a terminal; the iterable itself otherwise (log lines carry the progress)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return iterable
+
+
+def resolve_data(uri: str, cache_dir: str) -> Path:
+    """A local folder (or manifest) for ``uri``; an s3:// prefix is synced into the cache."""
+    if is_s3(uri):
+        from trainer.s3 import sync_down
+
+        cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion")
+        return sync_down(uri, cache)
+    return Path(uri)
+
+
+class Status:
+    """status.json: the state the loop reports, rewritten by a heartbeat thread."""
+
+    def __init__(self, run: RunDir, epochs_max: int):
+        self.run, self.lock = run, threading.Lock()
+        self.state = {"state": "starting", "epoch": 0, "epochs_max": epochs_max, "best": None,
+                      "eta_seconds": None, "eta_early_stop_seconds": None, "pid": os.getpid()}
+        self.proc = psutil.Process()
+        self.proc.cpu_percent(None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._last_log_publish = time.monotonic()
+
+    def update(self, **kw) -> None:
+        with self.lock:
+            self.state.update(kw)
+        self.write()
+
+    def resources(self) -> dict:
+        mem = self.proc.memory_info()
+        disk = psutil.disk_usage(str(self.run.local))
+        return {"cpu_percent": self.proc.cpu_percent(None), "rss_mb": round(mem.rss / 2**20, 1),
+                "system_memory_percent": psutil.virtual_memory().percent,
+                "disk_free_gb": round(disk.free / 2**30, 2), "threads": torch.get_num_threads()}
+
+    def write(self) -> None:
+        with self.lock:
+            doc = dict(self.state, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       resources=self.resources())
+        try:
+            self.run.write_json("status.json", doc)
+        except Exception as e:  # a heartbeat must never kill the run
+            log.warning("status_write_failed", error=str(e)[:200])
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.write()
+            if time.monotonic() - self._last_log_publish >= LOG_PUBLISH_SECONDS:
+                self._last_log_publish = time.monotonic()
+                logs.flush()
+                try:
+                    self.run.publish("train.log")
+                except Exception as e:
+                    log.warning("log_publish_failed", error=str(e)[:200])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Training:
+    """One training run. ``Training(cfg).run()`` returns the summary dict."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.run_dir = RunDir(cfg.out)
+        self.stop_signal: int | None = None
+        self.t0 = time.time()
+
+    # ----------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        cfg, run = self.cfg, self.run_dir
+        logs.setup(run.path("train.log"))
+        has_ckpt = run.exists("checkpoints/last.pt")
+        if cfg.resume and not has_ckpt:
+            raise DataError(f"--resume: no checkpoint at {run}/checkpoints/last.pt")
+        if not cfg.resume and has_ckpt:
+            raise DataError(f"{run} already holds a run; pass --resume to continue it, or "
+                            "choose another --out")
+        self.status = Status(run, cfg.epochs)
+        self.status.start()
+        self.status.update(state="starting")
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        log.info("config", **asdict(cfg))
+        if cfg.split == "random":
+            log.warning("random_split", message="speakers leak between splits: results will be "
+                        "optimistic (typically 20 to 45 points); use --split speaker for real "
+                        "figures")
+
+        self.ckpt = read_checkpoint(run.path("checkpoints/last.pt")) if cfg.resume else None
+        data_path = resolve_data(cfg.data, cfg.cache_dir)
+        ds = load_dataset(data_path, cfg.audio_fps,
+                          progress=lambda it: progress_bar(it, desc="loading clips"))
+        self.dataset = ds
+        log.info("data", clips=len(ds.clips), skipped=len(ds.skipped),
+                 excluded=dict(ds.excluded), audio_dim=ds.audio_dim, video_dim=ds.video_dim)
+        for s in ds.skipped:
+            log.warning("clip_skipped", path=s["path"], reason=s["reason"])
+
+        split = make_split(ds.clips, cfg.split, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        if self.ckpt is not None and self.ckpt.get("split") != {
+                k: [ds.clips[i].path for i in v] for k, v in split.items()}:
+            raise DataError("--resume: the data set differs from the one this run started on")
+        self.split = split
+        if not split["train"] or not split["val"] or not split["test"]:
+            raise DataError(f"too few clips or speakers to split: "
+                            f"{ {k: len(v) for k, v in split.items()} }")
+        clips = {k: [ds.clips[i] for i in v] for k, v in split.items()}
+        self.normalizer = (Normalizer.from_state_dict(self.ckpt["normalizer"]) if self.ckpt
+                           else Normalizer.fit(clips["train"]))
+        self.clips = {k: [self.normalizer(c) for c in v] for k, v in clips.items()}
+        self.lengths = [c.audio.shape[0] for c in self.clips["train"]]
+        if not self.ckpt:
+            run.write_json("config.json", asdict(cfg))
+            lines = ["path,label,speaker,split"] + [f"{c.path},{LABELS[c.label]},{c.speaker},{k}"
+                                                   for k, v in clips.items() for c in v]
+            run.write_text("splits.csv", "\n".join(lines) + "\n")
+
+        torch.manual_seed(cfg.seed)
+        self.settings = model_settings(cfg, ds.audio_dim, ds.video_dim, len(LABELS))
+        self.model = build_model(cfg.model, **self.settings)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                    weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.alpha = (inverse_frequency_weights([c.label for c in self.clips["train"]], len(LABELS))
+                      if cfg.class_weights else None)
+        # Loop state; a resumed run takes all of it from the checkpoint.
+        self.epoch, self.step = 0, 0  # completed epochs; batches done in the current epoch
+        self.partial = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+        self.best, self.best_epoch, self.since_best = -1.0, 0, 0
+        self.best_state = None
+        self.history: list[dict] = []
+        if self.ckpt:
+            self._restore(self.ckpt)
+        log.info("model", name=cfg.model, parameters=count_parameters(self.model),
+                 **{f"{k}_clips": len(v) for k, v in self.clips.items()},
+                 **{f"{k}_speakers": len({c.speaker for c in v}) for k, v in self.clips.items()},
+                 resumed_at_epoch=self.epoch if self.ckpt else None)
+
+    def _restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.epoch, self.step = ckpt["epoch"], ckpt["step"]
+        self.partial = dict(ckpt["partial"])
+        self.best, self.best_epoch, self.since_best = (ckpt["best"], ckpt["best_epoch"],
+                                                       ckpt["since_best"])
+        self.history = [dict(h) for h in ckpt["history"]]
+        if self.run_dir.exists("checkpoints/best.pt"):
+            self.best_state = read_checkpoint(self.run_dir.path("checkpoints/best.pt"))["model"]
+        # metrics.jsonl is rewritten from the checkpoint: it holds exactly the epochs done.
+        self.run_dir.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n"
+                                                         for h in self.history))
+
+    # ---------------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(), "model_name": self.cfg.model,
+            "model_settings": self.settings, "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "rng": {"torch": torch.get_rng_state()},
+            "epoch": self.epoch, "step": self.step, "partial": dict(self.partial),
+            "best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best,
+            "history": self.history, "normalizer": self.normalizer.state_dict(),
+            "labels": list(LABELS), "config": asdict(self.cfg),
+            "split": {k: [self.dataset.clips[i].path for i in v] for k, v in self.split.items()},
+            "versions": versions(),
+        }
+
+    def save_checkpoint(self, best: bool = False) -> None:
+        state = self.state()
+        self.run_dir.save_torch("checkpoints/last.pt", state)
+        if best:
+            self.run_dir.save_torch("checkpoints/best.pt", state)
+
+    # --------------------------------------------------------------------------- train
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, last.pt is already safe
+            raise SystemExit(EXIT_STOPPED.get(signal.Signals(signum), 1))
+        self.stop_signal = signum
+        log.warning("stop_requested", signal=signal.Signals(signum).name,
+                    message="saving a checkpoint at the next batch")
+
+    def train_epoch(self) -> dict:
+        cfg, model = self.cfg, self.model
+        batches = bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket)
+        model.train()
+        t_start = time.perf_counter() - self.partial["seconds"]
+        bar = progress_bar(range(self.step, len(batches)), total=len(batches),
+                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}")
+        if hasattr(bar, "update"):
+            bar.update(self.step)
+        last_log = time.monotonic()
+        for b in bar:
+            batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
+            loss = focal_loss(model(**batch), batch["label"], self.alpha, cfg.focal_gamma)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            n = len(batches[b])
+            self.partial["loss_sum"] += loss.item() * n
+            self.partial["n"] += n
+            self.step = b + 1
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{self.partial['loss_sum'] / self.partial['n']:.4f}")
+            elif time.monotonic() - last_log > 30:
+                last_log = time.monotonic()
+                log.info("progress", epoch=self.epoch + 1, batch=self.step, batches=len(batches))
+            if self.stop_signal is not None:
+                self.partial["seconds"] = time.perf_counter() - t_start
+                self.save_checkpoint()
+                raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal), 1))
+        seconds = time.perf_counter() - t_start
+        out = {"train_loss": self.partial["loss_sum"] / max(self.partial["n"], 1),
+               "epoch_seconds": round(seconds, 3),
+               "samples_per_second": round(self.partial["n"] / max(seconds, 1e-9), 2),
+               "padding_efficiency": round(padding_efficiency(batches, self.lengths), 4)}
+        self.step, self.partial = 0, {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
+        return out
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        from trainer.batching import eval_batches
+
+        self.model.eval()
+        clips, total = self.clips["val"], 0.0
+        for idx in eval_batches([c.audio.shape[0] for c in clips], self.cfg.batch_size):
+            batch = collate([clips[i] for i in idx], self.cfg.modality)
+            total += focal_loss(self.model(**batch), batch["label"], self.alpha,
+                                self.cfg.focal_gamma).item() * len(idx)
+        return total / len(clips)
+
+    def train(self) -> None:
+        cfg = self.cfg
+        self.status.update(state="training", epoch=self.epoch)
+        while self.epoch < cfg.epochs and self.since_best < cfg.patience:
+            ep = self.train_epoch()
+            val = score(self.model, self.clips["val"], LABELS, cfg.batch_size, cfg.modality)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "train_loss": round(ep["train_loss"], 6),
+                   "val_loss": round(self.val_loss(), 6),
+                   "val_accuracy": round(val["accuracy"], 6),
+                   "val_macro_f1": round(val["macro_f1"], 6), "val_uar": round(val["uar"], 6),
+                   "lr": self.opt.param_groups[0]["lr"], **ep}
+            self.sched.step(val["macro_f1"])
+            improved = val["macro_f1"] > self.best
+            if improved:
+                self.best, self.best_epoch, self.since_best = val["macro_f1"], self.epoch, 0
+                self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+            else:
+                self.since_best += 1
+            self.history.append(row)
+            self.save_checkpoint(best=improved)
+            self.run_dir.append_line("metrics.jsonl", json.dumps(row))
+            log.info("epoch", **row, best=round(self.best, 4), best_epoch=self.best_epoch)
+            self.status.update(state="training", epoch=self.epoch, best=round(self.best, 6),
+                               best_epoch=self.best_epoch, **self.eta())
+            if self.stop_signal is not None:
+                raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal), 1))
+        if self.since_best >= cfg.patience:
+            log.info("early_stop", epoch=self.epoch, best_epoch=self.best_epoch)
+
+    def eta(self) -> dict:
+        """Seconds to the epoch cap, and to the earliest early stop, from recent epoch times."""
+        recent = [h["epoch_seconds"] for h in self.history[-5:]] or [0.0]
+        per_epoch = float(np.mean(recent))
+        left = self.cfg.epochs - self.epoch
+        return {"eta_seconds": round(per_epoch * left, 1),
+                "eta_early_stop_seconds": round(per_epoch * min(
+                    left, self.cfg.patience - self.since_best), 1)}
+
+    # ---------------------------------------------------------------------- test, summary
+    def finish(self) -> dict:
+        cfg, run = self.cfg, self.run_dir
+        self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        test = score(self.model, self.clips["test"], LABELS, cfg.batch_size, cfg.modality)
+        ds = self.dataset
+        summary = {
+            "test": test,
+            "validation": {"best_macro_f1": self.best, "best_epoch": self.best_epoch},
+            "model": {"name": cfg.model, "parameters": count_parameters(self.model),
+                      "settings": self.settings},
+            "data": {
+                "source": cfg.data, "split": cfg.split,
+                **{k: data_stats([ds.clips[i] for i in v]) for k, v in self.split.items()},
+                "skipped": ds.skipped, "excluded": dict(ds.excluded),
+                "audio_dim": ds.audio_dim, "video_dim": ds.video_dim,
+            },
+            "epochs": self.epoch, "stopped_early": self.since_best >= cfg.patience,
+            "timings": {"total_seconds": round(time.time() - self.t0, 2),
+                        "train_seconds": round(sum(h["epoch_seconds"] for h in self.history), 2),
+                        "mean_epoch_seconds": round(float(np.mean(
+                            [h["epoch_seconds"] for h in self.history])), 3)},
+            "versions": versions(),
+        }
+        run.write_json("summary.json", summary)
+        run.write_bytes("plots/learning_curves.png", plots.learning_curves(self.history))
+        run.write_bytes("plots/confusion_matrix.png",
+                        plots.confusion(test["confusion_matrix"], LABELS))
+        log.info("test", accuracy=round(test["accuracy"], 4), macro_f1=round(test["macro_f1"], 4),
+                 uar=round(test["uar"], 4), best_epoch=self.best_epoch)
+        self.status.update(state="done", epoch=self.epoch, eta_seconds=0,
+                           eta_early_stop_seconds=0, test_macro_f1=round(test["macro_f1"], 6))
+        return summary
+
+    def cleanup(self, state: str | None = None) -> None:
+        status = getattr(self, "status", None)
+        if status is not None:
+            status.stop()
+            if state:
+                status.update(state=state)
+        logs.flush()
+        self.run_dir.close()
+
+    def run(self) -> dict:
+        """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""
+        old = {s: signal.signal(s, self._on_signal) for s in EXIT_STOPPED}
+        try:
+            self.setup()
+            self.train()
+            summary = self.finish()
+        except Stopped:
+            log.warning("stopped", epoch=self.epoch, step=self.step,
+                        checkpoint=f"{self.run_dir}/checkpoints/last.pt")
+            self.cleanup("stopped")
+            raise
+        except BaseException as e:
+            if not isinstance(e, DataError) or hasattr(self, "status"):
+                log.error("failed", error=f"{type(e).__name__}: {e}"[:500])
+            self.cleanup("failed")
+            raise
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.cleanup()
+        return summary
+
+
+def versions() -> dict:
+    from trainer import __version__
+
+    return {"trainer": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__,
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training to the end; the summary dict (also in summary.json)."""
+    return Training(cfg).run()
+

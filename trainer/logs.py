@@ -31,6 +31,7 @@ def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> None
         root.removeHandler(h)
         h.close()
     console = logging.StreamHandler(sys.stderr)
+    console.addFilter(_not_file_only)
     console.setFormatter(structlog.stdlib.ProcessorFormatter(
         processor=structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
         foreign_pre_chain=_shared))
@@ -44,6 +45,11 @@ def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> None
     root.setLevel(level)
     for noisy in ("botocore", "boto3", "urllib3", "matplotlib", "PIL", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    """Events logged with ``file_only=True`` (the CLI already told the user) skip the console."""
+    return not (isinstance(record.msg, dict) and record.msg.get("file_only"))
 
 
 def flush() -> None:

@@ -394,8 +394,9 @@ class Training:
             self.cleanup("stopped")
             raise
         except BaseException as e:
-            if not isinstance(e, DataError) or hasattr(self, "status"):
-                log.error("failed", error=f"{type(e).__name__}: {e}"[:500])
+            # The CLI prints bad input as one line; the log file keeps the record either way.
+            log.error("failed", error=f"{type(e).__name__}: {e}"[:500],
+                      file_only=isinstance(e, (DataError, ValueError)))
             self.cleanup("failed")
             raise
         finally:
@@ -409,7 +410,7 @@ def versions() -> dict:
     from trainer import __version__
 
     return {"trainer": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "numpy": np.__version__,
+            "torch": str(torch.__version__), "numpy": str(np.__version__),
             "machine": platform.machine(), "cpus": os.cpu_count()}
 
 

@@ -1,0 +1,59 @@
+"""Both models: output shapes, and padding never changes a prediction."""
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.batching import collate
+from trainer.data import Clip
+from trainer.model import HybridModel, build_model
+
+
+def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
+    rng = np.random.default_rng(seed)
+    return Clip("x", label, "s", rng.normal(size=(t_a, f_a)).astype(np.float32),
+                rng.normal(size=(t_v, f_v)).astype(np.float32),
+                ((np.arange(t_a) + 0.5) / 100).astype(np.float32),
+                ((np.arange(t_v) + 0.5) / 30).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ["hybrid", "lstm"])
+def test_padding_never_changes_a_prediction(name):
+    torch.manual_seed(0)
+    model = build_model(name, audio_dim=20, video_dim=30, n_classes=6).eval()
+    short = [clip(37, 11, 1), clip(5, 2, 2), clip(1, 1, 3)]
+    longer = [clip(150, 45, 4), clip(90, 30, 5)]
+    with torch.no_grad():
+        for i, c in enumerate(short):
+            alone = model(**collate([c]))[0]
+            batched = model(**collate(longer + short))[len(longer) + i]
+            torch.testing.assert_close(alone, batched, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["hybrid", "lstm"])
+def test_logits_shape_and_gradients_reach_both_branches(name):
+    torch.manual_seed(0)
+    model = build_model(name, audio_dim=20, video_dim=30, n_classes=6).train()
+    batch = collate([clip(40, 12, s) for s in range(4)])
+    logits = model(**batch)
+    assert logits.shape == (4, 6)
+    logits.sum().backward()
+    audio_first = next(p for n, p in model.named_parameters() if n.startswith("audio"))
+    video_first = next(p for n, p in model.named_parameters() if n.startswith("video"))
+    assert audio_first.grad.abs().sum() > 0 and video_first.grad.abs().sum() > 0
+
+
+def test_cross_modal_attention_uses_time():
+    """Moving the video frames in time (same content) changes what audio attends to."""
+    torch.manual_seed(0)
+    model = HybridModel(audio_dim=20, video_dim=30, n_classes=6).eval()
+    b = collate([clip(60, 18, 0)])
+    with torch.no_grad():
+        base = model(**b)
+        shifted = model(**dict(b, video_t=b["video_t"] + 0.4))
+    assert not torch.allclose(base, shifted, atol=1e-4)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'gru'.*hybrid, lstm"):
+        build_model("gru", audio_dim=2, video_dim=2, n_classes=6)

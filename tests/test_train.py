@@ -1,0 +1,155 @@
+"""Training end to end: the run directory, resume, stop signals, evaluate (slow: real runs)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from util import FAST, read_jsonl, tiny_demo
+
+from trainer.cli import main
+from trainer.evaluate import read_checkpoint
+
+pytestmark = pytest.mark.slow
+TIMING = {"epoch_seconds", "samples_per_second"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return tiny_demo(tmp_path_factory.mktemp("demo"))
+
+
+def train(data, out, *extra):
+    return main(["train", "--data", str(data), "--out", str(out), *FAST, *extra])
+
+
+def without_timing(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_run_directory_is_complete(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(demo, out, "--epochs", "2") == 0
+    assert "test macro-F1" in capsys.readouterr().out
+    for name in ("config.json", "metrics.jsonl", "status.json", "splits.csv", "summary.json",
+                 "train.log", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "plots/learning_curves.png", "plots/confusion_matrix.png"):
+        assert (out / name).is_file(), name
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "val_uar", "lr",
+            "epoch_seconds", "samples_per_second"} <= set(rows[0])
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "done" and status["epoch"] == 2 and "updated_at" in status
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"accuracy", "macro_f1", "uar", "per_class", "confusion_matrix"} <= set(summary["test"])
+    # The demo's broken files and calm/surprised clips are accounted for, not dropped.
+    assert len(summary["data"]["skipped"]) == 5
+    assert summary["data"]["excluded"] == {"calm": 3, "surprised": 3}
+    speakers = [set(summary["data"][k]["speakers"]) for k in ("train", "val", "test")]
+    assert not (speakers[0] & speakers[1]) and not (speakers[0] & speakers[2])
+    log_lines = [json.loads(x) for x in (out / "train.log").read_text().splitlines()]
+    assert {"epoch", "test"} <= {x["event"] for x in log_lines}
+    ckpt = read_checkpoint(out / "checkpoints/last.pt")  # a dict of state, no pickled module
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "best", "normalizer",
+            "labels", "model_settings", "config"} <= set(ckpt)
+
+
+def test_existing_run_is_not_overwritten_without_resume(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(demo, out, "--epochs", "1") == 0
+    assert train(demo, out, "--epochs", "1") == 1
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(demo, tmp_path):
+    assert train(demo, tmp_path / "full", "--epochs", "4") == 0
+    assert train(demo, tmp_path / "part", "--epochs", "2") == 0
+    assert train(demo, tmp_path / "part", "--epochs", "4", "--resume") == 0
+    full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
+    part = read_jsonl(tmp_path / "part" / "metrics.jsonl")
+    assert without_timing(part) == without_timing(full)
+    s_full = json.loads((tmp_path / "full" / "summary.json").read_text())["test"]
+    s_part = json.loads((tmp_path / "part" / "summary.json").read_text())["test"]
+    assert s_part == s_full
+
+
+def test_lstm_baseline_trains(demo, tmp_path):
+    assert train(demo, tmp_path / "lstm", "--epochs", "1", "--model", "lstm") == 0
+    assert read_checkpoint(tmp_path / "lstm/checkpoints/best.pt")["model_name"] == "lstm"
+
+
+def run_cli(*args, **kw):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "trainer", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def wait_for(pred, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_saves_a_loadable_checkpoint_and_resume_matches(demo, tmp_path, sig, code):
+    args = ["--data", str(demo), *FAST, "--epochs", "3", "--batch-size", "4"]
+    out = tmp_path / "stopped"
+    proc = run_cli("train", "--out", str(out), *args)
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().strip())
+    proc.send_signal(sig)  # mid-epoch 2, most likely
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1
+
+    resumed = run_cli("train", "--out", str(out), *args, "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert train(demo, tmp_path / "straight", "--epochs", "3", "--batch-size", "4") == 0
+    assert without_timing(read_jsonl(metrics)) == without_timing(
+        read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
+
+
+def test_evaluate_reproduces_the_test_metrics_of_the_summary(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(demo, out, "--epochs", "2") == 0
+    held_out = tmp_path / "held-out"
+    for line in (out / "splits.csv").read_text().splitlines()[1:]:
+        path, _, _, split = line.split(",")
+        if split == "test":
+            (held_out / path).parent.mkdir(parents=True, exist_ok=True)
+            (held_out / path).write_bytes((Path(demo) / path).read_bytes())
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoints/best.pt"),
+                 "--data", str(held_out), "--out", str(tmp_path / "eval.json")]) == 0
+    report = json.loads((tmp_path / "eval.json").read_text())
+    test = json.loads((out / "summary.json").read_text())["test"]
+    for key in ("accuracy", "macro_f1", "uar", "confusion_matrix", "per_class"):
+        assert report[key] == test[key], key
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["macro_f1"] == round(test["macro_f1"], 6)
+
+
+def test_predict_gives_probabilities_per_clip(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(demo, out, "--epochs", "1") == 0
+    capsys.readouterr()
+    clip = next(Path(demo).glob("1001_*.npz"))
+    assert main(["predict", "--checkpoint", str(out / "checkpoints/best.pt"), str(clip),
+                 str(Path(demo) / "broken" / "1091_DFA_ANG_XX.npz")]) == 0
+    good, bad = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert good["label"] in good["probabilities"]
+    assert abs(sum(good["probabilities"].values()) - 1) < 1e-4
+    assert "unreadable" in bad["error"]

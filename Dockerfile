@@ -1,0 +1,84 @@
+# The trainer's image: Python 3.11, CPU-only PyTorch and the `trainer` package; no CUDA, no
+# TensorFlow. Entry point: `python -m trainer VERB`, run as a non-root user.
+#
+# Build in the real world (Docker Hub and download.pytorch.org reachable): no wheels/ folder in
+# the context, so torch comes from the PyTorch CPU index, at the version pyproject.toml pins.
+#   docker build -t av-emotion-trainer .
+#
+# Build here (DESIGN.md section 6: no registry; `bash scripts/docker-engine.sh` starts the engine
+# and makes the base image under the tag FROM names; the engine has no bridge, so --network host).
+# The CPU wheel on disk goes into a wheels/ folder of the build context, and is used instead of
+# the index (tests/test_image.py builds from a temporary context laid out like that):
+#   mkdir -p wheels && cp /opt/wheels/torch-2.13.0+cpu-*.whl wheels/
+#   docker build --network host -t av-emotion-trainer .
+# The engine here (Debian's 20.10) builds with the classic builder; BuildKit works as well.
+#
+# Run (the data and run directory may be local paths inside the container or s3:// prefixes):
+#   docker run --rm av-emotion-trainer train --help
+#   docker run --rm --network host av-emotion-trainer demo-data --out /tmp/d
+
+# Few steps after the venv exists, on purpose: with the vfs storage driver used here every step
+# copies the whole file system (about 45 s per step once torch is in), so the venv is made in one
+# RUN, the package is installed in a small stage of its own, and the final stage sets its
+# metadata before its one big COPY. A change to the code rebuilds the package stage and that COPY.
+
+# --- package: the trainer package and its metadata in /opt/app (on PYTHONPATH in the image) ---
+FROM python:3.11-slim-bookworm AS package
+COPY pyproject.toml README.m[d] /src/
+COPY trainer /src/trainer
+# README.m[d]: pyproject names it; a build without it still works. bin/ would hold a console
+# script for this stage's python; the image runs `python -m trainer` instead.
+RUN python3 -m venv /tmp/pip \
+    && /tmp/pip/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --target /opt/app /src \
+    && rm -rf /opt/app/bin /tmp/pip
+
+# --- deps: a venv at /opt/venv with CPU torch and the dependencies pyproject.toml lists --------
+# Both this stage and the final one use one base, so the venv's python symlink points at the
+# same interpreter (/usr/local/bin/python3 in the official image, /usr/bin/python3 in the one
+# made here). `wheel[s]` copies the folder's files when it exists and nothing otherwise. torch
+# comes from the local wheel or the CPU index, never from PyPI (whose Linux torch is the CUDA
+# build). Then what training never uses is removed: C++ headers, C++ test binaries and protoc
+# (about 180 MB).
+FROM python:3.11-slim-bookworm AS deps
+# Where torch comes from when the context has no wheels/torch-*+cpu-*.whl.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+COPY pyproject.toml wheel[s] /tmp/deps/
+RUN set -eu; \
+    python3 -m venv /opt/venv; \
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120; \
+    /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/deps/requirements.txt; \
+    wheel="$(find /tmp/deps -maxdepth 1 -name 'torch-*+cpu-*.whl' -print -quit)"; \
+    if [ -n "$wheel" ]; then \
+        echo "torch: local wheel $wheel"; \
+        /opt/venv/bin/pip install --no-cache-dir "$wheel" -r /tmp/deps/requirements.txt; \
+    else \
+        torch_req="$(grep -E '^torch([=<>!~ ]|$)' /tmp/deps/requirements.txt)"; \
+        echo "torch: $torch_req from $TORCH_INDEX_URL"; \
+        /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "$torch_req"; \
+        /opt/venv/bin/pip install --no-cache-dir -r /tmp/deps/requirements.txt; \
+    fi; \
+    /opt/venv/bin/python -c 'import torch; assert torch.version.cuda is None, torch.version.cuda'; \
+    site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
+    rm -rf "$site/torch/include" "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_* \
+        "$site"/torch/bin/protoc* /tmp/deps
+
+# --- final: the venv and the package on a clean base, a non-root user -------------------------
+FROM python:3.11-slim-bookworm
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/opt/app \
+    PATH=/opt/venv/bin:$PATH \
+    LANG=C.UTF-8 \
+    MPLBACKEND=Agg
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin trainer
+# Numeric, so that a runtime can tell it is not root without reading /etc/passwd.
+USER 10001:10001
+WORKDIR /home/trainer
+# No HEALTHCHECK: a run is a batch job, and its heartbeat is status.json in the run directory.
+# SIGTERM (docker stop) reaches the trainer directly: it saves a checkpoint and exits 143.
+ENTRYPOINT ["/opt/venv/bin/python", "-m", "trainer"]
+CMD ["--help"]
+# Owned by root (COPY ignores USER): the user runs them but cannot change them. The package
+# before the venv: it is small, so the big COPY is the only step after it.
+COPY --from=package /opt/app /opt/app
+COPY --from=deps /opt/venv /opt/venv

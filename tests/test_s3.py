@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer import s3
 from trainer.s3 import S3Error, S3Mirror, parse_s3_uri, sync_down, sync_up
@@ -248,3 +254,125 @@ def test_mirror_fetch_raises_when_s3_cannot_answer(aws_env, s3_bucket, tmp_path,
     Path(tmp_path / "x").write_text("x")
     m.upload("x")  # but uploads still never raise
     assert m.pending == ["x"]
+
+
+# --- the trainer on S3 (slow: real training runs in subprocesses) ---------------------------
+
+TINY = ["--d-model", "32", "--heads", "2", "--patience", "100"]  # seconds per epoch on 2 cores
+RUN_FILES = {"config.json", "metrics.jsonl", "status.json", "summary.json", "train.log",
+             "checkpoints/last.pt", "checkpoints/best.pt", "plots/learning_curves.png",
+             "plots/confusion_matrix.png"}
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("demo") / "data"
+    subprocess.run([sys.executable, "-m", "trainer", "demo-data", "--out", str(out),
+                    "--speakers", "8", "--clips-per-speaker", "12"], check=True,
+                   capture_output=True, timeout=120)
+    return out
+
+
+@pytest.fixture
+def s3_data(demo_data, s3_bucket, moto_server, monkeypatch) -> str:
+    """The demo data set in the test bucket (uploaded straight to moto, not through a proxy)."""
+    uri = f"s3://{s3_bucket}/data/"
+    with monkeypatch.context() as m:
+        m.setenv("AWS_ENDPOINT_URL", moto_server)
+        sync_up(demo_data, uri)
+    return uri
+
+
+def train_cmd(data: str, out: str, cache: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "trainer", "train", "--data", data, "--out", out,
+            "--cache-dir", str(cache), *TINY, *extra]
+
+
+def run_trainer(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def assert_complete_run(client, bucket: str, prefix: str, epochs: int) -> None:
+    found = {k.removeprefix(prefix) for k in keys(client, bucket, prefix)}
+    assert RUN_FILES <= found, RUN_FILES - found
+    metrics = [json.loads(line) for line in
+               get(client, bucket, prefix + "metrics.jsonl").decode().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
+    assert json.loads(get(client, bucket, prefix + "status.json"))["state"] == "done"
+    assert "test" in json.loads(get(client, bucket, prefix + "summary.json"))
+    assert get(client, bucket, prefix + "plots/learning_curves.png").startswith(b"\x89PNG")
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt"):
+        ckpt = torch.load(io.BytesIO(get(client, bucket, prefix + name)), weights_only=True)
+        assert "model" in ckpt
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_training_run_lives_in_s3(s3_data, s3_bucket, s3_client, tmp_path):
+    run_trainer(train_cmd(s3_data, f"s3://{s3_bucket}/runs/r1/", tmp_path / "cache",
+                          "--epochs", "2"))
+    assert_complete_run(s3_client, s3_bucket, "runs/r1/", epochs=2)
+    log_lines = get(s3_client, s3_bucket, "runs/r1/train.log").decode().splitlines()
+    assert any(json.loads(line).get("event") == "test" for line in log_lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_killed_run_resumes_from_s3(s3_data, s3_bucket, s3_client, tmp_path):
+    out, epochs = f"s3://{s3_bucket}/runs/r2/", 6
+    cmd = train_cmd(s3_data, out, tmp_path / "cache", "--epochs", str(epochs))
+    with open(tmp_path / "first.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if "runs/r2/metrics.jsonl" in keys(s3_client, s3_bucket, "runs/r2/"):
+                break
+            time.sleep(0.1)
+        proc.kill()  # SIGKILL: no handler, no last words
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    assert "runs/r2/summary.json" not in keys(s3_client, s3_bucket, "runs/r2/")
+    ckpt = torch.load(io.BytesIO(get(s3_client, s3_bucket, "runs/r2/checkpoints/last.pt")),
+                      weights_only=True)
+    assert 1 <= ckpt["epoch"] < epochs
+
+    run_trainer(cmd + ["--resume"])
+    assert_complete_run(s3_client, s3_bucket, "runs/r2/", epochs=epochs)
+    # train.log goes on where the killed run's left off (as a local run's would)
+    models = [json.loads(line) for line in
+              get(s3_client, s3_bucket, "runs/r2/train.log").decode().splitlines()
+              if json.loads(line).get("event") == "model"]
+    assert [m.get("resumed_at_epoch") for m in models] == [None, ckpt["epoch"]]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_training_run_completes_through_s3_errors(s3_data, s3_bucket, s3_client, flaky_proxy,
+                                                  tmp_path):
+    flaky_proxy.fail("503", every=5)
+    flaky_proxy.fail("drop", every=7)
+    flaky_proxy.fail("500", every=11)
+    flaky_proxy.fail("cut", methods={"GET"}, every=6)
+    run_trainer(train_cmd(s3_data, f"s3://{s3_bucket}/runs/r3/", tmp_path / "cache",
+                          "--epochs", "2"))
+    assert flaky_proxy.failures >= 10
+    assert flaky_proxy.count("PUT", outcome="503") and flaky_proxy.count("GET", outcome="cut")
+    assert_complete_run(s3_client, s3_bucket, "runs/r3/", epochs=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_missing_bucket_is_one_line_of_error(aws_env, tmp_path):
+    proc = subprocess.run(train_cmd("s3://no-such-bucket-here/data/", str(tmp_path / "run"),
+                                    tmp_path / "cache"), env=dict(os.environ),
+                          capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "error: bucket of s3://no-such-bucket-here/data/ does not exist"
+    assert "Traceback" not in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -127,3 +128,33 @@ def test_unreachable_imds_is_harmless_and_quiet():
         signal.signal(signal.SIGTERM, old)
     assert not got.is_set() and watcher.notice is None
     assert [e["event"] for e in logs] == ["spot.imds_unreachable"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_spot_notice_stops_a_training_run_with_its_checkpoint_in_s3(imds, s3_bucket, s3_client,
+                                                                   tmp_path, monkeypatch):
+    import io
+
+    import torch
+
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "trainer", "demo-data", "--out", str(data),
+                    "--speakers", "8", "--clips-per-speaker", "12"], check=True,
+                   capture_output=True, timeout=120)
+    monkeypatch.setenv("AVE_WATCH_SPOT", "1")
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")  # aws_env's, for boto's credential lookup
+    imds.quiet_polls = 1  # the notice comes at the second poll, 5 s in
+    out = f"s3://{s3_bucket}/runs/spot/"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--data", str(data), "--out", out,
+         "--epochs", "60", "--patience", "60", "--d-model", "32", "--heads", "2"],
+        env=dict(os.environ), capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    status = json.loads(s3_client.get_object(Bucket=s3_bucket, Key="runs/spot/status.json")
+                        ["Body"].read())
+    assert status["state"] == "stopped"
+    ckpt = torch.load(io.BytesIO(s3_client.get_object(
+        Bucket=s3_bucket, Key="runs/spot/checkpoints/last.pt")["Body"].read()), weights_only=True)
+    assert ckpt["epoch"] < 60

@@ -35,6 +35,7 @@ from trainer.evaluate import read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.model import build_model, count_parameters
 from trainer.splits import make_split
+from trainer.spot import SpotWatcher
 from trainer.storage import RunDir, is_s3
 
 log = structlog.get_logger()
@@ -144,6 +145,9 @@ class Training:
                             "choose another --out")
         self.status = Status(run, cfg.epochs)
         self.status.start()
+        # On EC2 spot (AVE_WATCH_SPOT=1): an interruption notice becomes SIGTERM, so the
+        # checkpoint is saved within one batch of the two-minute warning.
+        self.spot = SpotWatcher.start_if_enabled()
         self.status.update(state="starting")
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         log.info("config", **asdict(cfg))
@@ -373,6 +377,8 @@ class Training:
         return summary
 
     def cleanup(self, state: str | None = None) -> None:
+        if getattr(self, "spot", None) is not None:
+            self.spot.stop()
         status = getattr(self, "status", None)
         if status is not None:
             status.stop()

@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-data
 RUN    ?=
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo ablation test bench clean
 
 setup: $(STAMP)
 
@@ -14,7 +14,11 @@ $(STAMP): pyproject.toml
 
 ## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
 demo: $(STAMP)
-	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer train --data $(DEMO) --out runs/demo
+	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer train --data $(DEMO) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+## The README's demo table: the hybrid with both modalities, each alone, and the lstm baseline.
+ablation: $(STAMP)
+	$(PY) -m trainer demo-data --out $(DEMO) && rm -rf runs/ablation-* && for m in both audio video; do $(PY) -m trainer train --data $(DEMO) --out runs/ablation-$$m --modality $$m | grep "test macro"; done && $(PY) -m trainer train --data $(DEMO) --out runs/ablation-lstm --model lstm | grep "test macro"
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -385,7 +385,7 @@ class S3Mirror:
         return list(self._pending)
 
     def _key(self, name: str) -> str:
-        return self.prefix + PurePosixPath(Path(name).as_posix()).as_posix()
+        return self.prefix + Path(name).as_posix()
 
     def _retry(self, fn: Callable[[], T], what: str) -> T:
         return retry(fn, what, self.attempts, self.backoff, self.max_backoff)

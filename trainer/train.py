@@ -136,6 +136,8 @@ class Training:
     # ----------------------------------------------------------------------------- setup
     def setup(self) -> None:
         cfg, run = self.cfg, self.run_dir
+        if cfg.resume:
+            run.exists("train.log")  # an S3 run's log comes down first, so this run appends to it
         logs.setup(run.path("train.log"))
         has_ckpt = run.exists("checkpoints/last.pt")
         if cfg.resume and not has_ckpt:
@@ -322,6 +324,8 @@ class Training:
                 self.since_best += 1
             self.history.append(row)
             self.save_checkpoint(best=improved)
+            logs.flush()
+            self.run_dir.publish("train.log")  # a run killed at any moment keeps its log
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
             log.info("epoch", **row, best=round(self.best, 4), best_epoch=self.best_epoch)
             self.status.update(state="training", epoch=self.epoch, best=round(self.best, 6),
@@ -385,7 +389,12 @@ class Training:
             if state:
                 status.update(state=state)
         logs.flush()
-        self.run_dir.close()
+        try:
+            self.run_dir.close()
+        except Exception as e:  # S3 down at the very end: say so, keep the run's own outcome
+            log.error("publish_failed", error=str(e)[:300])
+            if state is None:
+                raise
 
     def run(self) -> dict:
         """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""

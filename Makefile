@@ -10,7 +10,7 @@ RUN    ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops]' && touch $(STAMP)
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export]' && touch $(STAMP)
 
 ## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
 demo: $(STAMP)
@@ -22,6 +22,10 @@ ablation: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+## Speed and memory of the hybrid against the lstm baseline (minutes; bench.json).
+bench: $(STAMP)
+	$(PY) -m trainer bench --out bench.json
 
 clean:
 	rm -rf runs results $(DEMO) bench.json .pytest_cache

@@ -111,6 +111,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--speakers", type=int, default=24, help="speakers (default: 24)")
     p.add_argument("--clips-per-speaker", type=int, default=24, help="(default: 24)")
+
+    p = sub.add_parser("bench", help="measure speed and memory: hybrid against the lstm",
+                       formatter_class=fmt, description="Training throughput, peak memory, FLOP "
+                       "rate, padding, data-path overhead and inference latency on a synthetic "
+                       "CREMA-D-shaped workload; prints a table and writes JSON.\n\nExamples:\n"
+                       "  python -m trainer bench --quick\n  python -m trainer bench --out "
+                       "bench.json")
+    p.add_argument("--out", default="bench.json", metavar="FILE", help="JSON report "
+                   "(default: bench.json)")
+    p.add_argument("--quick", action="store_true", help="small workload, under a minute, for CI "
+                   "(default: off: the full mode the README quotes)")
+    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = all cores)")
+    p.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
+
+    p = sub.add_parser("export", help="export a trained model (TorchScript or ONNX)",
+                       formatter_class=fmt, description="Inputs: audio, audio_mask, audio_t, "
+                       "video, video_mask, video_t (variable batch and lengths), features as "
+                       "stored; output: class probabilities. A FILE.json sidecar names the labels."
+                       "\n\nExamples:\n  python -m trainer export --checkpoint runs/demo/"
+                       "checkpoints/best.pt --format onnx\n  python -m trainer export --checkpoint "
+                       "best.pt --format torchscript --out model.ts")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
+    p.add_argument("--format", default="onnx", choices=("torchscript", "onnx"),
+                   help="artifact format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="artifact path (default: the checkpoint's "
+                   "path with .onnx or .ts)")
     return parser
 
 
@@ -163,8 +190,24 @@ def cmd_demo_data(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from trainer.bench import main as bench
+
+    bench("smoke" if args.smoke else "quick" if args.quick else "full", args.out, args.seed,
+          args.threads)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from trainer.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.format, args.out)
+    print(f"exported: {out}  (inputs and labels: {out}.json)")
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-            "demo-data": cmd_demo_data}
+            "demo-data": cmd_demo_data, "bench": cmd_bench, "export": cmd_export}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

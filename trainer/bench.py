@@ -1,0 +1,363 @@
+"""Performance benchmark: the hybrid model against the LSTM baseline, on this machine, in one run.
+
+    python -m trainer bench                      # full mode: the README's figures (minutes)
+    python -m trainer bench --quick              # under a minute, for CI
+    python -m trainer bench --out bench.json     # where the JSON goes (written atomically)
+
+The workload is synthetic and shaped like CREMA-D features: clips of 1.5 to 5 s, audio at 100
+frames/s of 88 features, video at 30 frames/s of 512 features, batches of 24 built as train.py
+builds them (bucket_batches -> collate). Each model trains in a fresh subprocess, so its peak
+memory (ru_maxrss) is its own. Measured: training throughput and its ratio, peak training
+memory and its ratio, the hybrid's FLOP rate (torch.utils.flop_counter) against this machine's
+fp32 torch.mm rate, padding efficiency of bucketed against shuffled batches, data-pipeline
+overhead (real data path against batches collated beforehand), single-clip inference latency of
+the eager and the exported (ONNX Runtime, else TorchScript) model, and the projected epoch
+time for a CREMA-D-sized data set. Speed is read from the figures; nothing here asserts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.batching import bucket_batches, collate, padding_efficiency
+from trainer.data import LABELS, Clip
+
+AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
+CREMA_D_CLIPS = 7442
+# clips: training workload; latency_runs: single-clip calls per model; mm: square matmul size.
+PRESETS = {
+    "full": dict(clips=144, batch_size=24, loader_repeats=2, latency_runs=200, mm=4096,
+                 mm_repeats=5),
+    "quick": dict(clips=16, batch_size=8, loader_repeats=1, latency_runs=40, mm=2048,
+                  mm_repeats=3),
+    "smoke": dict(clips=4, batch_size=2, loader_repeats=1, latency_runs=5, mm=256,
+                  mm_repeats=2, short=True),  # tests: figures meaningless, shapes exercised
+}
+TARGETS = {  # key: (comparison, threshold, what it means)
+    "throughput_ratio": (">=", 10.0, "hybrid training clips/s over the lstm's"),
+    "memory_ratio": ("<=", 1 / 3, "hybrid peak training memory over the lstm's"),
+    "matmul_fraction": (">=", 0.6, "hybrid training FLOP/s over this machine's fp32 mm FLOP/s"),
+    "padding_efficiency": (">=", 0.9, "real over padded frames, bucketed batches"),
+    "loader_overhead": ("<=", 0.05, "share of epoch time the data path costs"),
+    "latency_ms_p50_exported": ("<=", 10.0, "single-clip inference median, exported model"),
+}
+
+
+# ------------------------------------------------------------------------------- workload
+def durations(n: int, seed: int, short: bool = False) -> np.ndarray:
+    rng = np.random.default_rng([seed, 1])
+    return rng.uniform(0.3, 0.6, n) if short else rng.uniform(1.5, 5.0, n)
+
+
+def workload(n: int, seed: int = 0, short: bool = False) -> list[Clip]:
+    """``n`` CREMA-D-shaped clips (already normal, as after Normalizer), labels at random."""
+    rng = np.random.default_rng([seed, 2])
+    clips = []
+    for i, d in enumerate(durations(n, seed, short)):
+        t_a, t_v = int(d * AUDIO_FPS), int(d * VIDEO_FPS)
+        clips.append(Clip(f"bench-{i}", int(rng.integers(len(LABELS))), "bench",
+                          rng.standard_normal((t_a, AUDIO_DIM), dtype=np.float32),
+                          rng.standard_normal((t_v, VIDEO_DIM), dtype=np.float32),
+                          ((np.arange(t_a) + 0.5) / AUDIO_FPS).astype(np.float32),
+                          ((np.arange(t_v) + 0.5) / VIDEO_FPS).astype(np.float32)))
+    return clips
+
+
+def build(name: str) -> torch.nn.Module:
+    """A model at the defaults train.py would use for this workload."""
+    from trainer.config import TrainConfig, model_settings
+    from trainer.model import build_model
+
+    cfg = TrainConfig(model=name)
+    return build_model(name, **model_settings(cfg, AUDIO_DIM, VIDEO_DIM, len(LABELS)))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ------------------------------------------------------------------- training (subprocess)
+def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
+    """Train ``name`` on the workload for one epoch; runs in its own process (see ``run``)."""
+    from trainer.losses import focal_loss
+
+    p = PRESETS[preset]
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    clips = workload(p["clips"], seed, p.get("short", False))
+    lengths = [c.audio.shape[0] for c in clips]
+    batches = bucket_batches(lengths, p["batch_size"], seed, 0)
+    rss_before = rss_mb()  # interpreter, torch and the clips: the same for both models
+    model = build(name).train()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-4)
+
+    def step(batch):
+        loss = focal_loss(model(**batch), batch["label"], None, 2.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    step(collate([clips[i] for i in batches[0][:2]]))  # warm-up: kernels, allocator
+    data_s, step_s = [], []
+    for idx in batches:  # the real data path, as train.py's loop
+        t0 = time.perf_counter()
+        batch = collate([clips[i] for i in idx])
+        t1 = time.perf_counter()
+        step(batch)
+        data_s.append(t1 - t0)
+        step_s.append(time.perf_counter() - t1)
+    out = {"clips": len(clips), "batches": len(batches), "batch_size": p["batch_size"],
+           "epoch_seconds": sum(data_s) + sum(step_s), "step_seconds": sum(step_s),
+           "data_seconds": sum(data_s),
+           "clips_per_second": len(clips) / (sum(data_s) + sum(step_s)),
+           "rss_before_training_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
+           "parameters": sum(p.numel() for p in model.parameters())}
+    out["training_peak_mb"] = out["peak_rss_mb"] - rss_before
+    if name == "hybrid":  # after the memory reading: what follows allocates for itself
+        out["flops"] = count_flops(model, [collate([clips[i] for i in b]) for b in batches])
+        out["flops_per_second"] = out["flops"] / out["step_seconds"]
+        out["loader"] = loader_ab(step, clips, batches, p["loader_repeats"])
+        out["matmul"] = matmul_rate(p["mm"], p["mm_repeats"])
+    return out
+
+
+def count_flops(model, batches: list[dict]) -> int:
+    """FLOPs of forward + backward over ``batches`` (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
+                                          sdpa_flop_count)
+
+    aten = torch.ops.aten
+    cpu_flash = {  # the CPU flash-attention kernels are not in the default registry
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_flash)
+    with counter:
+        for batch in batches:
+            model(**batch).logsumexp(-1).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def loader_ab(step, clips, batches, repeats: int) -> dict:
+    """The same epoch with the real data path and on batches collated beforehand."""
+    ready = [collate([clips[i] for i in b]) for b in batches]
+    real, pre = [], []
+    for r in range(repeats):
+        for kind in (("real", "pre") if r % 2 == 0 else ("pre", "real")):
+            t0 = time.perf_counter()
+            for b, idx in zip(ready, batches):
+                step(collate([clips[i] for i in idx]) if kind == "real" else b)
+            (real if kind == "real" else pre).append(time.perf_counter() - t0)
+    t_real, t_pre = float(np.median(real)), float(np.median(pre))
+    return {"epoch_seconds_real_path": t_real, "epoch_seconds_precollated": t_pre,
+            "overhead": (t_real - t_pre) / t_real, "repeats": repeats}
+
+
+def matmul_rate(n: int, repeats: int) -> dict:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    flop = 2 * n ** 3
+    return {"size": n, "flops_per_second": flop / float(np.median(times)),
+            "best_flops_per_second": flop / min(times), "repeats": repeats}
+
+
+def in_subprocess(name: str, preset: str, seed: int, threads: int) -> dict:
+    """``train_worker`` in a fresh interpreter; its JSON is the last line of stdout."""
+    cmd = [sys.executable, "-m", "trainer.bench", "--worker", name, "--preset", preset,
+           "--seed", str(seed), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench worker {name} failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------ in the parent process
+def padding(seed: int, batch_size: int, epochs: int = 5) -> dict:
+    """Padding efficiency over a CREMA-D-sized list of lengths, averaged over epochs."""
+    lengths = (durations(CREMA_D_CLIPS, seed) * AUDIO_FPS).astype(int).tolist()
+    eff = {kind: float(np.mean([padding_efficiency(bucket_batches(
+        lengths, batch_size, seed, e, bucket=kind == "bucketed"), lengths) for e in range(epochs)]))
+        for kind in ("bucketed", "shuffled")}
+    return dict(eff, clips=CREMA_D_CLIPS, batch_size=batch_size, epochs=epochs)
+
+
+def latency(preset: str, seed: int, threads: int) -> dict:
+    """Single-clip inference of the eager and the exported hybrid, and their agreement."""
+    from trainer.export import INPUTS, export_model, load_exported
+
+    p = PRESETS[preset]
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = build("hybrid").eval()
+    clips = workload(20, seed + 1, p.get("short", False))
+    batches = [collate([c]) for c in clips]
+    try:
+        import onnxruntime  # noqa: F401
+
+        fmt = "onnx"
+    except ImportError:
+        fmt = "torchscript"
+    out = {"clips": len(clips), "runs": p["latency_runs"], "threads": threads, "format": fmt}
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = export_model(model, fmt, Path(tmp) / f"hybrid{'.onnx' if fmt == 'onnx' else '.ts'}")
+        out["export_seconds"] = time.perf_counter() - t0
+        exported = load_exported(path, threads)
+
+        def eager(batch):
+            with torch.inference_mode():
+                return torch.softmax(model(**batch), -1).numpy()
+
+        feeds = [{k: b[k].numpy() for k in INPUTS} for b in batches]
+        out["max_abs_diff"] = max(float(np.abs(exported(f) - eager(b)).max())
+                                  for f, b in zip(feeds, batches))
+        for key, fn, args in (("eager", eager, batches), ("exported", exported, feeds)):
+            for a in args[:3]:
+                fn(a)  # warm-up
+            times = []
+            for i in range(p["latency_runs"]):
+                t0 = time.perf_counter()
+                fn(args[i % len(args)])
+                times.append((time.perf_counter() - t0) * 1e3)
+            out[key] = {"p50_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
+    return out
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}
+
+
+def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
+    """Every measurement; the dict written to bench.json."""
+    threads = threads or os.cpu_count() or 1
+    t_start = time.time()
+    report: dict = {"mode": preset, "machine": machine(threads), "workload": {
+        "shape": "CREMA-D-like: clips 1.5-5 s; audio 100 frames/s x 88; video 30 frames/s x 512",
+        "clips": PRESETS[preset]["clips"], "batch_size": PRESETS[preset]["batch_size"],
+        "seed": seed}}
+    hybrid = in_subprocess("hybrid", preset, seed, threads)
+    lstm = in_subprocess("lstm", preset, seed, threads)
+    lat = latency(preset, seed, threads)
+    pad = padding(seed, 24)
+    report.update({
+        "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
+        "memory_ratio": hybrid["training_peak_mb"] / lstm["training_peak_mb"],
+        "matmul_fraction": hybrid["flops_per_second"] / hybrid["matmul"]["flops_per_second"],
+        "padding_efficiency": pad["bucketed"],
+        "loader_overhead": hybrid["loader"]["overhead"],
+        "latency_ms_p50": lat["eager"]["p50_ms"],
+        "latency_ms_p95": lat["eager"]["p95_ms"],
+        "latency_ms_p50_exported": lat["exported"]["p50_ms"],
+        "latency_ms_p95_exported": lat["exported"]["p95_ms"],
+        "exported_max_abs_diff": lat["max_abs_diff"],
+        "projected_epoch_seconds": {
+            m: CREMA_D_CLIPS / r["clips_per_second"] for m, r in (("hybrid", hybrid),
+                                                                   ("lstm", lstm))},
+        "hybrid": hybrid, "lstm": lstm, "latency": lat, "padding": pad,
+        "method": {
+            "throughput": "clips / seconds of one epoch over the workload (collate + forward "
+                          "+ backward + clip + Adam step), after one warm-up step",
+            "memory": "each model trains in a fresh subprocess; training_peak_mb = ru_maxrss "
+                      "at the end of the epoch minus the RSS just before the model was built "
+                      "(the interpreter, torch and the clips, the same for both models)",
+            "matmul_fraction": "FLOPs of forward + backward counted by torch.utils.flop_"
+                               "counter.FlopCounterMode (matmuls, convolutions, attention; "
+                               "elementwise work is not counted) over the epoch's step time, "
+                               "against the median rate of torch.mm on square fp32 matrices "
+                               "in the same process and thread count",
+            "loader_overhead": "(epoch with bucket_batches -> collate per batch - the same "
+                               "epoch on batches collated beforehand) / the first; medians",
+            "latency": "one clip per call, cycling over 20 clips of 1.5-5 s; eager is "
+                       "softmax(model(...)) under inference_mode; exported is the artifact of "
+                       "trainer.export (normalisation inside), same threads",
+            "projected_epoch_seconds": f"{CREMA_D_CLIPS} clips / measured clips per second: "
+                                       "one training pass, validation not included"},
+    })
+    report["targets"] = {k: {"target": f"{op} {thr:.3g}", "value": report[k],
+                             "holds": bool(report[k] >= thr if op == ">=" else report[k] <= thr),
+                             "means": what} for k, (op, thr, what) in TARGETS.items()}
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    report["seconds"] = time.time() - t_start
+    return report
+
+
+def table(r: dict) -> str:
+    h, lm = r["hybrid"], r["lstm"]
+    rows = [
+        ("training throughput (clips/s)", f"{h['clips_per_second']:.2f}",
+         f"{lm['clips_per_second']:.2f}", f"ratio {r['throughput_ratio']:.1f}x"),
+        ("peak training memory (MB)", f"{h['training_peak_mb']:.0f}",
+         f"{lm['training_peak_mb']:.0f}", f"ratio {r['memory_ratio']:.2f}"),
+        ("projected CREMA-D epoch (s)", f"{r['projected_epoch_seconds']['hybrid']:.0f}",
+         f"{r['projected_epoch_seconds']['lstm']:.0f}", f"{CREMA_D_CLIPS} clips"),
+        ("achieved GFLOP/s vs fp32 mm", f"{h['flops_per_second'] / 1e9:.1f}", "",
+         f"mm {h['matmul']['flops_per_second'] / 1e9:.1f}: {r['matmul_fraction']:.1%}"),
+        ("padding efficiency", f"{r['padding']['bucketed']:.3f}", "",
+         f"shuffled {r['padding']['shuffled']:.3f}"),
+        ("data-pipeline overhead", f"{r['loader_overhead']:.1%}", "", "of epoch time"),
+        ("1-clip latency p50/p95 (ms)",
+         f"{r['latency_ms_p50']:.1f}/{r['latency_ms_p95']:.1f}", "",
+         f"{r['latency']['format']} {r['latency_ms_p50_exported']:.1f}/"
+         f"{r['latency_ms_p95_exported']:.1f}, diff {r['exported_max_abs_diff']:.1e}"),
+    ]
+    w = [max(len(str(x[i])) for x in rows + [("", "hybrid", "lstm", "")]) for i in range(4)]
+    lines = [f"{'':{w[0]}}  {'hybrid':>{w[1]}}  {'lstm':>{w[2]}}  notes"]
+    lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]
+    held = [f"{k} {'holds' if t['holds'] else 'MISSED'}" for k, t in r["targets"].items()]
+    lines.append(f"targets ({r['mode']} mode): " + ", ".join(held))
+    return "\n".join(lines)
+
+
+def main(preset: str, out: str, seed: int = 0, threads: int = 0) -> dict:
+    from trainer.storage import atomic_write_text
+
+    report = run(preset, seed, threads)
+    atomic_write_text(Path(out), json.dumps(report, indent=2) + "\n")
+    print(table(report))
+    print(f"written: {out}")
+    return report
+
+
+if __name__ == "__main__":  # the subprocess side of ``in_subprocess``
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", required=True, choices=("hybrid", "lstm"))
+    ap.add_argument("--preset", default="quick", choices=tuple(PRESETS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    print(json.dumps(train_worker(a.worker, a.preset, a.seed, a.threads)))

@@ -1,0 +1,154 @@
+"""Export a trained model for inference outside the training code: TorchScript or ONNX.
+
+    python -m trainer export --checkpoint runs/demo/checkpoints/best.pt --format onnx
+    python -m trainer export --checkpoint runs/demo/checkpoints/best.pt --format torchscript \
+        --out model.ts
+
+The artifact takes the six inputs the eager model takes, for a batch padded to its longest clip:
+    audio (B, T_a, F_a) float32, audio_mask (B, T_a) bool (True on real frames),
+    audio_t (B, T_a) float32 (seconds), and the same three for video (B, T_v, ...).
+B, T_a and T_v may change from call to call (dynamic axes). Features are given as stored in the
+clip files: the checkpoint's normalisation is inside the artifact, so a caller only pads. The
+output is ``probabilities`` (B, n_classes), in the label order of the sidecar ``FILE.json``.
+
+Both exporters go through the TorchScript tracer (``torch.jit.trace``, and the TorchScript-based
+``torch.onnx.export(dynamo=False)``): in torch 2.13 the torch.export-based ONNX exporter fails to
+decompose the CPU flash-attention kernel's output strides. Both are deprecated upstream but
+work; the test checks the artifact against eager on clips of other lengths than the trace's.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from trainer.batching import Normalizer, collate
+from trainer.data import Clip
+
+INPUTS = ("audio", "audio_mask", "audio_t", "video", "video_mask", "video_t")
+FORMATS = ("torchscript", "onnx")
+SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
+
+
+class Exportable(nn.Module):
+    """normalise -> model -> softmax, with positional inputs in INPUTS order."""
+
+    def __init__(self, model: nn.Module, normalizer: Normalizer | None, modality: str = "both"):
+        super().__init__()
+        self.model, self.modality = model.eval(), modality
+        n = normalizer
+        for k in ("audio_mean", "audio_std", "video_mean", "video_std"):
+            value = torch.from_numpy(getattr(n, k)) if n is not None else torch.tensor(
+                1.0 if k.endswith("std") else 0.0)
+            self.register_buffer(k, value.float())
+
+    def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t):
+        # Zero padding after normalising, exactly as collate does for the eager model.
+        audio = (audio - self.audio_mean) / self.audio_std * audio_mask.unsqueeze(-1).float()
+        video = (video - self.video_mean) / self.video_std * video_mask.unsqueeze(-1).float()
+        if self.modality == "audio":
+            video = video * 0.0
+        elif self.modality == "video":
+            audio = audio * 0.0
+        logits = self.model(audio=audio, audio_mask=audio_mask, audio_t=audio_t,
+                            video=video, video_mask=video_mask, video_t=video_t)
+        return torch.softmax(logits, -1)  # (B, n_classes)
+
+
+def example_inputs(audio_dim: int, video_dim: int) -> tuple[torch.Tensor, ...]:
+    """Two clips of different lengths to trace with (the lengths do not stay in the graph)."""
+    rng = np.random.default_rng(0)
+
+    def clip(t_a, t_v):
+        return Clip("example", 0, "", rng.normal(size=(t_a, audio_dim)).astype(np.float32),
+                    rng.normal(size=(t_v, video_dim)).astype(np.float32),
+                    ((np.arange(t_a) + 0.5) / 100).astype(np.float32),
+                    ((np.arange(t_v) + 0.5) / 30).astype(np.float32))
+
+    batch = collate([clip(250, 75), clip(180, 54)])
+    return tuple(batch[k] for k in INPUTS)
+
+
+def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normalizer | None = None,
+                 modality: str = "both", meta: dict | None = None) -> Path:
+    """Write ``model`` (eager, trained) as a TorchScript or ONNX file and its sidecar JSON."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    is_lstm = type(model).__name__ == "LSTMBaseline"
+    if fmt == "onnx" and is_lstm:
+        raise ValueError("the lstm baseline exports to torchscript only (packed sequences do "
+                         "not export to ONNX with variable lengths); use --format torchscript")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = Exportable(model, normalizer, modality).eval()
+    dims = (model.audio_in.in_features, model.video_in.in_features) if not is_lstm else (
+        model.audio.lstm1.input_size, model.video.lstm1.input_size)
+    args = example_inputs(*dims)
+    tmp = out.with_name(f".{out.name}.tmp")
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation notices; the test checks results
+        if fmt == "torchscript":
+            torch.jit.save(torch.jit.trace(wrapper, args, check_trace=False), str(tmp))
+        else:
+            axes = {k: {0: "batch", 1: "t_audio" if k.startswith("audio") else "t_video"}
+                    for k in INPUTS}
+            torch.onnx.export(wrapper, args, str(tmp), dynamo=False, input_names=list(INPUTS),
+                              output_names=["probabilities"], opset_version=17,
+                              dynamic_axes=dict(axes, probabilities={0: "batch"}))
+    tmp.replace(out)
+    side = {"format": fmt, "inputs": {k: _describe(k, dims) for k in INPUTS},
+            "output": "probabilities (B, n_classes), softmax over labels",
+            "normalisation": "inside the artifact: give features as stored in the clip files",
+            "modality": modality, **(meta or {})}
+    Path(str(out) + ".json").write_text(json.dumps(side, indent=2) + "\n")
+    return out
+
+
+def _describe(name: str, dims: tuple[int, int]) -> str:
+    t = "T_a" if name.startswith("audio") else "T_v"
+    if name.endswith("_mask"):
+        return f"bool (B, {t}), True on real frames"
+    if name.endswith("_t"):
+        return f"float32 (B, {t}), frame times in seconds"
+    return f"float32 (B, {t}, {dims[0] if name == 'audio' else dims[1]})"
+
+
+def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Export a trainer checkpoint; ``out`` defaults to the checkpoint's name with .ts/.onnx."""
+    from trainer.evaluate import load_trained
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    t = load_trained(checkpoint)
+    out = Path(out) if out else Path(checkpoint).with_suffix(SUFFIX[fmt])
+    meta = {"labels": t.labels, "model": t.checkpoint["model_name"],
+            "model_settings": t.checkpoint["model_settings"], "checkpoint": str(checkpoint)}
+    return export_model(t.model, fmt, out, t.normalizer, t.modality, meta)
+
+
+def load_exported(path: str | Path, threads: int = 0) -> Callable[[dict], np.ndarray]:
+    """A function from a batch (dict of tensors or arrays named as INPUTS) to probabilities."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        names = {i.name for i in session.get_inputs()}
+        return lambda batch: session.run(None, {k: np.asarray(batch[k]) for k in INPUTS
+                                                if k in names})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated upstream
+        module = torch.jit.load(str(path)).eval()
+
+    def run(batch):
+        with torch.inference_mode():
+            return module(*(torch.as_tensor(np.asarray(batch[k])) for k in INPUTS)).numpy()
+    return run

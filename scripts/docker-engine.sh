@@ -9,7 +9,10 @@
 #      `docker info`, and wait (bounded) until it does;
 #   3. if the image that the Dockerfile's first FROM names is missing (no registry is reachable
 #      here), make it: debootstrap a minimal bookworm with python3, python3-venv, ca-certificates
-#      and passwd, then `docker import` it under that tag. The root file system is cached as a
+#      and passwd, then `docker import` it under that tag. The certificate authorities this
+#      machine adds to its trust store (/usr/local/share/ca-certificates) are added inside too, so
+#      that pip in a build trusts what pip here trusts (a TLS-inspecting proxy, say); the
+#      Dockerfile stays the same as for the official image. The root file system is cached as a
 #      tarball under $AVE_DOCKER_CACHE, so a rerun on the same machine only re-imports it.
 # Builds and runs on this engine need `--network host` (there is no bridge).
 #
@@ -103,6 +106,13 @@ start_engine() {
     say "engine answers after ${waited}s: $(docker info --format '{{.ServerVersion}} ({{.Driver}})')"
 }
 
+# Certificate authorities added on this machine, and a short hash of them for the cache name.
+LOCAL_CAS=/usr/local/share/ca-certificates
+local_ca_hash() {
+    find "$LOCAL_CAS" -name '*.crt' -type f -print0 2>/dev/null | sort -z | xargs -0r cat \
+        | sha256sum | cut -c1-12
+}
+
 make_base_image() {
     local tag tarball mirror dir
     tag="$(base_image)"
@@ -110,7 +120,7 @@ make_base_image() {
         say "base image $tag exists"
         return
     fi
-    tarball="$CACHE/rootfs-bookworm-python3.tar"
+    tarball="$CACHE/rootfs-bookworm-python3-ca$(local_ca_hash).tar"
     if [[ ! -s "$tarball" ]]; then
         mirror="$(debian_mirror)"
         dir="$CACHE/rootfs-bookworm"
@@ -120,6 +130,11 @@ make_base_image() {
         debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
             bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
             || { tail -n 20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (see $CACHE/debootstrap.log)"; }
+        if compgen -G "$LOCAL_CAS/*.crt" >/dev/null; then
+            say "adding this machine's certificate authorities: $(cd "$LOCAL_CAS" && echo ./*.crt)"
+            cp "$LOCAL_CAS"/*.crt "$dir/usr/local/share/ca-certificates/"
+            chroot "$dir" update-ca-certificates >>"$CACHE/debootstrap.log" 2>&1 || die "update-ca-certificates failed"
+        fi
         # What a slim image leaves out: package caches and lists, docs.
         rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/* \
             "$dir"/usr/share/doc/* "$dir"/usr/share/man/* "$dir"/usr/share/locale/*

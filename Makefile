@@ -29,3 +29,37 @@ bench: $(STAMP)
 
 clean:
 	rm -rf runs results $(DEMO) bench.json .pytest_cache
+
+## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
+## local Docker engine with a moto S3. DATA=folder ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
+## KEEP=1 (destroy: download every run first) YES=1 (destroy: no question).
+BACKEND ?=
+DATA    ?=
+ARGS    ?=
+REPLACE ?=
+FOLLOW  ?=
+KEEP    ?=
+YES     ?=
+on       = $(filter 1 y yes true,$(1))
+OPS      = $(if $(BACKEND),--backend $(BACKEND))
+ONE_RUN  = $(OPS) $(if $(RUN),--run $(RUN))
+
+.PHONY: deploy status logs monitor results destroy
+
+deploy: $(STAMP)
+	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace)
+
+status: $(STAMP)
+	$(PY) -m trainer status $(ONE_RUN)
+
+logs: $(STAMP)
+	$(PY) -m trainer logs $(ONE_RUN) $(if $(call on,$(FOLLOW)),--follow)
+
+monitor: $(STAMP)
+	$(PY) -m trainer monitor $(ONE_RUN)
+
+results: $(STAMP)
+	$(PY) -m trainer results $(ONE_RUN)
+
+destroy: $(STAMP)
+	$(PY) -m trainer destroy $(OPS) $(if $(call on,$(KEEP)),--keep-runs) $(if $(call on,$(YES)),--yes)

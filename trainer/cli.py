@@ -138,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="artifact format (default: onnx)")
     p.add_argument("--out", metavar="FILE", help="artifact path (default: the checkpoint's "
                    "path with .onnx or .ts)")
+
+    # Operator verbs (deploy, status, logs, monitor, results, destroy): that module imports only
+    # argparse; boto3, docker and pulumi load when one of those verbs runs, never for `train`.
+    from trainer.ops.cli import add_ops_commands
+
+    add_ops_commands(sub, COMMANDS)
     return parser
 
 

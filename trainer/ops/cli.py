@@ -1,0 +1,196 @@
+"""The operator verbs of ``python -m trainer``: deploy, status, logs, monitor, results, destroy.
+
+    python -m trainer deploy --data demo-data --args="--epochs 30"   # make deploy DATA=... ARGS=...
+    python -m trainer deploy --replace                               # make deploy REPLACE=1
+    python -m trainer status                                         # make status
+    python -m trainer logs --follow --run RUN_ID                     # make logs FOLLOW=1 RUN=...
+    python -m trainer monitor                                        # make monitor
+    python -m trainer results --run RUN_ID                           # make results RUN=...
+    python -m trainer destroy --keep-runs                            # make destroy KEEP=1
+    python -m trainer status --backend local                         # any verb: BACKEND=local
+
+This module imports only argparse and the standard library, because trainer/cli.py imports it
+for every verb, the container's `train` included; each verb imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTIONS = {
+    "deploy": ("start a training run on AWS (or BACKEND=local)",
+               "Build the image and push it to ECR, upload the data set (only what changed),\n"
+               "pulumi up, start the instance, start the run through SSM; prints the run id.\n\n"
+               "Examples:\n  python -m trainer deploy\n  python -m trainer deploy --data "
+               "data/crema --args=\"--epochs 30 --model lstm\"\n  python -m trainer deploy "
+               "--replace\n  python -m trainer deploy --backend local --data demo-data"),
+    "status": ("state, epoch, best metric, ETA, instance and cost of a run",
+               "Examples:\n  python -m trainer status\n  python -m trainer status --run RUN_ID"),
+    "logs": ("the run's log (CloudWatch Logs, or docker logs locally)",
+             "Examples:\n  python -m trainer logs\n  python -m trainer logs --follow\n  "
+             "python -m trainer logs --run RUN_ID --tail 200"),
+    "monitor": ("an interactive menu: logs, resources, metrics per epoch, time to go",
+                "Examples:\n  python -m trainer monitor\n  python -m trainer monitor --run RUN_ID"),
+    "results": ("download a run to results/RUN_ID/ with summary.md and plots",
+                "Idempotent; works on a run still going.\n\nExamples:\n  python -m trainer "
+                "results\n  python -m trainer results --run RUN_ID --out results"),
+    "destroy": ("remove the stack (pulumi destroy) after a confirmation",
+                "Says what is lost first; --keep-runs downloads every run to results/ before.\n\n"
+                "Examples:\n  python -m trainer destroy\n  python -m trainer destroy --keep-runs"
+                "\n  python -m trainer destroy --backend local --yes"),
+}
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=("aws", "local"), default=None,
+                   help="aws (the Pulumi stack) or local (Docker + moto) (default: deploy.yaml's "
+                   "backend, else aws)")
+    p.add_argument("--stack", default=None, help="Pulumi stack (default: deploy.yaml's, else dev)")
+    p.add_argument("--settings", metavar="FILE", default=None,
+                   help="settings file (default: $AVE_SETTINGS, else ./deploy.yaml)")
+
+
+def _run_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="RUN_ID", default=None, help="run id (default: the newest)")
+
+
+def add_ops_commands(sub, commands: dict) -> None:
+    """Add the operator verbs to ``sub`` (argparse subparsers), their functions to ``commands``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parsers = {}
+    for verb, (brief, text) in DESCRIPTIONS.items():
+        parsers[verb] = p = sub.add_parser(verb, help=brief, description=text, formatter_class=fmt)
+        _common(p)
+    p = parsers["deploy"]
+    p.add_argument("--data", default=None, help="folder of clip files, or an s3:// prefix in the "
+                   "stack's bucket (default: deploy.yaml's data, else demo-data)")
+    p.add_argument("--args", default=None, metavar="'FLAGS'", help="trainer train flags, one "
+                   "string: --args=\"--epochs 30\" (default: deploy.yaml's args, else none)")
+    p.add_argument("--replace", action="store_true", help="stop the run going (after its "
+                   "checkpoint; its artifacts stay) and start this one (default: refuse)")
+    p.add_argument("--image", default=None, metavar="TAG", help="use this local image instead of "
+                   "building one (default: build)")
+    for verb in ("status", "logs", "monitor", "results"):
+        _run_flag(parsers[verb])
+    parsers["logs"].add_argument("--follow", action="store_true",
+                                 help="keep printing new lines until the run ends (default: off)")
+    parsers["logs"].add_argument("--tail", type=int, default=100, help="lines (default: 100)")
+    parsers["results"].add_argument("--out", default=None, metavar="DIR",
+                                    help="folder for RUN_ID/ (default: results)")
+    parsers["destroy"].add_argument("--yes", action="store_true",
+                                    help="do not ask (default: ask)")
+    parsers["destroy"].add_argument("--keep-runs", action="store_true", help="download every run "
+                                    "to results/ before destroying (default: off)")
+    verbs = {"deploy": cmd_deploy, "status": cmd_status, "logs": cmd_logs,
+             "monitor": cmd_monitor, "results": cmd_results, "destroy": cmd_destroy}
+    commands.update({verb: _verb(fn) for verb, fn in verbs.items()})
+
+
+def _verb(fn):
+    """Run a verb; a problem the user can act on is one line on stderr and exit code 1."""
+
+    def run(args) -> int:
+        from trainer.ops.flow import as_ops_error
+
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:
+            err = as_ops_error(e, args.verb)
+            if err is None or os.environ.get("TRAINER_DEBUG"):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _settings(ns, **overrides):
+    from trainer.ops.settings import load
+
+    return load(ns.settings, backend=ns.backend, stack=ns.stack, **overrides)
+
+
+def _open(args):
+    """(settings, backend, outputs, run id) for the verbs that read one run."""
+    from trainer.ops import runs
+    from trainer.ops.flow import backend_for
+
+    settings = _settings(args)
+    backend = backend_for(settings)
+    out = backend.outputs()
+    return settings, backend, out, runs.resolve(out["bucket"], getattr(args, "run", None))
+
+
+def _host(backend, out, run_id):
+    try:
+        return backend.host(out, run_id)
+    except Exception as e:
+        print(f"(host unavailable: {' '.join(str(e).split())[:160]})", file=sys.stderr)
+        return None
+
+
+def cmd_deploy(args) -> int:
+    from trainer.ops.flow import deploy
+
+    settings = _settings(args, data=args.data, args=args.args)
+    deploy(settings, replace=args.replace, image=args.image)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from trainer.ops import runs, views
+
+    _, backend, out, run_id = _open(args)
+    host = _host(backend, out, run_id)
+    print("\n".join(views.status_lines(run_id, runs.status(out["bucket"], run_id), host)))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from trainer.ops import OpsError, runs
+
+    _, backend, out, run_id = _open(args)
+    lines = backend.log_lines(out, run_id, tail=args.tail, follow=args.follow,
+                              done=lambda: not runs.is_going(runs.status(out["bucket"], run_id)))
+    if lines is None:  # no stream or container: the run directory's own log, if there is one
+        data = runs.read_bytes(out["bucket"], f"runs/{run_id}/train.log")
+        if not data:
+            raise OpsError(f"no logs yet for run {run_id}: its container has not started; try "
+                           "again in a minute")
+        print(f"(no live log for run {run_id}; its train.log, published every minute)",
+              file=sys.stderr)
+        lines = data.decode(errors="replace").splitlines()[-args.tail:]
+    for line in lines:
+        print(line, flush=True)
+    return 0
+
+
+def cmd_monitor(args) -> int:
+    from trainer.ops.monitor import Monitor
+
+    _, backend, out, run_id = _open(args)
+    return Monitor(backend, out, run_id).loop()
+
+
+def cmd_results(args) -> int:
+    from pathlib import Path
+
+    from trainer.ops.report import fetch
+
+    settings, backend, out, run_id = _open(args)
+    host = _host(backend, out, run_id)
+    dest = fetch(out["bucket"], run_id, Path(args.out or settings.results_dir),
+                 host["price"] if host else None)
+    print(f"{dest}/summary.md")
+    return 0
+
+
+def cmd_destroy(args) -> int:
+    from trainer.ops.flow import destroy
+
+    return destroy(_settings(args), yes=args.yes, keep_runs=args.keep_runs)

@@ -1,0 +1,206 @@
+"""The deploy and destroy flows: numbered steps over a backend (AWS, or local Docker + moto).
+
+    python -m trainer deploy --data demo-data --args="--epochs 30"
+    python -m trainer deploy --replace      # the run going is stopped after its checkpoint
+    python -m trainer destroy --keep-runs   # every run to results/ first, then pulumi destroy
+
+Each step says what it does; a failure names the step and what to do about it.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainer.ops import OpsError, aws, runs
+from trainer.ops.settings import Settings
+
+
+def backend_for(settings: Settings):
+    """The backend ``settings.backend`` names: cloud.AwsBackend or local.LocalBackend."""
+    if settings.backend == "local":
+        from trainer.ops.local import LocalBackend
+
+        return LocalBackend(settings)
+    from trainer.ops.cloud import AwsBackend
+
+    return AwsBackend(settings)
+
+
+def as_ops_error(exc: BaseException, doing: str) -> OpsError | None:
+    """OpsError for what a user can act on (AWS, S3, Docker, bad input); None for a bug."""
+    err = aws.explain(exc, doing)
+    if err is not None:
+        return err
+    if type(exc).__module__.startswith("docker."):
+        return OpsError(f"Docker failed while {doing}: {' '.join(str(exc).split())[:300]}")
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return OpsError(f"{doing}: {exc}")
+    return None
+
+
+class Steps:
+    """Numbered steps: ``with steps("uploading the data set"): ...`` prints the step, its time,
+    and turns a failure into an OpsError that names the step."""
+
+    def __init__(self, total: int, echo=print):
+        self.n, self.total, self.echo = 0, total, echo
+
+    @contextmanager
+    def __call__(self, what: str, hint: str = ""):
+        self.n += 1
+        label = f"step {self.n}/{self.total}"
+        self.echo(f"[{self.n}/{self.total}] {what}")
+        t0 = time.monotonic()
+        try:
+            yield
+        except Exception as e:
+            err = as_ops_error(e, what)
+            if err is None:
+                raise
+            raise OpsError(f"{label} ({what}) failed: {err}" + (f"; {hint}" if hint else "")) \
+                from None
+        self.echo(f"      ok ({time.monotonic() - t0:.0f}s)")
+
+
+def going_run(backend, out: dict) -> str | None:
+    """The run going on this stack: one being started (SSM command, container), or the newest
+    run whose status.json has a non-final state and a fresh heartbeat."""
+    active = backend.active_run(out)
+    if active:
+        return active
+    newest = runs.latest(out["bucket"])
+    if newest and runs.is_going(runs.status(out["bucket"], newest)):
+        return newest
+    return None
+
+
+def upload_data(bucket: str, data: str, echo=print) -> str:
+    """The data set as an s3:// prefix in the stack's bucket; a local folder is mirrored to
+    ``data/NAME/`` (only what changed is sent; files gone from the folder are removed there)."""
+    from trainer.s3 import _folder, client, parse_s3_uri, sync_up
+
+    if data.startswith("s3://"):
+        other, prefix = parse_s3_uri(data)
+        if other != bucket:
+            raise OpsError(f"DATA {data} is outside the stack's bucket, which is all the instance "
+                           f"may read: give a local folder, or copy it first (aws s3 sync {data} "
+                           f"s3://{bucket}/data/NAME/)")
+        return f"s3://{bucket}/{_folder(prefix)}"
+    folder = Path(data).expanduser()
+    if not folder.is_dir():
+        raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
+                       f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name) or "data"
+    prefix = f"data/{name}/"
+    counts = sync_up(folder, f"s3://{bucket}/{prefix}")
+    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    s3 = client()
+    stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])
+        if o["Key"][len(prefix):] not in local]
+    for i in range(0, len(stale), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k}
+                                                             for k in stale[i:i + 1000]]})
+    echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {counts['skipped']} "
+         f"unchanged, {len(stale)} removed (gone from {folder})")
+    return f"s3://{bucket}/{prefix}"
+
+
+def stop_run(backend, out: dict, run_id: str, echo=print, wait: float = 90) -> dict | None:
+    """Stop ``run_id`` after its checkpoint; its final status.json (state ``stopped``)."""
+    backend.stop_run(out, run_id, echo=echo)
+    deadline = time.monotonic() + wait
+    st = runs.status(out["bucket"], run_id)
+    while (not st or st.get("state") not in runs.FINAL_STATES) and time.monotonic() < deadline:
+        time.sleep(2)
+        st = runs.status(out["bucket"], run_id)
+    state = (st or {}).get("state", "unknown")
+    echo(f"    run {run_id}: {state} at epoch {(st or {}).get('epoch', '?')}; its artifacts stay "
+         f"in {runs.run_uri(out['bucket'], run_id)}")
+    return st
+
+
+def deploy(settings: Settings, replace: bool = False, image: str | None = None,
+           echo=print) -> str:
+    """Start a training run of ``settings.data`` with ``settings.args``; the new run id."""
+    backend = backend_for(settings)
+    step = Steps(7, echo)
+    aws_side = backend.name == "aws"
+    with step("checking credentials, tools and the Docker engine"):
+        backend.preflight()
+        train_args = shlex.split(settings.args)
+    with step("looking for a run already going"):
+        current = backend.deployed()
+        going = going_run(backend, current) if current else None
+        echo(f"    run {going} is going" if going else "    none")
+    if going and not replace:
+        raise OpsError(f"run {going} is going on this stack; wait for it to end (make status), "
+                       "or replace it: make deploy REPLACE=1 (it is stopped after a checkpoint; "
+                       "its artifacts stay)")
+    with step("pulumi up (the stack in infra/)" if aws_side else "starting the local S3 stand-in",
+              hint="see the output above; fix and run make deploy again" if aws_side else ""):
+        out = backend.outputs(create=True, echo=echo)
+    run_id = runs.new_run_id()
+    with step("building the image" + (" and pushing it to ECR" if aws_side else ""),
+              hint="is the Docker engine up? (docker info)"):
+        image_ref = backend.prepare_image(out, run_id, image, echo=echo)
+    with step(f"uploading the data set ({settings.data})"):
+        data_uri = upload_data(out["bucket"], settings.data, echo=echo)
+    with step("starting the instance and waiting for SSM" if aws_side else "checking the host",
+              hint="make deploy again retries" if aws_side else ""):
+        backend.ensure_host(out, echo=echo)
+        going = going_run(backend, out) if going else None
+        if going:
+            stop_run(backend, out, going, echo=echo)
+    with step(f"starting run {run_id}"):
+        backend.start_run(out, run_id, image_ref, ["--data", data_uri, *train_args], echo=echo)
+    b = "" if settings.backend == "aws" else f" BACKEND={settings.backend}"
+    echo(f"\nrun {run_id} started: {runs.run_uri(out['bucket'], run_id)}\nnext:\n"
+         f"  make status{b}              state, epoch, best, ETA, cost\n"
+         f"  make logs{b} FOLLOW=1       its log, live\n"
+         f"  make monitor{b}             a menu of the above, metrics per epoch, time to go\n"
+         f"  make results{b}             results/{run_id}/summary.md (also while it runs)\n"
+         f"run id: {run_id}")
+    return run_id
+
+
+def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read=input,
+            echo=print) -> int:
+    """Remove the stack after a confirmation that says what is lost; 0 done, 1 not confirmed."""
+    from trainer.ops import report
+
+    backend = backend_for(settings)
+    backend.preflight(docker=backend.name == "local")
+    out = backend.outputs()
+    run_ids = runs.list_runs(out["bucket"])
+    word = settings.stack if backend.name == "aws" else "local"  # what the user types
+    echo(f"This destroys the {backend.name} stack {out.get('stack', settings.stack)}:")
+    for line in backend.describe_loss(out, run_ids):
+        echo(f"  - {line}")
+    if keep_runs:
+        echo(f"The {len(run_ids)} run(s) are downloaded to {settings.results_dir}/ first.")
+    elif run_ids:
+        echo(f"The runs are lost: keep them with KEEP=1 (downloads all {len(run_ids)} to "
+             f"{settings.results_dir}/ first) or `make results RUN=ID` for one.")
+    if not yes:
+        try:
+            answer = read(f"Type {word!r} to destroy it: ").strip()
+        except EOFError:
+            answer = ""
+        if answer != word:
+            echo("not destroyed")
+            return 1
+    step = Steps(2, echo)
+    with step(f"downloading {len(run_ids)} run(s) to {settings.results_dir}/" if keep_runs
+              else "no runs kept"):
+        for run_id in run_ids if keep_runs else []:
+            report.fetch(out["bucket"], run_id, Path(settings.results_dir))
+    with step("pulumi destroy" if backend.name == "aws" else "stopping the local stand-in",
+              hint="run make destroy again; the stack is left as `pulumi destroy` left it"):
+        backend.destroy(out, echo=echo)
+    echo("destroyed")
+    return 0

@@ -1,0 +1,104 @@
+"""``make monitor``: a plain terminal menu over one run; a number (or letter) and Enter.
+
+    python -m trainer monitor                    # the newest run
+    python -m trainer monitor --run RUN_ID --backend local
+
+Each choice reads the run directory (and the host) afresh, and is also a plain command:
+1 and 2 are `make logs` (FOLLOW=1), 3 to 6 parts of `make status`. Reads stdin line by line,
+so it works in any terminal, over SSH, in `script`, and under a test driving a pseudo-terminal.
+"""
+
+from __future__ import annotations
+
+from trainer.ops import OpsError, runs, views
+
+MENU = """\
+  1  recent logs
+  2  follow the logs live (Ctrl-C: back to this menu)
+  3  resource use (CPU, memory, disk)
+  4  validation metrics per epoch (table and chart)
+  5  time to completion
+  6  status and cost
+  r  another run
+  q  quit"""
+
+
+class Monitor:
+    def __init__(self, backend, out: dict, run_id: str, read=input, write=print):
+        self.backend, self.out, self.run_id = backend, out, run_id
+        self.read, self.write = read, write
+        self.bucket = out["bucket"]
+
+    def status(self) -> dict | None:
+        return runs.status(self.bucket, self.run_id)
+
+    def host(self) -> dict | None:
+        try:
+            return self.backend.host(self.out, self.run_id)
+        except Exception as e:  # the menu stays up when the host cannot be asked
+            self.write(f"(host unavailable: {' '.join(str(e).split())[:160]})")
+            return None
+
+    def logs(self, follow: bool) -> None:
+        lines = self.backend.log_lines(self.out, self.run_id, tail=40, follow=follow,
+                                       done=lambda: not runs.is_going(self.status()))
+        if lines is None:
+            self.write(f"no live log for run {self.run_id} (not started yet, or its container is "
+                       "gone); `make logs` falls back to train.log in the run directory")
+            return
+        try:
+            for line in lines:
+                self.write(line)
+        except KeyboardInterrupt:
+            self.write("\n(stopped following)")
+
+    def config(self) -> dict | None:
+        return runs.read_json(self.bucket, self.run_id, "config.json")
+
+    def choose(self, choice: str) -> bool:
+        """Do one choice; False to quit."""
+        show = lambda lines: self.write("\n".join(lines))  # noqa: E731
+        if choice in ("q", "quit", "exit"):
+            return False
+        if choice == "1":
+            self.logs(follow=False)
+        elif choice == "2":
+            self.logs(follow=True)
+        elif choice == "3":
+            show(views.resource_lines(self.status(), self.host()))
+        elif choice == "4":
+            show(views.metrics_lines(runs.metrics(self.bucket, self.run_id)))
+        elif choice == "5":
+            show(views.eta_lines(self.status(), runs.metrics(self.bucket, self.run_id),
+                                 self.config()))
+        elif choice == "6":
+            show(views.status_lines(self.run_id, self.status(), self.host()))
+        elif choice == "r":
+            known = runs.list_runs(self.bucket)
+            self.write("runs: " + ", ".join(known[-10:]))
+            wanted = self.read("run id (Enter: the newest)> ").strip()
+            try:
+                self.run_id = runs.resolve(self.bucket, wanted or None)
+            except OpsError as e:
+                self.write(f"error: {e}")
+        elif choice:
+            self.write(f"no choice {choice!r}: type 1 to 6, r or q")
+        return True
+
+    def loop(self) -> int:
+        while True:
+            st = self.status() or {}
+            self.write(f"\n== run {self.run_id} ({self.backend.name}): "
+                       f"{st.get('state', 'starting')}, epoch {st.get('epoch', 0)}/"
+                       f"{st.get('epochs_max', '?')} ==")
+            self.write(MENU)
+            try:
+                choice = self.read("choice> ").strip().lower()
+            except (EOFError, KeyboardInterrupt):
+                self.write("")
+                return 0
+            try:
+                if not self.choose(choice):
+                    return 0
+            except OpsError as e:
+                self.write(f"error: {e}")

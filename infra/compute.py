@@ -7,8 +7,13 @@ User data contract (read by scripts/bootstrap.sh, run with no arguments at first
     <the full text of scripts/bootstrap.sh>
 
 Names and numbers only: no secrets (the instance gets credentials from its role via IMDSv2).
+The text goes to EC2 gzipped (cloud-init unpacks gzip user data itself), because the script is
+larger than EC2's 16 KB limit on raw user data; gzip with mtime 0 keeps it byte-stable between
+`pulumi up` runs.
 """
 
+import base64
+import gzip
 import shlex
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import pulumi_aws as aws
 from settings import Settings
 
 BOOTSTRAP = Path(__file__).resolve().parent.parent / "scripts" / "bootstrap.sh"
-USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data
+USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (counted before base64)
 
 
 def user_data(cfg: Settings, script: str, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repository,
@@ -31,7 +36,7 @@ def user_data(cfg: Settings, script: str, *, bucket: aws.s3.Bucket, repo: aws.ec
         AVE_MAX_RUN_HOURS=cfg.max_run_hours,
         AVE_IDLE_MINUTES=cfg.idle_minutes,
     )
-    return env.apply(lambda values: render_user_data(values, script))
+    return env.apply(lambda values: encode_user_data(render_user_data(values, script)))
 
 
 def read_bootstrap() -> str:
@@ -44,11 +49,16 @@ def read_bootstrap() -> str:
 
 def render_user_data(env: dict[str, object], script: str) -> str:
     exports = " ".join(f"{key}={shlex.quote(str(value))}" for key, value in env.items())
-    text = f"#!/bin/bash\nexport {exports}\n{script}"
-    if len(text.encode()) > USER_DATA_LIMIT:
-        raise pulumi.RunError(f"user data is {len(text.encode())} bytes, over EC2's limit of "
+    return f"#!/bin/bash\nexport {exports}\n{script}"
+
+
+def encode_user_data(text: str) -> str:
+    """gzip then base64, for ``user_data_base64``; the gzipped size must fit EC2's limit."""
+    packed = gzip.compress(text.encode(), mtime=0)
+    if len(packed) > USER_DATA_LIMIT:
+        raise pulumi.RunError(f"user data is {len(packed)} bytes gzipped, over EC2's limit of "
                               f"{USER_DATA_LIMIT}: shorten scripts/bootstrap.sh")
-    return text
+    return base64.b64encode(packed).decode()
 
 
 def instance(cfg: Settings, *, profile: aws.iam.InstanceProfile, security_group: aws.ec2.SecurityGroup,
@@ -91,7 +101,7 @@ def instance(cfg: Settings, *, profile: aws.iam.InstanceProfile, security_group:
             "market_type": "spot",
             "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
         } if cfg.spot else None,
-        user_data=user_data,
+        user_data_base64=user_data,
         # False: a changed bootstrap script is applied by a stop/start that keeps the instance,
         # its id and its disk, rather than a replacement. cloud-init runs user data at first
         # boot only, so bootstrap.sh must make whatever should run on later boots persistent.

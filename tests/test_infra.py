@@ -16,6 +16,8 @@ Input keys are the engine's camelCase names (`metadataOptions.httpTokens`), as t
 
 from __future__ import annotations
 
+import base64
+import gzip
 import importlib
 import inspect
 import json
@@ -283,7 +285,7 @@ def test_invalid_config_fails_before_anything_is_made(deploy):
 def test_region_comes_from_aws_region(deploy):
     s = deploy({"aws:region": "eu-west-1"})
     assert s.exports["region"] == "eu-west-1"
-    assert "AVE_REGION=eu-west-1 " in s.one(INSTANCE).inputs["userData"]
+    assert "AVE_REGION=eu-west-1 " in user_data(s.one(INSTANCE).inputs)
 
 
 # ---- network: nothing comes in -------------------------------------------------------------
@@ -369,9 +371,16 @@ def bootstrap_text() -> str:
     return importlib.import_module("compute").BOOTSTRAP.read_text()
 
 
+def user_data(inputs: dict) -> str:
+    """The instance's user data as the instance sees it: base64, then gunzip (as cloud-init)."""
+    packed = base64.b64decode(inputs["userDataBase64"])
+    assert len(packed) <= 16 * 1024  # EC2's limit
+    return gzip.decompress(packed).decode()
+
+
 def test_user_data_is_the_env_line_then_the_bootstrap_script(stack):
     instance = stack.one(INSTANCE).inputs
-    shebang, env, rest = instance["userData"].split("\n", 2)
+    shebang, env, rest = user_data(instance).split("\n", 2)
     assert shebang == "#!/bin/bash"
     assert env == (
         f"export AVE_BUCKET={stack.exports['bucket']} AVE_REGION=us-east-1 "
@@ -383,8 +392,8 @@ def test_user_data_is_the_env_line_then_the_bootstrap_script(stack):
 
 
 def test_user_data_carries_the_time_limits_from_config(deploy):
-    user_data = deploy({"maxRunHours": "3", "idleMinutes": "5"}).one(INSTANCE).inputs["userData"]
-    assert " AVE_MAX_RUN_HOURS=3 AVE_IDLE_MINUTES=5\n" in user_data
+    text = user_data(deploy({"maxRunHours": "3", "idleMinutes": "5"}).one(INSTANCE).inputs)
+    assert " AVE_MAX_RUN_HOURS=3 AVE_IDLE_MINUTES=5\n" in text
 
 
 def test_missing_bootstrap_script_fails_with_a_clear_error(deploy, monkeypatch, tmp_path):

@@ -273,3 +273,76 @@ def flaky_proxy(aws_env, moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     yield proxy
     proxy.stop()
+
+
+# --- the trainer's Docker image, and the operator side's local backend -------------------------
+# docker_client: a Docker SDK client, or a skip saying why (a failure under CI=true, where the
+#   engine is part of the job: scripts/docker-engine.sh).
+# trainer_image: the image built from this checkout, once per session, by the product's own build
+#   code (trainer.ops.image.build: the .dockerignore'd context plus the CPU torch wheel on disk).
+#   Any test that runs the image should use it, so CI builds it once. AVE_TEST_IMAGE=TAG uses an
+#   image already built instead.
+# finished_run: a real run directory of a short training (made once per session, locally).
+# local_stack: the local backend's state (AVE_STATE_DIR) pointing at the moto server and a fresh
+#   bucket, as `deploy --backend local` leaves it, without a container; yields the state dict.
+
+TORCH_WHEELS = ["wheels/torch-*+cpu-*.whl", "/opt/wheels/torch-*+cpu-*.whl"]
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as e:  # no SDK, no socket, engine down
+        why = (f"no Docker engine answers ({type(e).__name__}); start one: "
+               "sudo bash scripts/docker-engine.sh")
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI=true but {why}")
+        pytest.skip(why)
+    return client
+
+
+@pytest.fixture(scope="session")
+def trainer_image(docker_client):
+    from trainer.ops import image
+
+    given = os.environ.get("AVE_TEST_IMAGE")
+    if given:
+        return given
+    tag = "av-emotion-trainer:test"
+    t0 = time.monotonic()
+    image.build(docker_client, tag, wheel=image.find_wheel(TORCH_WHEELS), echo=lambda line: None)
+    print(f"trainer_image: {tag} built in {time.monotonic() - t0:.0f}s")
+    return tag
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """Path of a finished run directory (2 epochs on a tiny demo set)."""
+    from util import FAST, tiny_demo
+
+    root = tmp_path_factory.mktemp("finished-run")
+    data = tiny_demo(root / "data", speakers=8, clips_per_speaker=8)
+    out = root / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    subprocess.run([sys.executable, "-m", "trainer", "train", "--data", str(data), "--out",
+                    str(out), "--epochs", "2", *FAST], check=True, capture_output=True, env=env,
+                   timeout=300)
+    return out
+
+
+@pytest.fixture
+def local_stack(aws_env, moto_server, s3_bucket, tmp_path, monkeypatch):
+    import json
+
+    state_dir = tmp_path / ".ave"
+    state_dir.mkdir()
+    state = {"stack": f"local-{s3_bucket[-6:]}", "endpoint": moto_server, "pid": None,
+             "bucket": s3_bucket, "region": "us-east-1"}
+    (state_dir / "local.json").write_text(json.dumps(state))
+    monkeypatch.setenv("AVE_STATE_DIR", str(state_dir))
+    monkeypatch.chdir(tmp_path)
+    yield state

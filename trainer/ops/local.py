@@ -185,8 +185,12 @@ class LocalBackend:
 
     def log_lines(self, out: dict, run_id: str, tail: int = 50, follow: bool = False,
                   done=None):
-        """The run container's output (an iterator of lines), or None if it has none."""
-        found = self._containers(out, run_id)
+        """The run container's output (an iterator of lines), or None if it has none (or no
+        engine answers: the caller falls back to the run directory's train.log)."""
+        try:
+            found = self._containers(out, run_id)
+        except OpsError:
+            return None
         if not found:
             return None
         c = found[0]

@@ -1,0 +1,173 @@
+"""Run directories in S3, `make results`, `make status`, `make logs`, and the text they print.
+
+    .venv/bin/python -m pytest tests/test_ops_results.py
+
+Run against the moto server (conftest ``local_stack``: the local backend's state pointing at
+it), with a real run directory from a short training (``finished_run``); no Docker needed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.ops import OpsError, runs, views
+from trainer.ops.flow import upload_data
+from trainer.s3 import sync_up
+
+RUN = "20250101-120000-ab12"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args, "--backend", "local"],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def put(s3_client, bucket: str, key: str, body) -> None:
+    s3_client.put_object(Bucket=bucket, Key=key,
+                         Body=json.dumps(body) if isinstance(body, dict) else body)
+
+
+def heartbeat(age: float = 0, state: str = "training", **kw) -> dict:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - age))
+    return {"state": state, "epoch": 3, "epochs_max": 50, "best": 0.5, "best_epoch": 2,
+            "eta_seconds": 94.0, "eta_early_stop_seconds": 15.0, "updated_at": stamp, **kw}
+
+
+def test_runs_are_listed_oldest_first_and_resolved(s3_bucket, s3_client):
+    assert runs.list_runs(s3_bucket) == [] and runs.latest(s3_bucket) is None
+    with pytest.raises(OpsError, match="no runs yet.*make deploy"):
+        runs.resolve(s3_bucket)
+    ids = ["20250102-000000-0001", "20250101-000000-0002", "20250103-000000-0003"]
+    for rid in ids:
+        put(s3_client, s3_bucket, f"runs/{rid}/status.json", heartbeat())
+    assert runs.list_runs(s3_bucket) == sorted(ids)
+    assert runs.resolve(s3_bucket) == "20250103-000000-0003"
+    assert runs.resolve(s3_bucket, ids[0]) == ids[0]
+    with pytest.raises(OpsError, match=r"no run 'nope'.*20250103-000000-0003"):
+        runs.resolve(s3_bucket, "nope")
+
+
+def test_a_run_is_going_only_with_a_fresh_heartbeat_and_a_live_state():
+    assert runs.is_going(heartbeat(age=5))
+    assert not runs.is_going(heartbeat(age=runs.FRESH_SECONDS + 60))  # instance went away
+    assert not runs.is_going(heartbeat(state="stopped"))
+    assert not runs.is_going(None)
+    assert runs.started_at(runs.new_run_id(0)).timestamp() == 0
+
+
+def test_the_data_set_is_mirrored_only_what_changed(s3_bucket, s3_client, tmp_path):
+    folder = tmp_path / "clips"
+    for name in ("a.npz", "b.npz", "sub/c.npz"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode() * 100)
+    said = []
+    uri = upload_data(s3_bucket, str(folder), echo=said.append)
+    assert uri == f"s3://{s3_bucket}/data/clips/"
+    assert "3 uploaded, 0 unchanged, 0 removed" in said[-1]
+    (folder / "b.npz").unlink()
+    (folder / "a.npz").write_bytes(b"changed")
+    upload_data(s3_bucket, str(folder), echo=said.append)
+    assert "1 uploaded, 1 unchanged, 1 removed" in said[-1]
+    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
+    assert keys == ["data/clips/a.npz", "data/clips/sub/c.npz"]
+
+    assert upload_data(s3_bucket, f"s3://{s3_bucket}/data/other") == \
+        f"s3://{s3_bucket}/data/other/"
+    with pytest.raises(OpsError, match="outside the stack's bucket"):
+        upload_data(s3_bucket, "s3://someone-else/data/")
+    with pytest.raises(OpsError, match="not a folder.*demo-data"):
+        upload_data(s3_bucket, str(tmp_path / "missing"))
+
+
+def test_results_of_a_finished_run(local_stack, finished_run, tmp_path):
+    sync_up(finished_run, f"s3://{local_stack['bucket']}/runs/{RUN}/")
+    proc = cli("results", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "results" / RUN
+    summary = json.loads((dest / "summary.json").read_text())
+    md = (dest / "summary.md").read_text()
+    test = summary["test"]
+    # The run's real test metrics, as summary.json has them.
+    assert f"| accuracy | {test['accuracy']:.4f} |" in md
+    assert f"| macro-F1 | {test['macro_f1']:.4f} |" in md
+    assert f"| UAR | {test['uar']:.4f} |" in md
+    for label, c in test["per_class"].items():
+        assert f"| {label} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | " \
+               f"{c['support']} |" in md
+    assert "| ANG | " + " | ".join(map(str, test["confusion_matrix"][0])) + " |" in md
+    assert f"Skipped clips: {len(summary['data']['skipped'])}." in md
+    assert summary["data"]["skipped"][0]["reason"] in md
+    assert "## Training time and cost" in md and "local: no instance cost" in md
+    assert (dest / "checkpoints/best.pt").is_file()
+    assert (dest / "plots/learning_curves.png").is_file()
+    assert (dest / "plots/confusion_matrix.png").is_file()
+
+    again = cli("results", "--run", RUN, cwd=tmp_path)  # idempotent
+    assert again.returncode == 0 and " 0 file(s) downloaded" in again.stdout
+    assert (dest / "summary.md").read_text() == md
+
+
+def test_results_of_a_run_still_going(local_stack, finished_run, s3_client, tmp_path):
+    bucket = local_stack["bucket"]
+    for name in ("config.json", "metrics.jsonl"):
+        put(s3_client, bucket, f"runs/{RUN}/{name}", (finished_run / name).read_bytes())
+    put(s3_client, bucket, f"runs/{RUN}/status.json", heartbeat(epoch=2))
+    proc = cli("results", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    dest = tmp_path / "results" / RUN
+    md = (dest / "summary.md").read_text()
+    assert "State: **training**" in md and "has not ended: no test metrics yet" in md
+    assert "Best validation macro-F1 so far: 0.5000 (epoch 2)" in md
+    assert (dest / "plots/learning_curves.png").is_file()  # drawn from metrics.jsonl
+    assert "confusion" not in md
+
+
+def test_status_and_logs_of_a_finished_run(local_stack, finished_run, tmp_path):
+    sync_up(finished_run, f"s3://{local_stack['bucket']}/runs/{RUN}/")
+    summary = json.loads((finished_run / "summary.json").read_text())
+    status = cli("status", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"run        {RUN}" in status.stdout
+    assert "state      done" in status.stdout
+    assert f"test       macro-F1 {summary['test']['macro_f1']:.4f}" in status.stdout
+
+    logs = cli("logs", "--tail", "5", cwd=tmp_path)  # no container: the run's train.log
+    assert logs.returncode == 0, logs.stderr
+    assert "train.log" in logs.stderr and '"event": "test"' in logs.stdout
+
+
+def test_an_unknown_run_and_no_local_stack_are_one_line_each(local_stack, finished_run,
+                                                             tmp_path, monkeypatch):
+    sync_up(finished_run, f"s3://{local_stack['bucket']}/runs/{RUN}/")
+    proc = cli("results", "--run", "20990101-000000-dead", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"error: there is no run '20990101-000000-dead' in "
+                           f"s3://{local_stack['bucket']}/runs/ (newest runs: {RUN})\n")
+    monkeypatch.setenv("AVE_STATE_DIR", str(tmp_path / "elsewhere"))
+    proc = cli("status", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr == ("error: no local stack: start one with `make deploy BACKEND=local`\n")
+
+
+def test_the_views_tell_time_to_go_and_draw_the_metric():
+    rows = [{"epoch": i, "val_macro_f1": v, "epoch_seconds": 2.0, "train_loss": 1.0}
+            for i, v in enumerate([0.2, 0.4, 0.5, 0.45, 0.44], start=1)]
+    eta = views.eta_lines(heartbeat(epoch=5, best_epoch=3, eta_seconds=90.0,
+                                    eta_early_stop_seconds=16.0), rows, {"patience": 10})
+    assert eta[0] == "epoch 5 of at most 50; 2.0 s per epoch (mean of the last 5)"
+    assert "(45 epochs)" in eta[1]
+    assert "2 epoch(s) without a better val macro-F1 (patience 10); stops in 8 epoch(s), 16s" \
+        in eta[2]
+    table = views.metrics_table(rows)
+    assert table[3].endswith(" *") and not table[4].endswith("*")  # epoch 3 is the best
+    chart = views.chart([r["val_macro_f1"] for r in rows], height=4)
+    assert chart[0].startswith(" 0.500 |") and chart[0].endswith("  *  ")
+    assert chart[3].startswith(" 0.200 |*")
+    assert views.chart([0.3, 0.3], height=3)[1].endswith("**")  # flat: the middle row
+    assert views.duration(3725) == "1h 02m" and views.duration(75) == "1m 15s"

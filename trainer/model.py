@@ -38,11 +38,37 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
 
 
+_LOW15 = 0x7FFF7FFF7FFF7FFF  # the low 15 bits of each 16-bit lane of an int64
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """F.dropout from a cheaper random source: four draws per random int64, p to 1/32768.
+
+    Same generator and the same inverted scaling; on this CPU build F.dropout's Bernoulli
+    sampling of a (24, 500, 128) tensor takes ~30 ms, a tenth of a training step, this ~2 ms.
+    """
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return x * 0.0
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()
+    lanes = (bits & _LOW15).view(torch.int16)[:n].view(x.shape)  # uniform on [0, 32768)
+    return x.masked_fill(lanes < round(p * 32768), 0.0) * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout over ``dropout`` above (same settings and state, faster on CPU)."""
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+
 class FeedForward(nn.Module):
     def __init__(self, d: int, dropout: float, mult: int = 2):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mult * d, d), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), Dropout(dropout),
+                                 nn.Linear(mult * d, d), Dropout(dropout))
 
     def forward(self, x):
         return self.net(x)
@@ -57,7 +83,7 @@ class MultiScaleConv(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.convs = nn.ModuleList(nn.Conv1d(d, d // len(kernels), k, padding=k // 2)
                                    for k in kernels)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, mask):
         h = masked(self.norm(x), mask).transpose(1, 2)  # (B, C, T), zero padding as if alone
@@ -74,7 +100,7 @@ class TemporalBlock(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.conv1 = nn.Conv1d(d, d, kernel, dilation=dilation)
         self.conv2 = nn.Conv1d(d, d, kernel, dilation=dilation)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def causal(self, conv, x, mask):
         h = F.pad(masked(x, mask).transpose(1, 2), (self.pad, 0))  # (B, C, pad + T)
@@ -126,7 +152,7 @@ class SelfAttentionBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x, mask):
         h = self.norm1(x)
@@ -145,7 +171,7 @@ class CrossModalAttention(nn.Module):
         super().__init__()
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         init = torch.linspace(-4.0, 2.0, heads)  # softplus: about 0.02 .. 2.1 per second
         self.slope = nn.Parameter(init)
 
@@ -171,7 +197,7 @@ class HybridModel(nn.Module):
         self.a2v = CrossModalAttention(d_model, heads, dropout)  # audio queries video
         self.v2a = CrossModalAttention(d_model, heads, dropout)  # video queries audio
         self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
-                                  nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
+                                  nn.GELU(), Dropout(dropout), nn.Linear(d_model, n_classes))
 
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
         a = masked(self.audio_in(audio), audio_mask)  # (B, T_a, d)

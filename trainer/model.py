@@ -127,9 +127,9 @@ class TCN(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention over scaled_dot_product_attention, with a key mask and optional bias."""
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int):
         super().__init__()
-        self.heads, self.dropout = heads, dropout
+        self.heads = heads
         self.q, self.kv, self.out = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
 
     def forward(self, x, ctx, ctx_mask, bias=None):
@@ -142,8 +142,9 @@ class Attention(nn.Module):
             attn_mask = keep
         else:  # (B, H, Tq, Tk) additive, -inf on padded keys
             attn_mask = bias.masked_fill(~keep, float("-inf"))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        # No dropout on the attention weights: with it, SDPA on CPU leaves its fused kernel
+        # for the math path (B, H, Tq, Tk weights, masks and copies); the output is dropped.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.out(y.transpose(1, 2).reshape(B, Tq, C))  # (B, Tq, C)
 
 
@@ -151,7 +152,7 @@ class SelfAttentionBlock(nn.Module):
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
+        self.attn, self.ff = Attention(d, heads), FeedForward(d, dropout)
         self.drop = Dropout(dropout)
 
     def forward(self, x, mask):
@@ -170,7 +171,7 @@ class CrossModalAttention(nn.Module):
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn, self.ff = Attention(d, heads, dropout), FeedForward(d, dropout)
+        self.attn, self.ff = Attention(d, heads), FeedForward(d, dropout)
         self.drop = Dropout(dropout)
         init = torch.linspace(-4.0, 2.0, heads)  # softplus: about 0.02 .. 2.1 per second
         self.slope = nn.Parameter(init)

@@ -281,6 +281,16 @@ def test_no_docker_engine_is_one_line_saying_how_to_start_one(monkeypatch):
         image.engine()
 
 
+def test_deploy_without_a_docker_engine_names_the_step(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(DOCKER_HOST="unix:///nonexistent/docker.sock", AVE_STATE_DIR=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "trainer", "deploy", "--backend", "local"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.startswith("error: step 1/7 (checking credentials, tools and the Docker "
+                                  "engine) failed: no Docker engine answers")
+
+
 def test_the_build_context_is_what_dockerignore_lets_in(tmp_path):
     wheel = tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
     wheel.write_bytes(b"not really a wheel")

@@ -45,6 +45,7 @@ def client(service: str, region: str | None = None, attempts: int | None = None,
 
 def check_credentials(region: str | None = None) -> str:
     """The AWS account the credentials belong to; OpsError if there are none or they are refused."""
+    region = region or boto3.session.Session().region_name or "us-east-1"  # STS answers anywhere
     try:
         return client("sts", region, attempts=2).get_caller_identity()["Account"]
     except Exception as e:

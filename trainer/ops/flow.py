@@ -153,7 +153,11 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     with step("starting the instance and waiting for SSM" if aws_side else "checking the host",
               hint="make deploy again retries" if aws_side else ""):
         backend.ensure_host(out, echo=echo)
-        going = going_run(backend, out) if going else None
+        # Again: a run interrupted by a stop resumes when its instance boots.
+        going = going_run(backend, out)
+        if going and not replace:
+            raise OpsError(f"run {going} is going (an interrupted run resumes when the instance "
+                           "starts); make deploy REPLACE=1 replaces it")
         if going:
             stop_run(backend, out, going, echo=echo)
     with step(f"starting run {run_id}"):
@@ -175,7 +179,13 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
 
     backend = backend_for(settings)
     backend.preflight(docker=backend.name == "local")
-    out = backend.outputs()
+    out = backend.deployed()
+    if out is None:
+        leftover = backend.read_state() if backend.name == "local" else None
+        if leftover:  # the moto server died: remove its containers and state all the same
+            backend.destroy(leftover, echo=echo)
+        echo(f"nothing to destroy: no {backend.name} stack is deployed")
+        return 0
     run_ids = runs.list_runs(out["bucket"])
     word = settings.stack if backend.name == "aws" else "local"  # what the user types
     echo(f"This destroys the {backend.name} stack {out.get('stack', settings.stack)}:")
@@ -194,11 +204,11 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
         if answer != word:
             echo("not destroyed")
             return 1
-    step = Steps(2, echo)
-    with step(f"downloading {len(run_ids)} run(s) to {settings.results_dir}/" if keep_runs
-              else "no runs kept"):
-        for run_id in run_ids if keep_runs else []:
-            report.fetch(out["bucket"], run_id, Path(settings.results_dir))
+    step = Steps(2 if keep_runs else 1, echo)
+    if keep_runs:
+        with step(f"downloading {len(run_ids)} run(s) to {settings.results_dir}/"):
+            for run_id in run_ids:
+                report.fetch(out["bucket"], run_id, Path(settings.results_dir))
     with step("pulumi destroy" if backend.name == "aws" else "stopping the local stand-in",
               hint="run make destroy again; the stack is left as `pulumi destroy` left it"):
         backend.destroy(out, echo=echo)

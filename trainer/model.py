@@ -8,7 +8,9 @@ Masks are True on real frames. Padded frames are zeroed before every convolution
 every attention as keys and out of the pooling, so padding never changes a prediction. The two
 streams run at different frame rates; cross-modal attention gets each frame's time in seconds
 and a learned per-head penalty on time distance, so it can relate what happens at the same
-moment in both.
+moment in both. Audio first goes through a masked mean over windows of ``audio_stride`` frames
+(100 -> 25 frames/s at the default 4), each window carrying the mean time of its real frames:
+the audio stream then costs a quarter, and it still lines up in time with the video.
 
 Example:
     >>> model = HybridModel(audio_dim=88, video_dim=512, n_classes=6)
@@ -22,9 +24,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero padded frames. x (B, T, C), mask (B, T)."""
-    return x * mask.unsqueeze(-1).to(x.dtype)
+def masked(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Zero padded frames. x (B, T, C), m (B, T, 1) float: the mask, converted once per forward."""
+    return x * m
+
+
+def pool_frames(x, mask, t, stride: int):
+    """Masked mean over windows of ``stride`` frames, from frame 0: (B, T, C) -> (B, T', C).
+
+    A window's time is the mean time of its real frames, and it is real if any of them is; a
+    clip gives the same windows alone or padded in a batch. Returns x, mask (B, T'), t (B, T').
+    """
+    if stride == 1:
+        return x, mask, t
+    m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
+
+    def pool(y):  # (B, C, T) -> (B, C, T'); ceil_mode keeps a last, partial window
+        return F.avg_pool1d(y, stride, stride, ceil_mode=True)
+
+    # Both averages share one divisor per window, so their ratio is the masked mean.
+    share = pool(m)  # (B, 1, T'): real frames per window / window size
+    keep = share.clamp_min(1e-6)
+    x = (pool(x.transpose(1, 2) * m) / keep).transpose(1, 2)  # (B, T', C)
+    t = (pool(t.unsqueeze(1) * m) / keep).squeeze(1)  # (B, T')
+    return x, share.squeeze(1) > 0, t
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -85,10 +108,10 @@ class MultiScaleConv(nn.Module):
                                    for k in kernels)
         self.drop = Dropout(dropout)
 
-    def forward(self, x, mask):
-        h = masked(self.norm(x), mask).transpose(1, 2)  # (B, C, T), zero padding as if alone
+    def forward(self, x, m):
+        h = masked(self.norm(x), m).transpose(1, 2)  # (B, C, T), zero padding as if alone
         h = torch.cat([conv(h) for conv in self.convs], dim=1).transpose(1, 2)  # (B, T, C)
-        return masked(x + self.drop(F.gelu(h)), mask)
+        return masked(x + self.drop(F.gelu(h)), m)
 
 
 class TemporalBlock(nn.Module):
@@ -102,14 +125,14 @@ class TemporalBlock(nn.Module):
         self.conv2 = nn.Conv1d(d, d, kernel, dilation=dilation)
         self.drop = Dropout(dropout)
 
-    def causal(self, conv, x, mask):
-        h = F.pad(masked(x, mask).transpose(1, 2), (self.pad, 0))  # (B, C, pad + T)
+    def causal(self, conv, x, m):
+        h = F.pad(masked(x, m).transpose(1, 2), (self.pad, 0))  # (B, C, pad + T)
         return conv(h).transpose(1, 2)  # (B, T, C)
 
-    def forward(self, x, mask):
-        h = self.drop(F.gelu(self.causal(self.conv1, self.norm1(x), mask)))
-        h = self.drop(F.gelu(self.causal(self.conv2, self.norm2(h), mask)))
-        return masked(x + h, mask)
+    def forward(self, x, m):
+        h = self.drop(F.gelu(self.causal(self.conv1, self.norm1(x), m)))
+        h = self.drop(F.gelu(self.causal(self.conv2, self.norm2(h), m)))
+        return masked(x + h, m)
 
 
 class TCN(nn.Module):
@@ -118,9 +141,9 @@ class TCN(nn.Module):
         self.blocks = nn.ModuleList(TemporalBlock(d, kernel, 2 ** i, dropout)
                                     for i in range(levels))  # dilations 1, 2, 4, 8
 
-    def forward(self, x, mask):
+    def forward(self, x, m):
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, m)
         return x
 
 
@@ -132,16 +155,13 @@ class Attention(nn.Module):
         self.heads = heads
         self.q, self.kv, self.out = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
 
-    def forward(self, x, ctx, ctx_mask, bias=None):
+    def forward(self, x, ctx, keep, bias=None):
+        """keep (B, 1, 1, Tk): True on real keys; bias (B, H, Tq, Tk) additive, or None."""
         B, Tq, C = x.shape
         Tk, H = ctx.shape[1], self.heads
         q = self.q(x).view(B, Tq, H, C // H).transpose(1, 2)  # (B, H, Tq, C/H)
         k, v = self.kv(ctx).view(B, Tk, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Tk, C/H)
-        keep = ctx_mask[:, None, None, :]  # (B, 1, 1, Tk), True on real keys
-        if bias is None:
-            attn_mask = keep
-        else:  # (B, H, Tq, Tk) additive, -inf on padded keys
-            attn_mask = bias.masked_fill(~keep, float("-inf"))
+        attn_mask = keep if bias is None else bias.masked_fill(~keep, float("-inf"))
         # No dropout on the attention weights: with it, SDPA on CPU leaves its fused kernel
         # for the math path (B, H, Tq, Tk weights, masks and copies); the output is dropped.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -155,10 +175,10 @@ class SelfAttentionBlock(nn.Module):
         self.attn, self.ff = Attention(d, heads), FeedForward(d, dropout)
         self.drop = Dropout(dropout)
 
-    def forward(self, x, mask):
+    def forward(self, x, m, keep):
         h = self.norm1(x)
-        x = x + self.drop(self.attn(h, h, mask))
-        return masked(x + self.ff(self.norm2(x)), mask)
+        x = x + self.drop(self.attn(h, h, keep))
+        return masked(x + self.ff(self.norm2(x)), m)
 
 
 class CrossModalAttention(nn.Module):
@@ -176,19 +196,23 @@ class CrossModalAttention(nn.Module):
         init = torch.linspace(-4.0, 2.0, heads)  # softplus: about 0.02 .. 2.1 per second
         self.slope = nn.Parameter(init)
 
-    def forward(self, x, x_t, x_mask, ctx, ctx_t, ctx_mask):
-        dist = (x_t[:, :, None] - ctx_t[:, None, :]).abs()  # (B, Tq, Tk)
+    def forward(self, x, x_m, ctx, ctx_keep, dist):
+        """dist (B, Tq, Tk): |t_query - t_key| in seconds, computed once for both directions."""
         bias = -F.softplus(self.slope)[None, :, None, None] * dist[:, None]  # (B, H, Tq, Tk)
-        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(ctx), ctx_mask, bias))
-        return masked(x + self.ff(self.norm_ff(x)), x_mask)
+        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(ctx), ctx_keep, bias))
+        return masked(x + self.ff(self.norm_ff(x)), x_m)
 
 
 class HybridModel(nn.Module):
     """Multi-scale Conv1D audio, TCN + self-attention video, bidirectional cross-modal attention."""
 
     def __init__(self, audio_dim: int, video_dim: int, n_classes: int, d_model: int = 128,
-                 heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1):
+                 heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
+                 audio_stride: int = 4):
         super().__init__()
+        self.stride = audio_stride
+        # In the state dict too, so a checkpoint says how it was trained (see below).
+        self.register_buffer("audio_stride", torch.tensor(audio_stride))
         self.audio_in = nn.Linear(audio_dim, d_model)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
                                          for _ in range(audio_layers))
@@ -200,14 +224,25 @@ class HybridModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
                                   nn.GELU(), Dropout(dropout), nn.Linear(d_model, n_classes))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints from before audio pooling have no stride in them: they ran at stride 1.
+        state_dict.setdefault(prefix + "audio_stride", torch.tensor(1))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.stride = int(self.audio_stride)
+
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
-        a = masked(self.audio_in(audio), audio_mask)  # (B, T_a, d)
+        audio, audio_mask, audio_t = pool_frames(audio, audio_mask, audio_t, self.stride)
+        # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
+        am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
+        a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
+        a = masked(self.audio_in(audio), am)  # (B, T_a, d), T_a after pooling
         for conv in self.audio_convs:
-            a = conv(a, audio_mask)
-        v = masked(self.video_in(video), video_mask)  # (B, T_v, d)
-        v = self.video_attn(self.tcn(v, video_mask), video_mask)
-        a2 = self.a2v(a, audio_t, audio_mask, v, video_t, video_mask)  # (B, T_a, d)
-        v2 = self.v2a(v, video_t, video_mask, a, audio_t, audio_mask)  # (B, T_v, d)
+            a = conv(a, am)
+        v = masked(self.video_in(video), vm)  # (B, T_v, d)
+        v = self.video_attn(self.tcn(v, vm), vm, v_keep)
+        dist = (audio_t[:, :, None] - video_t[:, None, :]).abs()  # (B, T_a, T_v) seconds
+        a2 = self.a2v(a, am, v, v_keep, dist)  # (B, T_a, d)
+        v2 = self.v2a(v, vm, a, a_keep, dist.transpose(1, 2))  # (B, T_v, d)
         pooled = torch.cat([masked_mean(a2, audio_mask), masked_max(a2, audio_mask),
                             masked_mean(v2, video_mask), masked_max(v2, video_mask)], -1)
         return self.head(pooled)  # (B, 4d) -> (B, n_classes)

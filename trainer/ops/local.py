@@ -76,7 +76,7 @@ class LocalBackend:
 
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
 
-    def _start_server(self) -> dict:
+    def _start_server(self, stack: str | None = None) -> dict:
         try:
             import moto.server  # noqa: F401  (only to say what is missing)
         except ImportError:
@@ -96,7 +96,8 @@ class LocalBackend:
                 raise OpsError(f"the local S3 stand-in (moto) did not start; see "
                                f"{self.state_path.parent / 'moto.log'}")
             time.sleep(0.2)
-        return {"stack": "local-" + secrets.token_hex(3), "endpoint": endpoint, "pid": proc.pid,
+        return {"stack": stack or "local-" + secrets.token_hex(3), "endpoint": endpoint,
+                "pid": proc.pid,
                 "bucket": self.settings.local_bucket, "region": self.settings.local_region}
 
     def outputs(self, create: bool = False, echo=print) -> dict:
@@ -110,7 +111,8 @@ class LocalBackend:
             if state is not None:
                 echo("    the previous local S3 stand-in is gone (its runs were in memory); "
                      "starting a new one")
-            state = self._start_server()
+            # The same stack name: the old containers stay this stand-in's (destroy removes them).
+            state = self._start_server(state["stack"] if state else None)
             self.write_state(state)
             echo(f"    local S3 stand-in: moto at {state['endpoint']} (pid {state['pid']})")
         self.activate(state)

@@ -16,7 +16,8 @@
 #         ave-watch.service      waits for the run's container to exit, then finishes the run
 #         ave-watchdog.timer     every minute: stops the instance after AVE_IDLE_MINUTES with no
 #                                run container, stops a run past AVE_MAX_RUN_HOURS, and stops
-#                                the run gracefully on a spot interruption notice
+#                                the run gracefully on a spot interruption notice (a backstop:
+#                                the trainer polls for it itself, AVE_WATCH_SPOT=1)
 #   bootstrap.sh run RUN_ID [trainer train args...]        (operator, through SSM Run Command)
 #       Logs in to ECR with the instance role, pulls $AVE_REPO_URL:latest, records the run in
 #       /var/lib/av-emotion/current-run, starts the container `ave-run` detached:
@@ -173,6 +174,7 @@ start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local
         --log-opt "awslogs-group=$AVE_LOG_GROUP" \
         --log-opt "awslogs-stream=$id" \
         --env "AWS_REGION=$AVE_REGION" --env "AWS_DEFAULT_REGION=$AVE_REGION" --env "AVE_RUN_ID=$id" \
+        --env AVE_WATCH_SPOT=1 \
         "$image" \
         train --data "s3://$AVE_BUCKET/data/" --out "s3://$AVE_BUCKET/runs/$id/" "$@" >/dev/null \
         || die "docker run failed for run $id"

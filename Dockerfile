@@ -8,19 +8,21 @@
 # Build here (DESIGN.md section 6: no registry; `bash scripts/docker-engine.sh` starts the engine
 # and makes the base image under the tag FROM names; the engine has no bridge, so --network host).
 # The CPU wheel on disk goes into a wheels/ folder of the build context, and is used instead of
-# the index (tests/test_image.py builds from a temporary context laid out like that):
+# the index (trainer/ops/image.py, which `make deploy` and the tests use, lays the context out so):
 #   mkdir -p wheels && cp /opt/wheels/torch-2.13.0+cpu-*.whl wheels/
 #   docker build --network host -t av-emotion-trainer .
-# The engine here (Debian's 20.10) builds with the classic builder; BuildKit works as well.
+# Here the classic builder runs (Debian's engine 20.10, no buildx): the Dockerfile uses nothing
+# that needs BuildKit, so either builder takes it.
 #
 # Run (the data and run directory may be local paths inside the container or s3:// prefixes):
 #   docker run --rm av-emotion-trainer train --help
 #   docker run --rm --network host av-emotion-trainer demo-data --out /tmp/d
 
-# Few steps after the venv exists, on purpose: with the vfs storage driver used here every step
-# copies the whole file system (about 45 s per step once torch is in), so the venv is made in one
-# RUN, the package is installed in a small stage of its own, and the final stage sets its
-# metadata before its one big COPY. A change to the code rebuilds the package stage and that COPY.
+# Few steps after the venv exists, on purpose: each step commits a layer, and with the vfs
+# storage driver (the fallback of scripts/docker-engine.sh) each one copies the whole file system
+# (about 45 s once torch is in). So the venv is made in one RUN, the package is installed in a
+# small stage of its own, and the final stage sets its metadata before its one big COPY. A change
+# to the code rebuilds only the package stage and that COPY.
 
 # --- package: the trainer package and its metadata in /opt/app (on PYTHONPATH in the image) ---
 FROM python:3.11-slim-bookworm AS package

@@ -202,7 +202,11 @@ class LocalBackend:
 
     def host(self, out: dict, run_id: str | None = None) -> dict:
         info = {"where": "local Docker engine", "price": Price(0.0, "local: no instance cost")}
-        found = self._containers(out, run_id) if run_id else []
+        try:
+            found = self._containers(out, run_id) if run_id else []
+        except OpsError:
+            info["state"] = "unknown (no Docker engine answers)"
+            return info
         if not found:
             info["state"] = "no container for this run"
             return info

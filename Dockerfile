@@ -38,9 +38,9 @@ RUN python3 -m venv /tmp/pip \
 # Both this stage and the final one use one base, so the venv's python symlink points at the
 # same interpreter (/usr/local/bin/python3 in the official image, /usr/bin/python3 in the one
 # made here). `wheel[s]` copies the folder's files when it exists and nothing otherwise. torch
-# comes from the local wheel or the CPU index, never from PyPI (whose Linux torch is the CUDA
-# build). Then what training never uses is removed: C++ headers, C++ test binaries and protoc
-# (about 180 MB).
+# comes from the local wheel or the CPU index (alone, --no-deps), never from PyPI (whose Linux
+# torch is the CUDA build); the rest, torch's own dependencies included, from PyPI. Then what
+# training never uses is removed: C++ headers, C++ test binaries and protoc (about 180 MB).
 FROM python:3.11-slim-bookworm AS deps
 # Where torch comes from when the context has no wheels/torch-*+cpu-*.whl.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -56,9 +56,10 @@ RUN set -eu; \
     else \
         torch_req="$(grep -E '^torch([=<>!~ ]|$)' /tmp/deps/requirements.txt)"; \
         echo "torch: $torch_req from $TORCH_INDEX_URL"; \
-        /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" "$torch_req"; \
+        /opt/venv/bin/pip install --no-cache-dir --no-deps --index-url "$TORCH_INDEX_URL" "$torch_req"; \
         /opt/venv/bin/pip install --no-cache-dir -r /tmp/deps/requirements.txt; \
     fi; \
+    /opt/venv/bin/pip check; \
     /opt/venv/bin/python -c 'import torch; assert torch.version.cuda is None, torch.version.cuda'; \
     site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
     rm -rf "$site/torch/include" "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_* \

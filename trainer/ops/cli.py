@@ -126,14 +126,6 @@ def _open(args):
     return settings, backend, out, runs.resolve(out["bucket"], getattr(args, "run", None))
 
 
-def _host(backend, out, run_id):
-    try:
-        return backend.host(out, run_id)
-    except Exception as e:
-        print(f"(host unavailable: {' '.join(str(e).split())[:160]})", file=sys.stderr)
-        return None
-
-
 def cmd_deploy(args) -> int:
     from trainer.ops.flow import deploy
 
@@ -144,9 +136,10 @@ def cmd_deploy(args) -> int:
 
 def cmd_status(args) -> int:
     from trainer.ops import runs, views
+    from trainer.ops.flow import host_facts
 
     _, backend, out, run_id = _open(args)
-    host = _host(backend, out, run_id)
+    host = host_facts(backend, out, run_id, say=lambda s: print(s, file=sys.stderr))
     print("\n".join(views.status_lines(run_id, runs.status(out["bucket"], run_id), host)))
     return 0
 
@@ -180,10 +173,11 @@ def cmd_monitor(args) -> int:
 def cmd_results(args) -> int:
     from pathlib import Path
 
+    from trainer.ops.flow import host_facts
     from trainer.ops.report import fetch
 
     settings, backend, out, run_id = _open(args)
-    host = _host(backend, out, run_id)
+    host = host_facts(backend, out, run_id, say=lambda s: print(s, file=sys.stderr))
     dest = fetch(out["bucket"], run_id, Path(args.out or settings.results_dir),
                  host["price"] if host else None)
     print(f"{dest}/summary.md")

@@ -66,6 +66,15 @@ class Steps:
         self.echo(f"      ok ({time.monotonic() - t0:.0f}s)")
 
 
+def host_facts(backend, out: dict, run_id: str | None, say=print) -> dict | None:
+    """``backend.host(...)``, or None with a note: status, results and the menu go on without."""
+    try:
+        return backend.host(out, run_id)
+    except Exception as e:
+        say(f"(host unavailable: {' '.join(str(e).split())[:160]})")
+        return None
+
+
 def going_run(backend, out: dict) -> str | None:
     """The run going on this stack: one being started (SSM command, container), or the newest
     run whose status.json has a non-final state and a fresh heartbeat."""

@@ -11,6 +11,7 @@ so it works in any terminal, over SSH, in `script`, and under a test driving a p
 from __future__ import annotations
 
 from trainer.ops import OpsError, runs, views
+from trainer.ops.flow import host_facts
 
 MENU = """\
   1  recent logs
@@ -33,11 +34,7 @@ class Monitor:
         return runs.status(self.bucket, self.run_id)
 
     def host(self) -> dict | None:
-        try:
-            return self.backend.host(self.out, self.run_id)
-        except Exception as e:  # the menu stays up when the host cannot be asked
-            self.write(f"(host unavailable: {' '.join(str(e).split())[:160]})")
-            return None
+        return host_facts(self.backend, self.out, self.run_id, say=self.write)
 
     def logs(self, follow: bool) -> None:
         lines = self.backend.log_lines(self.out, self.run_id, tail=40, follow=follow,

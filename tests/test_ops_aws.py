@@ -149,6 +149,7 @@ def test_the_run_starts_through_ssm_run_command(outputs):
     assert cmd["DocumentName"] == "AWS-RunShellScript"
     assert cmd["Comment"] == "ave run 20250101-120000-ab12"
     assert cmd["Parameters"]["commands"] == [
+        "cloud-init status --wait >/dev/null 2>&1 || true; "
         "/usr/local/sbin/ave-bootstrap run 20250101-120000-ab12 --data "
         f"s3://{outputs['bucket']}/data/demo/ --epochs 5 --lr 1e-3"]
     # moto finishes commands at once, so none is left in progress to report as a run going.
@@ -156,7 +157,7 @@ def test_the_run_starts_through_ssm_run_command(outputs):
 
     backend.stop_run(outputs, "20250101-120000-ab12", echo=lambda s: None)
     last = ssm.list_commands(InstanceId=outputs["instance_id"])["Commands"][-1]
-    assert last["Parameters"]["commands"] == ["/usr/local/sbin/ave-bootstrap stop"]
+    assert last["Parameters"]["commands"][0].endswith("; /usr/local/sbin/ave-bootstrap stop")
 
 
 def test_a_failed_ssm_command_reports_its_output(aws_env):

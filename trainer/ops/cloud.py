@@ -22,6 +22,9 @@ from trainer.ops.settings import Settings
 BOOTSTRAP = "/usr/local/sbin/ave-bootstrap"  # where bootstrap.sh's setup mode installs itself
 COMMENT = "ave run "                          # SSM command comments: "ave run RUN_ID"
 ACTIVE = ("Pending", "InProgress", "Delayed")
+# At the first boot the SSM agent is online before cloud-init has run bootstrap.sh's set-up
+# (Docker, /usr/local/sbin/ave-bootstrap): every command waits for cloud-init first.
+AFTER_BOOT = "cloud-init status --wait >/dev/null 2>&1 || true; "
 SSM_HELP = ("the instance's SSM agent has not registered: check that the instance role has "
             "AmazonSSMManagedInstanceCore and the instance can reach the internet (see "
             "`aws ec2 get-console-output --instance-id ID`)")
@@ -82,10 +85,11 @@ def wait_ssm(ssm, instance_id: str, timeout: float = 600, poll: float = 5) -> No
 
 
 def send(ssm, instance_id: str, argv: list[str], comment: str) -> str:
-    """Run ``argv`` as root on the instance (AWS-RunShellScript); the command id."""
+    """Run ``argv`` as root on the instance (AWS-RunShellScript), once it has booted; the
+    command id."""
     return ssm.send_command(
         InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
-        TimeoutSeconds=600, Parameters={"commands": [shlex.join(argv)],
+        TimeoutSeconds=600, Parameters={"commands": [AFTER_BOOT + shlex.join(argv)],
                                         "executionTimeout": ["900"]})["Command"]["CommandId"]
 
 

@@ -155,7 +155,7 @@ def cmd_logs(args) -> int:
         if not data:
             raise OpsError(f"no logs yet for run {run_id}: its container has not started; try "
                            "again in a minute")
-        print(f"(no live log for run {run_id}; its train.log, published every minute)",
+        print(f"(no live log for run {run_id}; its train.log from the run directory)",
               file=sys.stderr)
         lines = data.decode(errors="replace").splitlines()[-args.tail:]
     for line in lines:

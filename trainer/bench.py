@@ -39,7 +39,7 @@ CREMA_D_CLIPS = 7442
 PRESETS = {
     "full": dict(clips=144, batch_size=24, loader_repeats=2, latency_runs=200, mm=4096,
                  mm_repeats=5),
-    "quick": dict(clips=16, batch_size=8, loader_repeats=1, latency_runs=40, mm=2048,
+    "quick": dict(clips=8, batch_size=4, loader_repeats=1, latency_runs=30, mm=2048,
                   mm_repeats=3),
     "smoke": dict(clips=4, batch_size=2, loader_repeats=1, latency_runs=5, mm=256,
                   mm_repeats=2, short=True),  # tests: figures meaningless, shapes exercised

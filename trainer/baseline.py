@@ -13,7 +13,6 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from trainer.model import Dropout
 
 
 class BiLSTMStack(nn.Module):
@@ -21,7 +20,7 @@ class BiLSTMStack(nn.Module):
         super().__init__()
         self.lstm1 = nn.LSTM(in_dim, hidden[0], batch_first=True, bidirectional=True)
         self.lstm2 = nn.LSTM(2 * hidden[0], hidden[1], batch_first=True, bidirectional=True)
-        self.drop = Dropout(dropout)
+        self.drop = nn.Dropout(dropout)
 
     def run(self, lstm, x, lengths):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -54,8 +53,8 @@ class LSTMBaseline(nn.Module):
         self.video = BiLSTMStack(video_dim, (256, 128), dropout)
         self.audio_pool, self.video_pool = AttentionPool(128), AttentionPool(256)
         self.fusion = nn.Sequential(
-            nn.Linear(128 + 256, 256), nn.BatchNorm1d(256), nn.ReLU(), Dropout(dropout),
-            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), Dropout(dropout),
+            nn.Linear(128 + 256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(128, n_classes))
 
     def forward(self, audio, audio_mask, video, video_mask, **_):

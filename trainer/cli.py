@@ -45,6 +45,7 @@ HELP = {
     "d_model": "hybrid model width",
     "heads": "attention heads (hybrid)",
     "dropout": "dropout (hybrid)",
+    "audio_stride": "hybrid: audio frames averaged into one step before the audio branch",
     "audio_fps": "audio frames per second, used only for clips without timestamps",
     "threads": "torch threads (0 = all cores)",
     "resume": "continue the run in --out from checkpoints/last.pt",

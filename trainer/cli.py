@@ -219,23 +219,19 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, never as a traceback."""
-    from trainer.data import DataError
-    from trainer.evaluate import CheckpointError
+    from trainer.errors import CheckpointError, DataError
 
     errors: list[type[BaseException]] = [DataError, CheckpointError, ValueError,
                                          FileNotFoundError, PermissionError, IsADirectoryError]
-    try:
-        from trainer.s3 import S3Error
-
-        errors.append(S3Error)
-    except ImportError:
-        pass
+    s3 = sys.modules.get("trainer.s3")  # only a verb that loaded it can have raised its error
+    if s3 is not None:
+        errors.append(s3.S3Error)
     return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainer.train import Stopped
+    from trainer.errors import Stopped
 
     try:
         return COMMANDS[args.verb](args)

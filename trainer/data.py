@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.errors import DataError  # noqa: F401 - raised here, imported from here by callers
+
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 
 # RAVDESS emotion codes; 02 (calm) and 08 (surprised) are outside the label set.
@@ -31,10 +33,6 @@ CREMA_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 MANIFEST_NAME = "manifest.csv"
-
-
-class DataError(Exception):
-    """Nothing usable to train or evaluate on; the message is one line for the user."""
 
 
 @dataclass

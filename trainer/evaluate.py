@@ -18,12 +18,9 @@ import torch
 
 from trainer.batching import Normalizer, collate, eval_batches
 from trainer.data import Clip, DataError, check_widths, data_stats, load_dataset, read_clip
+from trainer.errors import CheckpointError
 from trainer.metrics import classification_report
 from trainer.model import build_model
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read or is not one of ours; one line for the user."""
 
 
 @dataclass

@@ -30,7 +30,8 @@ import torch
 from trainer import logs, plots
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.config import TrainConfig, model_settings
-from trainer.data import LABELS, DataError, data_stats, load_dataset
+from trainer.data import LABELS, data_stats, load_dataset
+from trainer.errors import DataError, Stopped
 from trainer.evaluate import read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.model import build_model, count_parameters
@@ -43,14 +44,6 @@ log = structlog.get_logger()
 EXIT_STOPPED = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number
 HEARTBEAT_SECONDS = 15  # status.json is rewritten at least this often (contract: 30 s)
 LOG_PUBLISH_SECONDS = 60
-
-
-class Stopped(Exception):
-    """Raised after a stop signal once the checkpoint is saved; carries the exit code."""
-
-    def __init__(self, code: int):
-        super().__init__(f"stopped by signal, exit code {code}")
-        self.code = code
 
 
 def progress_bar(iterable, total: int | None = None, desc: str = ""):

@@ -28,7 +28,7 @@ bench: $(STAMP)
 	$(PY) -m trainer bench --out bench.json
 
 clean:
-	rm -rf runs results $(DEMO) bench.json .pytest_cache
+	rm -rf runs results $(DEMO) bench.json bench-quick.json .ave .pytest_cache
 
 ## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
 ## local Docker engine with a moto S3. DATA=folder ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1

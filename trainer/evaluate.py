@@ -59,18 +59,23 @@ def load_trained(path: str | Path) -> Trained:
 
 
 @torch.no_grad()
+def predict_logits(model: torch.nn.Module, clips: list[Clip], batch_size: int = 32,
+                   modality: str = "both") -> torch.Tensor:
+    """Logits (N, C) for already normalised clips, in the clips' order; length-sorted batches."""
+    model.eval()
+    lengths = [c.audio.shape[0] for c in clips]
+    batches = eval_batches(lengths, batch_size)
+    parts = [model(**collate([clips[i] for i in idx], modality)) for idx in batches]
+    out = torch.empty((len(clips), parts[0].shape[1]))
+    for idx, logits in zip(batches, parts):
+        out[idx] = logits
+    return out
+
+
 def predict_proba(model: torch.nn.Module, clips: list[Clip], batch_size: int = 32,
                   modality: str = "both") -> np.ndarray:
     """Class probabilities (N, C) for already normalised clips, in the clips' order."""
-    model.eval()
-    lengths = [c.audio.shape[0] for c in clips]
-    out = np.zeros((len(clips), 0), dtype=np.float32)
-    for idx in eval_batches(lengths, batch_size):
-        probs = torch.softmax(model(**collate([clips[i] for i in idx], modality)), -1).numpy()
-        if out.shape[1] == 0:
-            out = np.zeros((len(clips), probs.shape[1]), dtype=np.float32)
-        out[idx] = probs
-    return out
+    return torch.softmax(predict_logits(model, clips, batch_size, modality), -1).numpy()
 
 
 def score(model, clips: list[Clip], labels: list[str], batch_size: int = 32,

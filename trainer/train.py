@@ -32,8 +32,9 @@ from trainer.batching import Normalizer, bucket_batches, collate, padding_effici
 from trainer.config import TrainConfig, model_settings
 from trainer.data import LABELS, data_stats, load_dataset
 from trainer.errors import DataError, Stopped
-from trainer.evaluate import read_checkpoint, score
+from trainer.evaluate import predict_logits, read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
+from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
 from trainer.splits import make_split
 from trainer.spot import SpotWatcher
@@ -284,27 +285,23 @@ class Training:
         self.step, self.partial = 0, {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
         return out
 
-    @torch.no_grad()
-    def val_loss(self) -> float:
-        from trainer.batching import eval_batches
-
-        self.model.eval()
-        clips, total = self.clips["val"], 0.0
-        for idx in eval_batches([c.audio.shape[0] for c in clips], self.cfg.batch_size):
-            batch = collate([clips[i] for i in idx], self.cfg.modality)
-            total += focal_loss(self.model(**batch), batch["label"], self.alpha,
-                                self.cfg.focal_gamma).item() * len(idx)
-        return total / len(clips)
+    def validate(self) -> tuple[float, dict]:
+        """Validation focal loss and metrics, from one pass over the validation clips."""
+        clips = self.clips["val"]
+        logits = predict_logits(self.model, clips, self.cfg.batch_size, self.cfg.modality)
+        labels = torch.tensor([c.label for c in clips])
+        loss = focal_loss(logits, labels, self.alpha, self.cfg.focal_gamma).item()
+        return loss, classification_report(labels.tolist(), logits.argmax(1).tolist(), LABELS)
 
     def train(self) -> None:
         cfg = self.cfg
         self.status.update(state="training", epoch=self.epoch)
         while self.epoch < cfg.epochs and self.since_best < cfg.patience:
             ep = self.train_epoch()
-            val = score(self.model, self.clips["val"], LABELS, cfg.batch_size, cfg.modality)
+            val_loss, val = self.validate()
             self.epoch += 1
             row = {"epoch": self.epoch, "train_loss": round(ep["train_loss"], 6),
-                   "val_loss": round(self.val_loss(), 6),
+                   "val_loss": round(val_loss, 6),
                    "val_accuracy": round(val["accuracy"], 6),
                    "val_macro_f1": round(val["macro_f1"], 6), "val_uar": round(val["uar"], 6),
                    "lr": self.opt.param_groups[0]["lr"], **ep}

@@ -6,7 +6,7 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import Clip
-from trainer.model import HybridModel, build_model
+from trainer.model import ChannelDropout, HybridModel, build_model
 
 
 def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
@@ -57,3 +57,27 @@ def test_cross_modal_attention_uses_time():
 def test_unknown_model_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model 'gru'.*hybrid, lstm"):
         build_model("gru", audio_dim=2, video_dim=2, n_classes=6)
+
+
+def test_channel_dropout_drops_whole_channels_per_clip_and_keeps_the_mean():
+    torch.manual_seed(0)
+    drop = ChannelDropout(0.25).train()
+    y = drop(torch.ones(64, 30, 16))  # (B, T, C)
+    assert torch.equal(y, y[:, :1].expand_as(y))  # the same at every frame
+    assert torch.allclose(y.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert abs((y[:, 0] == 0).float().mean().item() - 0.25) < 0.05
+    assert torch.equal(drop.eval()(y), y)
+
+
+def test_video_and_audio_strides_pool_frames_before_the_branches():
+    """Stride 1 and stride 2 differ; a clip of one frame works at any stride."""
+    torch.manual_seed(0)
+    b = collate([clip(60, 18, 0), clip(1, 1, 1)])
+    outs = []
+    for stride in (1, 2, 3):
+        torch.manual_seed(0)
+        model = HybridModel(audio_dim=20, video_dim=30, n_classes=6, video_stride=stride).eval()
+        with torch.no_grad():
+            outs.append(model(**b))
+        assert torch.isfinite(outs[-1]).all()
+    assert not torch.allclose(outs[0], outs[1], atol=1e-4)

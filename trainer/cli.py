@@ -46,6 +46,7 @@ HELP = {
     "heads": "attention heads (hybrid)",
     "dropout": "dropout (hybrid)",
     "audio_stride": "hybrid: audio frames averaged into one step before the audio branch",
+    "video_stride": "hybrid: video frames averaged into one step before the video branch",
     "audio_fps": "audio frames per second, used only for clips without timestamps",
     "threads": "torch threads (0 = all cores)",
     "resume": "continue the run in --out from checkpoints/last.pt",

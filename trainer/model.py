@@ -4,13 +4,19 @@
                                                               ├─ CrossModal (a→v, v→a) ─ pool ─ classifier
     video (B, T_v, F_v) ─ TCN (dilations 1,2,4,8) ─ SelfAttn ─┘
 
-Masks are True on real frames. Padded frames are zeroed before every convolution, masked out of
-every attention as keys and out of the pooling, so padding never changes a prediction. The two
-streams run at different frame rates; cross-modal attention gets each frame's time in seconds
-and a learned per-head penalty on time distance, so it can relate what happens at the same
-moment in both. Audio first goes through a masked mean over windows of ``audio_stride`` frames
-(100 -> 25 frames/s at the default 4), each window carrying the mean time of its real frames:
-the audio stream then costs a quarter, and it still lines up in time with the video.
+Masks are True on real frames, which come first (padding is at the end, as collate makes it).
+Padded frames are zeroed before every convolution that looks ahead, masked out of every
+attention as keys and out of the pooling, so padding never changes a prediction. The TCN's
+convolutions are causal: a real frame only sees earlier frames, never the padding after it.
+
+Both streams first go through a masked mean over windows of ``audio_stride`` (default 4: 100 ->
+25 frames/s) and ``video_stride`` (2: 30 -> 15 frames/s) frames, each window carrying the mean
+time of its real frames; the branches then cost a quarter and a half of what they would at the
+input rate. The streams still run at different rates: cross-modal attention gets each frame's
+time in seconds and a fixed per-head penalty on time distance, so it can relate what happens
+at the same moment in both.
+
+How each choice paid in ``python -m trainer bench`` is in the README's Performance section.
 
 Example:
     >>> model = HybridModel(audio_dim=88, video_dim=512, n_classes=6)
@@ -19,9 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.parametrizations import weight_norm
 
 
 def masked(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -50,6 +59,26 @@ def pool_frames(x, mask, t, stride: int):
     return x, share.squeeze(1) > 0, t
 
 
+class ChannelDropout(nn.Module):
+    """Dropout of whole feature channels per clip, the same at every frame (B, T, C).
+
+    Adjacent frames are nearly the same, so element-wise dropout over time is weak
+    regularisation (a dropped value is read again from its neighbours) and costs a random
+    draw per element; dropping channels (Tompson et al. 2015; keras-tcn's SpatialDropout1D)
+    draws B x C values.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
+        return x * keep.bernoulli_(1 - self.p).div_(1 - self.p)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real frames: (B, T, C) -> (B, C)."""
     m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
@@ -61,14 +90,20 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
 
 
+def drop_relu(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """relu(drop(x)): the same as drop(relu(x)), since relu(k x) = k relu(x) for k >= 0, but
+    backward then keeps one tensor (relu's output, which the next layer keeps anyway), not two."""
+    return F.relu(drop(x))
+
+
 class FeedForward(nn.Module):
     def __init__(self, d: int, dropout: float, mult: int = 2):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d, mult * d), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(mult * d, d), nn.Dropout(dropout))
+        self.fc1, self.fc2 = nn.Linear(d, mult * d), nn.Linear(mult * d, d)
+        self.drop = ChannelDropout(dropout)
 
     def forward(self, x):
-        return self.net(x)
+        return self.drop(self.fc2(drop_relu(self.drop, self.fc1(x))))
 
 
 class MultiScaleConv(nn.Module):
@@ -80,33 +115,40 @@ class MultiScaleConv(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.convs = nn.ModuleList(nn.Conv1d(d, d // len(kernels), k, padding=k // 2)
                                    for k in kernels)
-        self.drop = nn.Dropout(dropout)
+        self.drop = ChannelDropout(dropout)
 
     def forward(self, x, m):
         h = masked(self.norm(x), m).transpose(1, 2)  # (B, C, T), zero padding as if alone
         h = torch.cat([conv(h) for conv in self.convs], dim=1).transpose(1, 2)  # (B, T, C)
-        return masked(x + self.drop(F.gelu(h)), m)
+        return masked(x + drop_relu(self.drop, h), m)
 
 
 class TemporalBlock(nn.Module):
-    """Two dilated causal convolutions with a residual (Bai et al. 2018), LayerNorm for weight_norm."""
+    """Bai et al. 2018: two weight-normalised dilated causal convolutions with ReLU and spatial
+    dropout, and a residual connection.
+
+    Causal, and padded at the end only, so no real frame reads a padded one: the block needs
+    no mask; what it writes on padded frames is zeroed once, after the TCN (``TCN.forward``).
+    """
 
     def __init__(self, d: int, kernel: int, dilation: int, dropout: float):
         super().__init__()
-        self.pad = (kernel - 1) * dilation  # left padding only: frame t sees t - pad .. t
-        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.conv1 = nn.Conv1d(d, d, kernel, dilation=dilation)
-        self.conv2 = nn.Conv1d(d, d, kernel, dilation=dilation)
-        self.drop = nn.Dropout(dropout)
+        pad = (kernel - 1) * dilation  # frame t sees t - pad .. t
+        # Zero padding on both sides, and the last ``pad`` outputs dropped: causal, with the
+        # padding inside the convolution rather than a padded copy of the input.
+        self.conv1 = weight_norm(nn.Conv1d(d, d, kernel, dilation=dilation, padding=pad))
+        self.conv2 = weight_norm(nn.Conv1d(d, d, kernel, dilation=dilation, padding=pad))
+        self.drop = ChannelDropout(dropout)
 
-    def causal(self, conv, x, m):
-        h = F.pad(masked(x, m).transpose(1, 2), (self.pad, 0))  # (B, C, pad + T)
-        return conv(h).transpose(1, 2)  # (B, T, C)
+    @staticmethod
+    def causal(conv, x):
+        """(B, T, C) -> (B, T, C); the convolution reads a (B, C, T) view, no copy."""
+        return conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2)
 
-    def forward(self, x, m):
-        h = self.drop(F.gelu(self.causal(self.conv1, self.norm1(x), m)))
-        h = self.drop(F.gelu(self.causal(self.conv2, self.norm2(h), m)))
-        return masked(x + h, m)
+    def forward(self, x):
+        h = drop_relu(self.drop, self.causal(self.conv1, x))
+        h = drop_relu(self.drop, self.causal(self.conv2, h))
+        return F.relu(x + h)
 
 
 class TCN(nn.Module):
@@ -117,25 +159,24 @@ class TCN(nn.Module):
 
     def forward(self, x, m):
         for block in self.blocks:
-            x = block(x, m)
-        return x
+            x = block(x)
+        return masked(x, m)
 
 
 class Attention(nn.Module):
-    """Multi-head attention over scaled_dot_product_attention, with a key mask and optional bias."""
+    """Multi-head attention over scaled_dot_product_attention (its fused kernel on CPU)."""
 
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads = heads
         self.q, self.kv, self.out = nn.Linear(d, d), nn.Linear(d, 2 * d), nn.Linear(d, d)
 
-    def forward(self, x, ctx, keep, bias=None):
-        """keep (B, 1, 1, Tk): True on real keys; bias (B, H, Tq, Tk) additive, or None."""
+    def forward(self, x, ctx, attn_mask):
+        """attn_mask: (B, 1, 1, Tk) bool, True on real keys, or (B, H, Tq, Tk) additive."""
         B, Tq, C = x.shape
         Tk, H = ctx.shape[1], self.heads
         q = self.q(x).view(B, Tq, H, C // H).transpose(1, 2)  # (B, H, Tq, C/H)
         k, v = self.kv(ctx).view(B, Tk, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Tk, C/H)
-        attn_mask = keep if bias is None else bias.masked_fill(~keep, float("-inf"))
         # No dropout on the attention weights: with it, SDPA on CPU leaves its fused kernel
         # for the math path (B, H, Tq, Tk weights, masks and copies); the output is dropped.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
@@ -147,33 +188,37 @@ class SelfAttentionBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn, self.ff = Attention(d, heads), FeedForward(d, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = ChannelDropout(dropout)
 
     def forward(self, x, m, keep):
         h = self.norm1(x)
-        x = x + self.drop(self.attn(h, h, keep))
+        x = x + self.drop(self.attn(h, h, keep))  # keep: the bool key mask
         return masked(x + self.ff(self.norm2(x)), m)
 
 
 class CrossModalAttention(nn.Module):
     """One stream queries the other; attention is penalised by time distance, per head.
 
-    bias[b, h, i, j] = -softplus(slope_h) * |t_query[b, i] - t_key[b, j]|  (seconds)
-    Heads start from different slopes: some look near the same moment, one nearly everywhere.
+    bias[b, h, i, j] = -slope_h * |t_query[b, i] - t_key[b, j]|  (seconds)
+    The slopes are fixed and spread geometrically, from 2 per second (the head looks near the
+    same moment) to 0.02 (nearly everywhere), as ALiBi's (Press et al. 2022). Learned slopes
+    would make the bias need a gradient, which SDPA's fused CPU kernel does not give: the math
+    path it falls back to was 2.5x slower here and kept the (B, H, Tq, Tk) weights for backward.
     """
 
     def __init__(self, d: int, heads: int, dropout: float):
         super().__init__()
         self.norm_q, self.norm_kv, self.norm_ff = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn, self.ff = Attention(d, heads), FeedForward(d, dropout)
-        self.drop = nn.Dropout(dropout)
-        init = torch.linspace(-4.0, 2.0, heads)  # softplus: about 0.02 .. 2.1 per second
-        self.slope = nn.Parameter(init)
+        self.drop = ChannelDropout(dropout)
+        self.register_buffer("slope", torch.logspace(math.log10(2.0), math.log10(0.02), heads))
 
-    def forward(self, x, x_m, ctx, ctx_keep, dist):
-        """dist (B, Tq, Tk): |t_query - t_key| in seconds, computed once for both directions."""
-        bias = -F.softplus(self.slope)[None, :, None, None] * dist[:, None]  # (B, H, Tq, Tk)
-        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(ctx), ctx_keep, bias))
+    def forward(self, x, x_m, x_t, ctx, ctx_keep, ctx_t):
+        """x_t (B, Tq), ctx_t (B, Tk): frame times in seconds."""
+        dist = (x_t[:, :, None] - ctx_t[:, None, :]).abs()  # (B, Tq, Tk), contiguous
+        bias = dist[:, None] * -self.slope[None, :, None, None]  # (B, H, Tq, Tk)
+        bias.masked_fill_(~ctx_keep, float("-inf"))
+        x = x + self.drop(self.attn(self.norm_q(x), self.norm_kv(ctx), bias))
         return masked(x + self.ff(self.norm_ff(x)), x_m)
 
 
@@ -182,9 +227,9 @@ class HybridModel(nn.Module):
 
     def __init__(self, audio_dim: int, video_dim: int, n_classes: int, d_model: int = 128,
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
-                 audio_stride: int = 4):
+                 audio_stride: int = 4, video_stride: int = 2):
         super().__init__()
-        self.stride = audio_stride  # in the checkpoint's model settings like every argument
+        self.audio_stride, self.video_stride = audio_stride, video_stride  # (checkpointed)
         self.audio_in = nn.Linear(audio_dim, d_model)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
                                          for _ in range(audio_layers))
@@ -194,21 +239,21 @@ class HybridModel(nn.Module):
         self.a2v = CrossModalAttention(d_model, heads, dropout)  # audio queries video
         self.v2a = CrossModalAttention(d_model, heads, dropout)  # video queries audio
         self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
-                                  nn.GELU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
+                                  nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
 
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
-        audio, audio_mask, audio_t = pool_frames(audio, audio_mask, audio_t, self.stride)
+        audio, audio_mask, audio_t = pool_frames(audio, audio_mask, audio_t, self.audio_stride)
+        video, video_mask, video_t = pool_frames(video, video_mask, video_t, self.video_stride)
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
-        a = masked(self.audio_in(audio), am)  # (B, T_a, d), T_a after pooling
+        a = self.audio_in(audio)  # (B, T_a, d), T_a after pooling; convs mask their input
         for conv in self.audio_convs:
             a = conv(a, am)
-        v = masked(self.video_in(video), vm)  # (B, T_v, d)
+        v = self.video_in(video)  # (B, T_v, d); the TCN is causal: padding comes after
         v = self.video_attn(self.tcn(v, vm), vm, v_keep)
-        dist = (audio_t[:, :, None] - video_t[:, None, :]).abs()  # (B, T_a, T_v) seconds
-        a2 = self.a2v(a, am, v, v_keep, dist)  # (B, T_a, d)
-        v2 = self.v2a(v, vm, a, a_keep, dist.transpose(1, 2))  # (B, T_v, d)
+        a2 = self.a2v(a, am, audio_t, v, v_keep, video_t)  # (B, T_a, d)
+        v2 = self.v2a(v, vm, video_t, a, a_keep, audio_t)  # (B, T_v, d)
         pooled = torch.cat([masked_mean(a2, audio_mask), masked_max(a2, audio_mask),
                             masked_mean(v2, video_mask), masked_max(v2, video_mask)], -1)
         return self.head(pooled)  # (B, 4d) -> (B, n_classes)

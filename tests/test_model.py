@@ -6,7 +6,7 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import Clip
-from trainer.model import ChannelDropout, HybridModel, build_model
+from trainer.model import ChannelDropout, HybridModel, NormLinear, build_model
 
 
 def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
@@ -81,3 +81,21 @@ def test_video_and_audio_strides_pool_frames_before_the_branches():
             outs.append(model(**b))
         assert torch.isfinite(outs[-1]).all()
     assert not torch.allclose(outs[0], outs[1], atol=1e-4)
+
+
+def test_norm_linear_recomputes_the_layer_norm_and_gets_the_same_gradients():
+    torch.manual_seed(0)
+    fused = NormLinear(16, 24)
+    with torch.no_grad():  # not the identity LayerNorm it starts as
+        fused.norm.weight.normal_(), fused.norm.bias.normal_()
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    g = torch.randn(3, 7, 24)
+    fused(x).backward(g)
+    got = [t.grad.clone() for t in (x, *fused.parameters())]
+    for t in (x, *fused.parameters()):
+        t.grad = None
+    fused.linear(fused.norm(x)).backward(g)  # the same modules, unfused
+    for a, t in zip(got, (x, *fused.parameters())):
+        torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), fused.linear(fused.norm(x)))

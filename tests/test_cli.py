@@ -70,6 +70,22 @@ def test_unreadable_checkpoint(tmp_path, content):
         one_line_error(cli(*args), 1, "checkpoint")
 
 
+def test_checkpoint_of_an_earlier_model_version_is_one_clear_line(tmp_path):
+    import torch
+
+    from trainer.model import build_model
+
+    settings = {"audio_dim": 8, "video_dim": 6, "n_classes": 6}
+    state = build_model("hybrid", **settings).state_dict()
+    state["a2v.slope_learned"] = state.pop("a2v.slope")  # as a parameter of an older version
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": state, "model_name": "hybrid", "model_settings": settings,
+                "normalizer": {}, "labels": ["ANG"]}, ckpt)
+    write_clip(tmp_path / "data" / "1001_DFA_ANG_XX.npz")
+    one_line_error(cli("evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data")),
+                   1, "does not fit this version of the HybridModel")
+
+
 def test_too_few_speakers_suggests_random_split(tmp_path):
     for i, name in enumerate(["1001_DFA_ANG_XX", "1001_IEO_SAD_XX", "1002_DFA_ANG_XX",
                               "1002_IEO_SAD_XX"]):

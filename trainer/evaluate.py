@@ -48,10 +48,25 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """The checkpoint's weights into ``model``, or one clear line if they do not fit it (a
+    checkpoint written by an earlier version of the model code)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit this version of the "
+                              f"{type(model).__name__}: {str(e).splitlines()[1].strip()[:200]} "
+                              "(retrain, or use the trainer version that wrote it)") from None
+
+
 def load_trained(path: str | Path) -> Trained:
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt["model_name"], **ckpt["model_settings"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(ckpt["model_name"], **ckpt["model_settings"])
+    except TypeError as e:
+        raise CheckpointError(f"checkpoint {path} has model settings this version does not "
+                              f"know: {e}") from None
+    load_weights(model, ckpt["model"], path)
     model.eval()
     modality = ckpt.get("config", {}).get("modality", "both")
     return Trained(model, Normalizer.from_state_dict(ckpt["normalizer"]), list(ckpt["labels"]),

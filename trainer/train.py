@@ -32,7 +32,7 @@ from trainer.batching import Normalizer, bucket_batches, collate, padding_effici
 from trainer.config import TrainConfig, model_settings
 from trainer.data import LABELS, data_stats, load_dataset
 from trainer.errors import DataError, Stopped
-from trainer.evaluate import predict_logits, read_checkpoint, score
+from trainer.evaluate import load_weights, predict_logits, read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
@@ -205,7 +205,7 @@ class Training:
                  resumed_at_epoch=self.epoch if self.ckpt else None)
 
     def _restore(self, ckpt: dict) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        load_weights(self.model, ckpt["model"], self.run_dir.path("checkpoints/last.pt"))
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])

@@ -119,9 +119,10 @@ class _NormLinearFn(torch.autograd.Function):
 
 
 class NormLinear(nn.Module):
-    """LayerNorm then Linear. In training, backward keeps the LayerNorm's input (which the
-    residual stream holds anyway) and recomputes its output, one cheap pass, instead of keeping
-    a second (B, T, C) tensor per layer: selective recomputation (Korthikanti et al. 2022)."""
+    """LayerNorm then Linear. In training, backward keeps only the LayerNorm's input (as a
+    LayerNorm alone does) and recomputes its output in one cheap pass, rather than also keeping
+    that output for the Linear: one (B, T, C) tensor fewer per layer; selective recomputation
+    as in Korthikanti et al. 2022. Gradients are the unfused modules' (tests/test_model.py)."""
 
     def __init__(self, d_in: int, d_out: int):
         super().__init__()

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import torch
 
 from trainer.batching import bucket_batches, collate, padding_efficiency
 from trainer.data import LABELS, Clip
+from trainer.measure import HeapPeak, count_flops, machine, matmul_rate, peak_rss_mb, rss_mb
 
 AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
 CREMA_D_CLIPS = 7442
@@ -55,6 +54,8 @@ TARGETS = {  # key: (comparison, threshold, what it means)
 
 
 # ------------------------------------------------------------------------------- workload
+
+
 def durations(n: int, seed: int, short: bool = False) -> np.ndarray:
     rng = np.random.default_rng([seed, 1])
     return rng.uniform(0.3, 0.6, n) if short else rng.uniform(1.5, 5.0, n)
@@ -83,16 +84,9 @@ def build(name: str) -> torch.nn.Module:
     return build_model(name, **model_settings(cfg, AUDIO_DIM, VIDEO_DIM, len(LABELS)))
 
 
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 # ------------------------------------------------------------------- training (subprocess)
+
+
 def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
     """Train ``name`` on the workload for one epoch; runs in its own process (see ``run``)."""
     from trainer.losses import focal_loss
@@ -187,70 +181,6 @@ class Tiny(torch.nn.Module):
         return audio.mean((1, 2))[:, None] * self.w
 
 
-class HeapPeak:
-    """Peak of malloc's in-use bytes (glibc mallinfo2), sampled every half millisecond.
-
-    What the process allocated and still holds, torch's tensors included (torch releases the
-    GIL in its kernels, so the sampler runs during them); unlike RSS, no library code pages
-    and no memory malloc keeps after a free.
-    """
-
-    def __init__(self):
-        import ctypes
-
-        class Info(ctypes.Structure):
-            _fields_ = [(n, ctypes.c_size_t) for n in (
-                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-                "uordblks", "fordblks", "keepcost")]
-
-        self.libc = ctypes.CDLL("libc.so.6")
-        self.libc.mallinfo2.restype = Info
-        self.peak, self._stop = 0, None
-
-    def in_use(self) -> int:
-        info = self.libc.mallinfo2()
-        return info.uordblks + info.hblkhd
-
-    def __enter__(self):
-        import threading
-
-        self._stop = threading.Event()
-        self.peak = self.in_use()
-
-        def sample():
-            while not self._stop.wait(0.0005):
-                self.peak = max(self.peak, self.in_use())
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.in_use())
-
-
-def count_flops(model, batches: list[dict]) -> int:
-    """FLOPs of forward + backward over ``batches`` (matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
-                                          sdpa_flop_count)
-
-    aten = torch.ops.aten
-    cpu_flash = {  # the CPU flash-attention kernels are not in the default registry
-        aten._scaled_dot_product_flash_attention_for_cpu:
-            lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
-        aten._scaled_dot_product_flash_attention_for_cpu_backward:
-            lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
-    }
-    counter = FlopCounterMode(display=False, custom_mapping=cpu_flash)
-    with counter:
-        for batch in batches:
-            model(**batch).logsumexp(-1).sum().backward()
-    model.zero_grad(set_to_none=True)
-    return int(counter.get_total_flops())
-
-
 def loader_ab(step, clips, batches, repeats: int) -> dict:
     """The same epoch with the real data path and on batches collated beforehand."""
     ready = [collate([clips[i] for i in b]) for b in batches]
@@ -266,19 +196,6 @@ def loader_ab(step, clips, batches, repeats: int) -> dict:
             "overhead": (t_real - t_pre) / t_real, "repeats": repeats}
 
 
-def matmul_rate(n: int, repeats: int) -> dict:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    flop = 2 * n ** 3
-    return {"size": n, "flops_per_second": flop / float(np.median(times)),
-            "best_flops_per_second": flop / min(times), "repeats": repeats}
-
-
 def in_subprocess(name: str, preset: str, seed: int, threads: int) -> dict:
     """``train_worker`` in a fresh interpreter; its JSON is the last line of stdout."""
     cmd = [sys.executable, "-m", "trainer.bench", "--worker", name, "--preset", preset,
@@ -290,6 +207,8 @@ def in_subprocess(name: str, preset: str, seed: int, threads: int) -> dict:
 
 
 # ------------------------------------------------------------------ in the parent process
+
+
 def padding(seed: int, batch_size: int, epochs: int = 5) -> dict:
     """Padding efficiency over a CREMA-D-sized list of lengths, averaged over epochs."""
     lengths = (durations(CREMA_D_CLIPS, seed) * AUDIO_FPS).astype(int).tolist()
@@ -339,18 +258,6 @@ def latency(preset: str, seed: int, threads: int) -> dict:
                 times.append((time.perf_counter() - t0) * 1e3)
             out[key] = {"p50_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95))}
     return out
-
-
-def machine(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}
 
 
 def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:

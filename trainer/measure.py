@@ -1,0 +1,111 @@
+"""Instruments for the benchmark: memory (RSS, malloc's in-use bytes), FLOPs, the machine's
+matrix-multiply rate, and what the machine is. ``trainer.bench`` decides what to run with them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class HeapPeak:
+    """Peak of malloc's in-use bytes (glibc mallinfo2), sampled every half millisecond.
+
+    What the process allocated and still holds, torch's tensors included (torch releases the
+    GIL in its kernels, so the sampler runs during them); unlike RSS, no library code pages
+    and no memory malloc keeps after a free.
+    """
+
+    def __init__(self):
+        import ctypes
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        self.libc = ctypes.CDLL("libc.so.6")
+        self.libc.mallinfo2.restype = Info
+        self.peak, self._stop = 0, None
+
+    def in_use(self) -> int:
+        info = self.libc.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self.peak = self.in_use()
+
+        def sample():
+            while not self._stop.wait(0.0005):
+                self.peak = max(self.peak, self.in_use())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.in_use())
+
+
+def count_flops(model, batches: list[dict]) -> int:
+    """FLOPs of forward + backward over ``batches`` (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
+                                          sdpa_flop_count)
+
+    aten = torch.ops.aten
+    cpu_flash = {  # the CPU flash-attention kernels are not in the default registry
+        aten._scaled_dot_product_flash_attention_for_cpu:
+            lambda q, k, v, *a, **kw: sdpa_flop_count(q, k, v),
+        aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            lambda g, q, k, v, *a, **kw: sdpa_backward_flop_count(g, q, k, v),
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=cpu_flash)
+    with counter:
+        for batch in batches:
+            model(**batch).logsumexp(-1).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def matmul_rate(n: int, repeats: int) -> dict:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    flop = 2 * n ** 3
+    return {"size": n, "flops_per_second": flop / float(np.median(times)),
+            "best_flops_per_second": flop / min(times), "repeats": repeats}
+
+
+def machine(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "load_average_at_start": list(os.getloadavg())}

@@ -298,7 +298,7 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
                       "the batch and the clip length, whereas RSS also holds the library code "
                       "pages each model's kernels touch and memory the allocator keeps after a "
                       "free. training_peak_mb = ru_maxrss "
-                      "after two epochs minus the RSS just before the model was built (the "
+                      "after the timed epochs minus the RSS just before the model was built (the "
                       "interpreter, torch, the clips and what one training step of a one-weight "
                       "model imports, the same for both models): everything "
                       "the process came to hold, including library code pages and allocator "

@@ -30,7 +30,8 @@ import torch
 
 from trainer.batching import bucket_batches, collate, padding_efficiency
 from trainer.data import LABELS, Clip
-from trainer.measure import HeapPeak, count_flops, machine, matmul_rate, peak_rss_mb, rss_mb
+from trainer.measure import (HeapPeak, count_flops, machine, matmul_rate, mm_buffers,
+                             peak_rss_mb, rss_mb)
 
 AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
 CREMA_D_CLIPS = 7442
@@ -160,9 +161,9 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
         out["loader"] = loader_ab(step, clips, batches, p["loader_repeats"])
         # This machine's speed drifts by 10 % over minutes, so the FLOP rate is compared with
         # the matmul rate measured just before it: (mm, epoch) pairs, the median fraction.
-        pairs = []
+        pairs, buffers = [], mm_buffers(p["mm"])
         for _ in range(p.get("epochs", 1)):
-            mm = matmul_rate(p["mm"], p["mm_repeats"])
+            mm = matmul_rate(p["mm"], p["mm_repeats"], buffers)
             pairs.append((out["flops"] / epoch()[1] / mm["flops_per_second"], mm))
         fraction, out["matmul"] = sorted(pairs, key=lambda x: x[0])[len(pairs) // 2]
         out["matmul_fraction"] = fraction

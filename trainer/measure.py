@@ -86,13 +86,20 @@ def count_flops(model, batches: list[dict]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_rate(n: int, repeats: int) -> dict:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
+def mm_buffers(n: int) -> tuple:
+    return torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+
+
+def matmul_rate(n: int, repeats: int, buffers: tuple | None = None) -> dict:
+    """fp32 torch.mm FLOP rate on square n x n matrices. ``buffers`` (from ``mm_buffers``) are
+    reused rather than allocated and freed, so a run in between others does not hand 200 MB
+    back to the kernel for the next workload to fault in again."""
+    a, b, c = buffers or mm_buffers(n)
+    torch.mm(a, b, out=c)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        torch.mm(a, b)
+        torch.mm(a, b, out=c)
         times.append(time.perf_counter() - t0)
     flop = 2 * n ** 3
     return {"size": n, "flops_per_second": flop / float(np.median(times)),

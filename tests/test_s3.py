@@ -1,4 +1,4 @@
-"""trainer/s3.py against a real moto server over HTTP, with and without injected failures."""
+"""trainer/s3.py and trainer/s3mirror.py against a real moto server over HTTP, with and without injected failures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from trainer import s3
-from trainer.s3 import S3Error, S3Mirror, parse_s3_uri, sync_down, sync_up
+from trainer.s3 import S3Error, parse_s3_uri, sync_down, sync_up
+from trainer.s3mirror import S3Mirror
 
 
 def put(client, bucket: str, key: str, data: bytes) -> None:

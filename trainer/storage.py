@@ -65,7 +65,7 @@ class RunDir:
         self.uri = str(uri)
         self.remote = None
         if is_s3(self.uri):
-            from trainer.s3 import S3Mirror  # boto3 only where S3 is used
+            from trainer.s3mirror import S3Mirror  # boto3 only where S3 is used
 
             self.local = Path(staging or tempfile.mkdtemp(prefix="run-staging-"))
             self.remote = S3Mirror(self.uri, self.local)

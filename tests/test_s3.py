@@ -1,4 +1,5 @@
-"""trainer/s3.py and trainer/s3mirror.py against a real moto server over HTTP, with and without injected failures."""
+"""trainer/s3.py and trainer/s3mirror.py against a real moto server over HTTP, with and without
+injected failures."""
 
 from __future__ import annotations
 

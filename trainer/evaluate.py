@@ -54,8 +54,10 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
+        lines = str(e).splitlines() or [""]  # torch: a heading line, then what does not fit
+        what = lines[min(1, len(lines) - 1)].strip()[:200]
         raise CheckpointError(f"checkpoint {path} does not fit this version of the "
-                              f"{type(model).__name__}: {str(e).splitlines()[1].strip()[:200]} "
+                              f"{type(model).__name__}: {what} "
                               "(retrain, or use the trainer version that wrote it)") from None
 
 

@@ -21,6 +21,7 @@ import gzip
 import importlib
 import inspect
 import json
+import re
 import runpy
 import sys
 from dataclasses import dataclass, field
@@ -203,8 +204,22 @@ def as_list(value) -> list:
     return value if isinstance(value, list) else [value]
 
 
+# Actions AWS gives no resource-level permissions, so that only Resource "*" grants them.
+UNSCOPABLE = {"ecr:GetAuthorizationToken",
+              "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+              "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+              "ec2messages:AcknowledgeMessage", "ec2messages:DeleteMessage", "ec2messages:FailMessage",
+              "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply"}
+# The SSM agent's registration and heartbeat, on EC2 instances of this account and region.
+SSM_AGENT = {"ssm:UpdateInstanceInformation"}
+# S3 actions that change objects: only ever under runs/, where the run directories live.
+S3_WRITES = {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload",
+             "s3:ListMultipartUploadParts", "s3:PutObjectAcl", "s3:RestoreObject"}
+
+
 def grant_problems(policy: dict, *, bucket_arn: str, repo_arn: str, log_group_arn: str) -> list[str]:
-    """Every grant scoped to this stack's bucket, repository, log group or own instance."""
+    """Every grant scoped to this stack's bucket (writes to its runs/), repository, log group, or
+    the SSM agent's own calls; nothing else, and nothing of SSM's parameters."""
     problems = []
     for st in policy["Statement"]:
         actions, resources = as_list(st["Action"]), as_list(st["Resource"])
@@ -213,29 +228,45 @@ def grant_problems(policy: dict, *, bucket_arn: str, repo_arn: str, log_group_ar
             problems.append(f"{sid}: only plain Allow statements expected")
         if any(a == "*" or a.endswith(":*") for a in actions):
             problems.append(f"{sid}: wildcard action in {actions}")
-        if "*" in resources and actions != ["ecr:GetAuthorizationToken"]:
-            problems.append(f"{sid}: Resource '*' for {actions}")
+        if "*" in resources and not set(actions) <= UNSCOPABLE:
+            problems.append(f"{sid}: Resource '*' for {sorted(set(actions) - UNSCOPABLE)}")
         for action in actions:
             service = action.split(":")[0]
-            if action == "ecr:GetAuthorizationToken":
-                continue
-            if service == "s3":
+            if action in UNSCOPABLE:
+                allowed = {"*"}
+            elif action in S3_WRITES:
+                allowed = {f"{bucket_arn}/runs/*"}
+            elif service == "s3":
                 allowed = {bucket_arn, f"{bucket_arn}/*"}
             elif service == "ecr":
                 allowed = {repo_arn}
             elif service == "logs":
                 allowed = {log_group_arn, f"{log_group_arn}:log-stream:*"}
-            elif action == "ec2:StopInstances":
+            elif action in SSM_AGENT:
                 allowed = {f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"}
-                tags = st.get("Condition", {}).get("StringEquals", {})
-                if tags.get("aws:ResourceTag/stack") != STACK or tags.get("aws:ResourceTag/project") != PROJECT:
-                    problems.append(f"{sid}: {action} not limited to this stack's tagged instance")
             else:
                 problems.append(f"{sid}: unexpected action {action}")
                 continue
             if not set(resources) <= allowed:
                 problems.append(f"{sid}: {action} on {sorted(set(resources) - allowed)}")
     return problems
+
+
+def _iam_match(pattern: str, value: str, *, ignore_case: bool) -> bool:
+    """IAM's wildcards: `*` any run of characters (slashes too), `?` any one character."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+
+
+def allows(policy: dict, action: str, resource: str) -> bool:
+    """Whether an Allow statement of `policy` grants `action` on `resource` in some request,
+    matching as IAM does (actions ignore case, resources do not). A statement with a Condition
+    counts as granting: some request meets it."""
+    return any(
+        st["Effect"] == "Allow"
+        and any(_iam_match(a, action, ignore_case=True) for a in as_list(st["Action"]))
+        and any(_iam_match(r, resource, ignore_case=False) for r in as_list(st["Resource"]))
+        for st in policy["Statement"])
 
 
 def taggable(typ: str) -> bool:
@@ -492,28 +523,73 @@ def test_role_grants_only_this_stacks_resources(stack):
     assert policy.inputs["role"] == f"{stack.one('aws:iam/role:Role').name}-id"
     assert grant_problems(stack.policy(ROLE_POLICY), **stack_arns(stack)) == []
     granted = {a for s in stack.policy(ROLE_POLICY)["Statement"] for a in as_list(s["Action"])}
-    # What the run needs: its data and run directory, its image, its logs, to stop itself.
+    # What the run needs: its data and run directory, its image, its logs, and the SSM agent's
+    # calls that let `make deploy` start it through Run Command.
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "ecr:GetAuthorizationToken",
             "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "logs:CreateLogStream",
-            "logs:PutLogEvents", "ec2:StopInstances"} <= granted
+            "logs:PutLogEvents", "ssm:UpdateInstanceInformation"} | UNSCOPABLE <= granted
 
 
 def test_the_grant_check_catches_a_wildcard(stack):
     policy = stack.policy(ROLE_POLICY)
+    arn = stack_arns(stack)["bucket_arn"]
     policy["Statement"] += [
         {"Sid": "AnyObject", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
         {"Sid": "OtherLogs", "Effect": "Allow", "Action": "logs:PutLogEvents",
          "Resource": f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:other:*"},
-        {"Sid": "AllOfS3", "Effect": "Allow", "Action": "s3:*", "Resource": stack_arns(stack)["bucket_arn"]},
+        {"Sid": "AllOfS3", "Effect": "Allow", "Action": "s3:*", "Resource": arn},
+        {"Sid": "WriteAnywhere", "Effect": "Allow", "Action": "s3:PutObject", "Resource": f"{arn}/*"},
+        {"Sid": "DeleteData", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": f"{arn}/data/*"},
+        {"Sid": "Parameters", "Effect": "Allow", "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+         "Resource": "*"},
+        {"Sid": "StopAny", "Effect": "Allow", "Action": "ec2:StopInstances",
+         "Resource": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/*"},
     ]
     flagged = {problem.split(":")[0] for problem in grant_problems(policy, **stack_arns(stack))}
-    assert flagged >= {"AnyObject", "OtherLogs", "AllOfS3"}
+    assert flagged >= {"AnyObject", "OtherLogs", "AllOfS3", "WriteAnywhere", "DeleteData",
+                       "Parameters", "StopAny"}
 
 
-def test_ssm_managed_policy_is_attached(stack):
-    (attachment,) = stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
-    assert attachment.inputs["policyArn"] == "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
-    assert attachment.inputs["role"] == stack.one("aws:iam/role:Role").state["name"]
+def test_runs_write_only_their_run_directories(stack):
+    """A run may read the data set and write under runs/, but never overwrite or delete the data
+    set (or write anywhere else in the bucket)."""
+    policy, arn = stack.policy(ROLE_POLICY), stack_arns(stack)["bucket_arn"]
+    assert allows(policy, "s3:GetObject", f"{arn}/data/demo/1001_DFA_ANG_XX.npz")
+    assert allows(policy, "s3:GetObject", f"{arn}/runs/r1/checkpoints/last.pt")  # resume
+    assert allows(policy, "s3:PutObject", f"{arn}/runs/r1/checkpoints/last.pt")
+    assert allows(policy, "s3:AbortMultipartUpload", f"{arn}/runs/r1/checkpoints/best.pt")
+    for key in ("data/demo/1001_DFA_ANG_XX.npz", "data/manifest.csv", "other.txt", "runsx/a"):
+        assert not allows(policy, "s3:PutObject", f"{arn}/{key}"), key
+    for key in ("data/demo/1001_DFA_ANG_XX.npz", "runs/r1/summary.json"):
+        assert not allows(policy, "s3:DeleteObject", f"{arn}/{key}"), key
+    assert not allows(policy, "s3:PutObject", "arn:aws:s3:::another-bucket/runs/r1/x")
+
+
+def test_no_managed_policy_and_no_ssm_parameters(stack):
+    """No AWS managed policy (AmazonSSMManagedInstanceCore reads every SSM parameter of the
+    account): only the inline policy, which grants the SSM agent's calls and no parameter."""
+    assert stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == []
+    assert stack.of_type("aws:iam/policyAttachment:PolicyAttachment") == []
+    assert "managedPolicyArns" not in stack.one("aws:iam/role:Role").inputs
+    policy = stack.policy(ROLE_POLICY)
+    parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/db-password"
+    for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
+                   "ssm:SendCommand", "ssm:StartSession", "kms:Decrypt", "secretsmanager:GetSecretValue"):
+        assert not allows(policy, action, parameter), action
+        assert not allows(policy, action, "*"), action
+    instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"
+    assert allows(policy, "ssm:UpdateInstanceInformation", instance)
+    for action in UNSCOPABLE - {"ecr:GetAuthorizationToken"}:  # Run Command's delivery
+        assert allows(policy, action, "*"), action
+
+
+def test_instance_cannot_stop_instances_through_iam(stack):
+    """The instance stops itself with `shutdown` (bootstrap.sh), which needs no IAM; no grant to
+    stop any instance is left that a container could use on others."""
+    assert re.search(r"^\s*shutdown\b", bootstrap_text(), re.MULTILINE)
+    assert "stop-instances" not in bootstrap_text()
+    assert not allows(stack.policy(ROLE_POLICY), "ec2:StopInstances",
+                      f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0")
 
 
 # ---- tags -------------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@
 # Environment (all optional):
 #   AVE_BASE_IMAGE     tag to make (default: the first FROM of ./Dockerfile)
 #   AVE_DOCKER_CACHE   cache folder (default: /var/cache/av-emotion)
-#   AVE_DEBIAN_MIRROR  mirror for debootstrap (default: the one apt is configured with)
+#   AVE_DEBIAN_MIRROR  mirror for debootstrap (default: the one this machine's apt sources name;
+#                      none there and none given is an error)
+#   AVE_APT_DIR        where the apt sources are read (default: /etc/apt)
 #   AVE_DOCKERD_WAIT   seconds to wait for the engine (default: 60)
 #   AVE_DOCKER_STORAGE_DRIVER  overlay2 or vfs (default: overlay2 if it mounts, else vfs)
 # Exit status: 0 when the engine answers, the base image exists and a container from it runs;
@@ -50,22 +52,73 @@ base_image() {
     fi
 }
 
-# The Debian mirror apt uses here (deb822 .sources or one-line sources.list), never -security.
+# The Debian mirror this machine's apt sources name, for debootstrap: deb822 files
+# ($APT_DIR/sources.list.d/*.sources, `URIs:` of a paragraph whose `Types:` has deb and which is
+# not `Enabled: no`) and one-line files ($APT_DIR/sources.list, sources.list.d/*.list). Preferred:
+# an entry for the suite debootstrap makes ($SUITE); else one whose URI ends in /debian (a Debian
+# archive carries every release). Only http, https and file URIs (what debootstrap can fetch).
+# Prints "SUITE URI" for every entry; the choice is below. No host is written into this script:
+# a machine whose sources name no mirror gets one line saying so.
+APT_DIR="${AVE_APT_DIR:-/etc/apt}"
+SUITE=bookworm
+
+apt_entries() {
+    local files=()
+    [[ -f "$APT_DIR/sources.list" ]] && files+=("$APT_DIR/sources.list")
+    local f
+    for f in "$APT_DIR"/sources.list.d/*.list "$APT_DIR"/sources.list.d/*.sources; do
+        [[ -f "$f" ]] && files+=("$f")
+    done
+    ((${#files[@]})) || return 0
+    awk '
+        function emit(suites, uris,    ns, nu, s, u, i, j) {
+            ns = split(suites, s, /[ \t]+/); nu = split(uris, u, /[ \t]+/)
+            for (i = 1; i <= ns; i++) for (j = 1; j <= nu; j++)
+                if (s[i] != "" && u[j] ~ /^(https?|file):/) print s[i], u[j]
+        }
+        function flush() {  # the end of a deb822 paragraph
+            if ((" " types " ") ~ / deb / && enabled !~ /^(no|false|0)$/) emit(suites, uris)
+            types = uris = suites = enabled = field = ""
+        }
+        FNR == 1 { flush(); deb822 = FILENAME ~ /\.sources$/ }
+        /^[ \t]*#/ { next }
+        !deb822 {  # deb [options] URI SUITE COMPONENT...
+            if ($1 != "deb") next
+            i = 2
+            if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+            if (i + 1 <= NF) emit($(i + 1), $i)
+            next
+        }
+        /^[ \t]*$/ { flush(); next }
+        /^[ \t]/ {  # a continuation line of the field before
+            if (field == "types") types = types " " $0
+            else if (field == "uris") uris = uris " " $0
+            else if (field == "suites") suites = suites " " $0
+            next
+        }
+        {
+            field = tolower($1); sub(/:.*/, "", field)
+            value = $0; sub(/^[^:]*:[ \t]*/, "", value)
+            if (field == "types") types = value
+            else if (field == "uris") uris = value
+            else if (field == "suites") suites = value
+            else if (field == "enabled") enabled = tolower(value)
+        }
+        END { flush() }
+    ' "${files[@]}"
+}
+
 debian_mirror() {
     if [[ -n "${AVE_DEBIAN_MIRROR:-}" ]]; then
         echo "$AVE_DEBIAN_MIRROR"
         return
     fi
-    local uri
-    uri="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null \
-        | awk '$1 == "URIs:" { for (i = 2; i <= NF; i++) print $i }' \
-        | grep -E '/debian/?$' | head -n 1 || true)"
-    if [[ -z "$uri" ]]; then
-        uri="$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-            | awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; break } }' \
-            | grep -E '/debian/?$' | head -n 1 || true)"
-    fi
-    echo "${uri:-http://deb.debian.org/debian}"
+    local entries uri
+    entries="$(apt_entries)"
+    uri="$(awk -v suite="$SUITE" '$1 == suite { print $2; exit }' <<<"$entries")"
+    [[ -n "$uri" ]] || uri="$(awk '$2 ~ /\/debian\/?$/ { print $2; exit }' <<<"$entries")"
+    [[ -n "$uri" ]] || die "no Debian mirror in the apt sources ($APT_DIR/sources.list, sources.list.d/*.list, *.sources); set AVE_DEBIAN_MIRROR=URL"
+    echo "$uri"
 }
 
 engine_answers() { timeout 10 docker info >/dev/null 2>&1; }
@@ -153,15 +206,15 @@ make_base_image() {
         say "base image $tag exists"
         return
     fi
-    tarball="$CACHE/rootfs-bookworm-python3-ca$(local_ca_hash).tar"
+    tarball="$CACHE/rootfs-$SUITE-python3-ca$(local_ca_hash).tar"
     if [[ ! -s "$tarball" ]]; then
         mirror="$(debian_mirror)"
-        dir="$CACHE/rootfs-bookworm"
-        say "debootstrap bookworm (minbase + python3) from $mirror into $dir"
+        dir="$CACHE/rootfs-$SUITE"
+        say "debootstrap $SUITE (minbase + python3) from $mirror into $dir"
         mkdir -p "$CACHE"
         rm -rf "$dir"
         debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
-            bookworm "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
+            "$SUITE" "$dir" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
             || { tail -n 20 "$CACHE/debootstrap.log" >&2; die "debootstrap failed (see $CACHE/debootstrap.log)"; }
         if compgen -G "$LOCAL_CAS/*.crt" >/dev/null; then
             say "adding this machine's certificate authorities: $(cd "$LOCAL_CAS" && echo ./*.crt)"
@@ -195,9 +248,16 @@ check_run() {
     say "a container from $tag runs"
 }
 
-SECONDS=0
-install_packages
-start_engine
-make_base_image
-check_run
-say "ready in ${SECONDS}s"
+main() {
+    SECONDS=0
+    install_packages
+    start_engine
+    make_base_image
+    check_run
+    say "ready in ${SECONDS}s"
+}
+
+# Run when executed; when sourced (tests), only define the functions above.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    main "$@"
+fi

@@ -13,9 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog
 import torch
 
 from trainer import s3
+from trainer.errors import DataError
 from trainer.s3 import S3Error, parse_s3_uri, sync_down, sync_up
 from trainer.s3mirror import S3Mirror
 
@@ -125,6 +127,78 @@ def test_sync_down_says_what_is_wrong(aws_env, s3_bucket, tmp_path, monkeypatch)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(S3Error, match="no AWS credentials"):
         sync_down(f"s3://{s3_bucket}/data/", tmp_path)
+
+
+def files_under(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("prefix", ["data/../../..", "data/../../../", "../x/", "data/..",
+                                    "data//x/", "./data/", "data/./x", "a/b/../../.."])
+def test_sync_down_refuses_a_prefix_that_leaves_the_cache(aws_env, s3_bucket, s3_client, tmp_path,
+                                                          prefix):
+    """`..`, `.` or an empty segment in the prefix is one DataError, before anything is written.
+    (S3 keys are plain strings: `data/../../../evil.npz` is an object like any other, and with
+    the prefix `data/../../../` it would land three folders above the bucket's cache folder.)"""
+    put(s3_client, s3_bucket, f"{prefix.rstrip('/')}/evil.npz", b"evil")
+    put(s3_client, s3_bucket, "data/../../../evil.npz", b"evil")
+    cache = tmp_path / "a" / "b" / "cache"
+    with pytest.raises(DataError, match=r"bad S3 prefix .*'\.\.', '\.' and empty segments") as err:
+        sync_down(f"s3://{s3_bucket}/{prefix}", cache)
+    assert "\n" not in str(err.value)
+    assert files_under(tmp_path) == set()
+
+
+def test_sync_down_skips_keys_that_are_not_plain_paths(aws_env, s3_bucket, s3_client, tmp_path):
+    for key in ("data/ok.npz", "data/Actor_01/ok.npz", "data/../escape.npz",
+                "data/a/../../../../escape.npz", "data//double.npz", "data/./dot.npz"):
+        put(s3_client, s3_bucket, key, b"x")
+    cache = tmp_path / "deep" / "cache"
+    with structlog.testing.capture_logs() as logs:
+        folder = sync_down(f"s3://{s3_bucket}/data/", cache)
+    assert files_under(tmp_path) == {f"deep/cache/{s3_bucket}/data/{rel}" for rel in
+                                     ("ok.npz", "Actor_01/ok.npz", s3.INDEX)}
+    assert json.loads((folder / s3.INDEX).read_text())["files"].keys() == {"ok.npz", "Actor_01/ok.npz"}
+    skipped = {e["key"]: e["reason"] for e in logs if e["event"] == "s3.unsafe_key_skipped"}
+    assert set(skipped) == {"data/../escape.npz", "data/a/../../../../escape.npz",
+                            "data//double.npz", "data/./dot.npz"}
+    assert "would leave the folder" in skipped["data/../escape.npz"]
+    assert "not a plain relative path" in skipped["data//double.npz"]
+
+
+def test_sync_down_never_writes_through_a_link_out_of_the_cache(aws_env, s3_bucket, s3_client,
+                                                                tmp_path):
+    """A symbolic link inside the cache folder that points elsewhere is not followed for writing."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = tmp_path / "cache" / s3_bucket / "data"
+    folder.mkdir(parents=True)
+    (folder / "linked").symlink_to(outside, target_is_directory=True)
+    (folder / "file.npz").symlink_to(outside / "file.npz")
+    put(s3_client, s3_bucket, "data/ok.npz", b"ok")
+    put(s3_client, s3_bucket, "data/linked/evil.npz", b"evil")
+    put(s3_client, s3_bucket, "data/file.npz", b"evil")
+    with structlog.testing.capture_logs() as logs:
+        assert sync_down(f"s3://{s3_bucket}/data/", tmp_path / "cache") == folder
+    assert (folder / "ok.npz").read_bytes() == b"ok"
+    assert files_under(outside) == set()
+    reasons = {e["key"]: e["reason"] for e in logs if e["event"] == "s3.unsafe_key_skipped"}
+    assert set(reasons) == {"data/linked/evil.npz", "data/file.npz"}
+    assert all("resolve outside" in r for r in reasons.values())
+
+
+def test_sync_down_deletes_nothing_outside_the_cache(aws_env, s3_bucket, s3_client, tmp_path):
+    """A hand-edited index naming `../..` paths removes nothing outside the folder."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    put(s3_client, s3_bucket, "data/ok.npz", b"ok")
+    folder = sync_down(f"s3://{s3_bucket}/data/", tmp_path / "cache")
+    index = json.loads((folder / s3.INDEX).read_text())
+    index["files"]["../../../victim.txt"] = {"etag": "x", "size": 7, "mtime_ns": 0}
+    (folder / s3.INDEX).write_text(json.dumps(index))
+    sync_down(f"s3://{s3_bucket}/data/", tmp_path / "cache")
+    assert victim.read_text() == "keep me"
+    assert "../../../victim.txt" not in json.loads((folder / s3.INDEX).read_text())["files"]
 
 
 # --- sync_up ---------------------------------------------------------------------------------
@@ -380,3 +454,14 @@ def test_missing_bucket_is_one_line_of_error(aws_env, tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == \
         "error: bucket of s3://no-such-bucket-here/data/ does not exist"
     assert "Traceback" not in proc.stderr
+
+
+def test_prefix_out_of_the_cache_is_one_line_of_error(aws_env, s3_bucket, s3_client, tmp_path):
+    put(s3_client, s3_bucket, "data/../../../evil.npz", b"evil")
+    uri = f"s3://{s3_bucket}/data/../../../"
+    proc = subprocess.run(train_cmd(uri, str(tmp_path / "run"), tmp_path / "a" / "b" / "cache"),
+                          env=dict(os.environ), capture_output=True, text=True, timeout=100)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: bad S3 prefix in {uri}: ")
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("evil.npz"))

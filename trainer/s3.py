@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import boto3
@@ -43,6 +43,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
+
+from trainer.errors import DataError
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -173,20 +175,50 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _unsafe(rel: str) -> str | None:
+    """Why the relative key ``rel`` cannot be a file under a folder, or None if it can.
+
+    S3 keys are plain strings, so ``a/../../x`` or ``a//x`` are valid keys; as local paths they
+    would leave the folder, or name the same file as another key.
+    """
+    segments = rel.split("/")
+    if ".." in segments:
+        return "'..' in the key would leave the folder"
+    if "" in segments or "." in segments:  # a leading "/" too
+        return "an empty or '.' segment in the key (not a plain relative path)"
+    return None
+
+
 def _list(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
-    """Objects under ``prefix`` (a folder prefix) as ``{relative key: (size, etag)}``."""
+    """Objects under ``prefix`` (a folder prefix) as ``{relative key: (size, etag)}``; keys that
+    are not plain relative paths are left out, each with a warning that says why."""
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix):]
-            parts = PurePosixPath(rel).parts
             if not rel or rel.endswith("/") or rel == INDEX:
                 continue  # folder markers, our own sidecar
-            if ".." in parts or rel.startswith("/"):
-                log.warning("s3.unsafe_key_skipped", key=obj["Key"])
+            if why := _unsafe(rel):
+                log.warning("s3.unsafe_key_skipped", key=obj["Key"], reason=why)
                 continue
             out[rel] = (obj["Size"], obj["ETag"].strip('"'))
     return out
+
+
+def _check_prefix(uri: str) -> None:
+    """The prefix of ``uri`` becomes a local folder: no ``..``, ``.`` or empty segment in it (a
+    trailing ``/`` is fine), else one ``DataError``; ``s3://b/data/../..`` would sync outside
+    the cache. Checked before ``parse_s3_uri``, which would call ``a//b`` malformed."""
+    prefix = uri.removeprefix("s3://").partition("/")[2]
+    segments = prefix.removesuffix("/").split("/")
+    if prefix and any(seg in ("", ".", "..") for seg in segments):
+        raise DataError(f"bad S3 prefix in {uri}: '..', '.' and empty segments are not allowed "
+                        "(the data would be written outside the cache folder)")
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` resolves (symbolic links followed) to a path inside ``root``."""
+    return (root / rel).resolve().is_relative_to(root.resolve())
 
 
 def _progress(total: int, desc: str) -> tqdm:
@@ -201,13 +233,20 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
     ``.s3-sync-index.json`` is not downloaded again; a changed object is; a file that was synced
     before but is gone from S3 is removed. Each file arrives under a temp name and is renamed.
 
+    Nothing is written outside that folder: a prefix with a ``..``, ``.`` or empty segment is
+    refused, and an object whose key is not a plain relative path, or whose local path would
+    resolve outside the folder (through a symbolic link), is skipped with a warning.
+
     Raises:
         S3Error: no credentials, no such bucket, nothing under the prefix, S3 unreachable.
+        DataError: a ``..``, ``.`` or empty segment in the prefix.
 
     Example:
         >>> sync_down("s3://my-bucket/data/", "~/.cache/av-emotion")
         PosixPath('/home/me/.cache/av-emotion/my-bucket/data')
     """
+    uri = str(uri)
+    _check_prefix(uri)
     bucket, prefix = parse_s3_uri(uri)
     prefix = _folder(prefix)
     dest = Path(cache_dir).expanduser() / bucket / prefix
@@ -220,6 +259,12 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
         raise S3Error(f"no objects under {uri}")
 
     dest.mkdir(parents=True, exist_ok=True)
+    for rel in [r for r in objects if not _inside(dest, r)]:  # e.g. a linked folder in the cache
+        log.warning("s3.unsafe_key_skipped", key=prefix + rel,
+                    reason=f"its local path would resolve outside {dest}")
+        del objects[rel]
+    if not objects:
+        raise S3Error(f"no objects under {uri} that can be written inside {dest}")
     index_path = dest / INDEX
     try:
         index = json.loads(index_path.read_text())["files"]
@@ -236,7 +281,8 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
             and st.st_size == size
 
     for rel in [r for r in index if r not in objects]:  # deleted in S3: not training data now
-        (dest / rel).unlink(missing_ok=True)
+        if not _unsafe(rel) and _inside(dest, rel):  # an index edited by hand deletes nothing else
+            (dest / rel).unlink(missing_ok=True)
         del index[rel]
     todo = [rel for rel in sorted(objects) if not current(rel)]
     total = sum(objects[rel][0] for rel in todo)

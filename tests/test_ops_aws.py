@@ -268,6 +268,7 @@ def test_a_cli_not_logged_in_says_pulumi_login(monkeypatch, tmp_path):
 
 def test_deploy_on_aws_without_pulumi_names_the_step(aws_env, tmp_path):
     env = dict(aws_env, PATH=str(Path(sys.executable).parent))  # python, no pulumi
+    (tmp_path / "demo-data").mkdir()  # the default DATA, checked before anything else
     proc = subprocess.run([sys.executable, "-m", "trainer", "deploy", "--backend", "aws"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 1
@@ -285,6 +286,7 @@ def test_no_docker_engine_is_one_line_saying_how_to_start_one(monkeypatch):
 def test_deploy_without_a_docker_engine_names_the_step(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(DOCKER_HOST="unix:///nonexistent/docker.sock", AVE_STATE_DIR=str(tmp_path))
+    (tmp_path / "demo-data").mkdir()  # the default DATA, checked before anything else
     proc = subprocess.run([sys.executable, "-m", "trainer", "deploy", "--backend", "local"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 1, proc.stdout

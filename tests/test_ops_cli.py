@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,66 @@ def test_settings_come_from_the_file_then_flags(tmp_path, monkeypatch):
         load(str(REPO / "deploy.yaml"), backend="gcp")
     with pytest.raises(OpsError, match="not found"):
         load("missing.yaml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("args: 5\n",
+     r'args must be text, not 5 \(trainer train flags in quotes, e.g. args: "--epochs 30"\)'),
+    ("args: [--epochs, 5]\n", r"args must be text, not \['--epochs', 5\] \(trainer train flags"),
+    ("stack: 2024\n", "stack must be text, not 2024"),
+    ("data: {a: 1}\n", r"data must be text, not \{'a': 1\}"),
+    ("torch_wheels: [1]\n", r"torch_wheels must be a glob or a list of globs, not \[1\]"),
+])
+def test_a_setting_of_the_wrong_type_is_one_line(tmp_path, monkeypatch, text, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AVE_SETTINGS", raising=False)
+    Path("deploy.yaml").write_text(text)
+    with pytest.raises(OpsError, match=f"^deploy.yaml: {message}"):
+        load()
+
+
+def test_empty_settings_keep_their_meaning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("AVE_SETTINGS", raising=False)
+    Path("deploy.yaml").write_text("args:\ntorch_wheels:\n")
+    s = load()
+    assert (s.args, s.torch_wheels) == ("", [])
+
+
+def ops_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=120)
+
+
+@pytest.mark.parametrize("settings, flags, line", [
+    ("args: 5\n", [], 'error: deploy.yaml: args must be text, not 5 (trainer train flags in '
+                      'quotes, e.g. args: "--epochs 30")'),
+    ('data: ""\n', [], "error: DATA is empty (deploy.yaml's data, or --data): give a folder of "
+                       "clip files or an s3:// prefix in the stack's bucket, e.g. data: demo-data"),
+    ("data:\n", [], "error: DATA is empty (deploy.yaml's data, or --data): give a folder of "
+                    "clip files or an s3:// prefix in the stack's bucket, e.g. data: demo-data"),
+    ("", ["--data", ""], "error: DATA is empty (deploy.yaml's data, or --data): give a folder of "
+                        "clip files or an s3:// prefix in the stack's bucket, e.g. data: demo-data"),
+    ("data: no-such-folder\n", [], "error: DATA=no-such-folder is not a folder of clip files: "
+                                   "make the demo set with `python -m trainer demo-data --out "
+                                   "no-such-folder`, or give DATA=path/to/clips"),
+    ("args: --epochs '5\n", [], "error: ARGS \"--epochs '5\" cannot be split into flags: "
+                                "No closing quotation"),
+])
+def test_bad_deploy_input_is_one_line_before_anything_is_built_or_uploaded(
+        local_stack, s3_client, tmp_path, settings, flags, line):
+    """deploy.yaml's bad values fail first: one line, exit 1, no step run, nothing in the bucket.
+    The Docker engine is pointed nowhere, so a deploy that went on would fail in its step 1."""
+    (tmp_path / "deploy.yaml").write_text("backend: local\n" + settings)
+    (tmp_path / "demo-data").mkdir()  # the default DATA exists (and, with data: "", so does ".")
+    (tmp_path / "demo-data" / "a.npz").write_bytes(b"x")
+    env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
+    env.pop("AVE_SETTINGS", None)
+    proc = ops_cli("deploy", *flags, cwd=tmp_path, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [line]
+    assert "[1/7]" not in proc.stdout  # no step started: no build, no pulumi up, no upload
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=local_stack["bucket"])
 
 
 def test_the_repository_deploy_yaml_holds_every_default():

@@ -87,6 +87,25 @@ def going_run(backend, out: dict) -> str | None:
     return None
 
 
+def check_data(data: str) -> None:
+    """What deploy can tell about DATA before it builds or uploads anything: not empty (never
+    "the current folder", which would upload the whole checkout, .venv and .ave included), and
+    a folder that exists or a well-formed s3:// prefix (its bucket is checked at the upload)."""
+    from trainer.s3 import parse_s3_uri
+
+    if not data.strip():
+        raise OpsError("DATA is empty (deploy.yaml's data, or --data): give a folder of clip "
+                       "files or an s3:// prefix in the stack's bucket, e.g. data: demo-data")
+    if data.startswith("s3://"):
+        try:
+            parse_s3_uri(data)
+        except ValueError as e:
+            raise OpsError(f"DATA: {e}") from None
+    elif not Path(data).expanduser().is_dir():
+        raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
+                       f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
+
+
 def upload_data(bucket: str, data: str, echo=print) -> str:
     """The data set as an s3:// prefix in the stack's bucket; a local folder is mirrored to
     ``data/NAME/`` (only what changed is sent; files gone from the folder are removed there)."""
@@ -99,10 +118,8 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
                            f"may read: give a local folder, or copy it first (aws s3 sync {data} "
                            f"s3://{bucket}/data/NAME/)")
         return f"s3://{bucket}/{_folder(prefix)}"
+    check_data(data)
     folder = Path(data).expanduser()
-    if not folder.is_dir():
-        raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
-                       f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name) or "data"
     prefix = f"data/{name}/"
     counts = sync_up(folder, f"s3://{bucket}/{prefix}")
@@ -135,13 +152,20 @@ def stop_run(backend, out: dict, run_id: str, echo=print, wait: float = 90) -> d
 
 def deploy(settings: Settings, replace: bool = False, image: str | None = None,
            echo=print) -> str:
-    """Start a training run of ``settings.data`` with ``settings.args``; the new run id."""
+    """Start a training run of ``settings.data`` with ``settings.args``; the new run id.
+
+    The inputs are checked first, before any network call: a bad DATA or ARGS is one line,
+    and nothing is built, made or uploaded."""
+    try:
+        train_args = shlex.split(settings.args)
+    except ValueError as e:  # an unclosed quote
+        raise OpsError(f"ARGS {settings.args!r} cannot be split into flags: {e}") from None
+    check_data(settings.data)
     backend = backend_for(settings)
     step = Steps(7, echo)
     aws_side = backend.name == "aws"
     with step("checking credentials, tools and the Docker engine"):
         backend.preflight()
-        train_args = shlex.split(settings.args)
     with step("looking for a run already going"):
         current = backend.deployed()
         going = going_run(backend, current) if current else None

@@ -48,6 +48,22 @@ class Settings:
     infra_dir: str = str(REPO / "infra")
 
 
+def check_types(values: dict, source) -> None:
+    """Each setting of the file as the type its default has: text, or a list of globs. YAML reads
+    ``args: 5`` as a number and ``args: [--epochs, 5]`` as a list; both would fail much later."""
+    for name, value in values.items():
+        if name == "torch_wheels":
+            ok = isinstance(value, str) or (isinstance(value, list)
+                                            and all(isinstance(v, str) for v in value))
+            what = "a glob or a list of globs"
+        else:
+            ok, what = isinstance(value, str), "text"
+        if not ok:
+            hint = ' (trainer train flags in quotes, e.g. args: "--epochs 30")' \
+                if name == "args" else ""
+            raise OpsError(f"{source}: {name} must be {what}, not {value!r}{hint}")
+
+
 def settings_path(path: str | None = None) -> Path | None:
     """The settings file in use: ``path``, else $AVE_SETTINGS, else ./deploy.yaml if present."""
     chosen = path or os.environ.get("AVE_SETTINGS")
@@ -81,6 +97,7 @@ def load(path: str | None = None, **overrides) -> Settings:
         raise OpsError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: "
                        f"{', '.join(sorted(known))}")
     values = {k: ("" if v is None else v) for k, v in values.items()}
+    check_types(values, source)
     if isinstance(values.get("torch_wheels"), str):  # one glob, or none
         values["torch_wheels"] = values["torch_wheels"].split()
     settings = replace(Settings(), **values)

@@ -53,6 +53,27 @@ def test_runs_are_listed_oldest_first_and_resolved(s3_bucket, s3_client):
         runs.resolve(s3_bucket, "nope")
 
 
+def test_the_latest_run_is_the_one_created_last_not_the_last_by_name(s3_bucket, s3_client):
+    """Creation time: the time in the id deploy made, else (another form of id) the time of the
+    run's oldest object; within one second of ids, the objects' time too. By name, "zz-manual"
+    would stay the latest run for ever, and two ids of one second go by their random digits."""
+    put(s3_client, s3_bucket, "runs/20250101-000000-0001/status.json", heartbeat())
+    put(s3_client, s3_bucket, "runs/20250102-000000-ffff/status.json", heartbeat())
+    time.sleep(1.1)  # S3's LastModified may count whole seconds
+    put(s3_client, s3_bucket, "runs/20250102-000000-0000/status.json", heartbeat())  # same second
+    put(s3_client, s3_bucket, "runs/zz-manual/config.json", b"{}")
+    time.sleep(1.1)
+    put(s3_client, s3_bucket, "runs/aa-manual/config.json", b"{}")
+    put(s3_client, s3_bucket, "runs/zz-manual/status.json", heartbeat())  # a later write: the
+    order = ["20250101-000000-0001", "20250102-000000-ffff",                # run is no newer
+             "20250102-000000-0000", "zz-manual", "aa-manual"]
+    assert runs.list_runs(s3_bucket) == order
+    assert runs.latest(s3_bucket) == runs.resolve(s3_bucket) == "aa-manual"
+    with pytest.raises(OpsError, match=r"newest runs: 20250101-000000-0001, 20250102-000000-ffff, "
+                                       r"20250102-000000-0000, zz-manual, aa-manual\)"):
+        runs.resolve(s3_bucket, "nope")
+
+
 def test_a_run_is_going_only_with_a_fresh_heartbeat_and_a_live_state():
     assert runs.is_going(heartbeat(age=5))
     assert not runs.is_going(heartbeat(age=runs.FRESH_SECONDS + 60))  # instance went away

@@ -46,17 +46,37 @@ def run_uri(bucket: str, run_id: str) -> str:
     return f"s3://{bucket}/runs/{run_id}/"
 
 
-def list_runs(bucket: str) -> list[str]:
-    """Run ids under ``runs/``, oldest first."""
+def first_writes(bucket: str) -> dict[str, datetime]:
+    """Each run id under ``runs/`` with the time S3 gives its oldest object."""
     s3 = s3lib.client()
-    ids = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/",
-                                                              Delimiter="/"):
-        ids += [p["Prefix"][len("runs/"):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-    return sorted(ids)
+    first: dict[str, datetime] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="runs/"):
+        for obj in page.get("Contents", []):
+            run_id, sep, _ = obj["Key"][len("runs/"):].partition("/")
+            if run_id and sep:
+                when = obj["LastModified"]
+                first[run_id] = min(first.get(run_id, when), when)
+    return first
+
+
+def list_runs(bucket: str) -> list[str]:
+    """Run ids under ``runs/``, oldest first by creation time, not by name: the time in the id
+    (``new_run_id``, when deploy made it), else, for an id of another form, the time of the
+    run's oldest object; runs made in the same second by that time too.
+
+    By name, an id of another form (``final``, ``manual-1``) sorted after or before every run,
+    and two ids of one second sorted by their random digits.
+    """
+    first = first_writes(bucket)
+
+    def created(run_id: str) -> tuple:
+        return (started_at(run_id) or first[run_id], first[run_id], run_id)
+
+    return sorted(first, key=created)
 
 
 def latest(bucket: str) -> str | None:
+    """The most recently created run (see ``list_runs``), or None when there is none."""
     runs = list_runs(bucket)
     return runs[-1] if runs else None
 

@@ -52,7 +52,8 @@ def instance_profile(cfg: Settings, *, bucket: aws.s3.Bucket, repo: aws.ecr.Repo
     return aws.iam.InstanceProfile("ave-instance-profile", role=role.name, tags=cfg.tags)
 
 
-def instance_policy(*, bucket_arn: str, repo_arn: str, log_group_arn: str, instances_arn: str) -> dict:
+def instance_policy(*, bucket_arn: str, repo_arn: str, log_group_arn: str,
+                    instances_arn: str) -> dict:
     """What the instance and its container may do, each statement scoped as far as AWS allows."""
     return {
         "Version": "2012-10-17",

@@ -574,7 +574,8 @@ def test_no_managed_policy_and_no_ssm_parameters(stack):
     policy = stack.policy(ROLE_POLICY)
     parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/db-password"
     for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
-                   "ssm:SendCommand", "ssm:StartSession", "kms:Decrypt", "secretsmanager:GetSecretValue"):
+                   "ssm:SendCommand", "ssm:StartSession", "kms:Decrypt",
+                   "secretsmanager:GetSecretValue"):
         assert not allows(policy, action, parameter), action
         assert not allows(policy, action, "*"), action
     instance = f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0"

@@ -2,7 +2,9 @@
 
 import subprocess
 import sys
+from collections import Counter
 
+import numpy as np
 import pytest
 from util import write_clip
 
@@ -86,6 +88,22 @@ def test_checkpoint_of_an_earlier_model_version_is_one_clear_line(tmp_path):
                    1, "does not fit this version of the HybridModel")
 
 
+def test_checkpoint_of_the_stride_version_is_one_clear_line(tmp_path):
+    """0.1 checkpoints pooled by --audio-stride/--video-stride: loading one says so and how."""
+    import torch
+
+    settings = {"audio_dim": 8, "video_dim": 6, "n_classes": 6, "audio_stride": 4,
+                "video_stride": 2}
+    ckpt = tmp_path / "best.pt"
+    torch.save({"model": {}, "model_name": "hybrid", "model_settings": settings,
+                "normalizer": {}, "labels": ["ANG"]}, ckpt)
+    write_clip(tmp_path / "data" / "1001_DFA_ANG_XX.npz")
+    for args in (["evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "data")],
+                 ["predict", "--checkpoint", str(ckpt), str(tmp_path / "data")],
+                 ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.onnx")]):
+        one_line_error(cli(*args), 1, "--audio-stride/--video-stride")
+
+
 def test_too_few_speakers_suggests_random_split(tmp_path):
     for i, name in enumerate(["1001_DFA_ANG_XX", "1001_IEO_SAD_XX", "1002_DFA_ANG_XX",
                               "1002_IEO_SAD_XX"]):
@@ -96,7 +114,7 @@ def test_too_few_speakers_suggests_random_split(tmp_path):
 
 def test_demo_data_has_both_name_styles_imbalance_and_broken_files(tmp_path):
     r = cli("demo-data", "--out", str(tmp_path))
-    assert r.returncode == 0 and "576 clips" in r.stdout
+    assert r.returncode == 0 and "864 clips" in r.stdout
     from trainer.data import load_dataset
 
     ds = load_dataset(tmp_path)
@@ -106,14 +124,65 @@ def test_demo_data_has_both_name_styles_imbalance_and_broken_files(tmp_path):
     assert max(counts) > 1.5 * min(counts)  # imbalanced
     assert len(ds.skipped) == 5 and sum(ds.excluded.values()) == 6
     lengths = [c.audio.shape[0] for c in ds.clips]
-    assert max(lengths) > 2 * min(lengths)  # variable length
+    assert max(lengths) > 1.8 * min(lengths)  # variable length (2 to 4 s)
 
 
-def test_demo_needs_both_modalities():
-    """Audio alone names a pair of classes, video alone a triple: only both name one."""
+def test_demo_classes_need_audio_video_and_their_timing():
+    """Audio alone narrows a class to three, video alone to three, both without timing to two
+    of them (ANG/DIS, FEA/HAP) for four classes: only timing names all six."""
     from trainer.demo import cues
 
-    pairs = [cues(k) for k in range(6)]
-    assert len(set(pairs)) == 6
-    assert len({a for a, _ in pairs}) == 3 and len({v for _, v in pairs}) == 2
-    make_demo_data  # noqa: B018 - the generator the CLI test exercises
+    triples = [cues(k) for k in range(6)]
+    for stream in (0, 1):
+        assert sorted(Counter(t[stream] for t in triples).values()) == [3, 3]
+    without_timing = Counter(t[:2] for t in triples)
+    assert sorted(without_timing.values()) == [1, 1, 2, 2]
+    assert len(set(triples)) == 6
+
+
+def test_demo_timing_is_the_only_difference_of_the_timing_pairs(tmp_path):
+    """Synchronous classes have every video cue onset within 40 ms of an audio cue onset; the
+    asynchronous ones none within 0.4 s; each stream alone is made the same way in both."""
+    import numpy as np
+
+    from trainer.demo import CLASSES, _Maker, Shape
+
+    maker = _Maker(0, Shape())
+    for label, (_, _, timing) in enumerate(CLASSES):
+        for _ in range(20):
+            a_on, a_len, v_on, v_len = maker._events(label, float(maker.rng.uniform(2, 4)))
+            near = np.abs(v_on[:, None] - a_on[None, :]).min(1)
+            assert len(a_on) == len(v_on) >= 2
+            assert ((a_len >= 0.1) & (a_len <= 0.3)).all() and ((v_len >= 0.1) & (v_len <= 0.3)).all()
+            if timing == "sync":
+                assert (near <= 0.04 + 1e-9).all()
+            elif timing == "async":
+                assert (near >= 0.4).all()
+
+
+def test_demo_data_shape_options(tmp_path):
+    r = cli("demo-data", "--out", str(tmp_path), "--speakers", "3", "--clips-per-speaker", "2",
+            "--audio-fps", "100", "--audio-dim", "89", "--video-fps", "15", "--video-dim", "512")
+    assert r.returncode == 0, r.stderr
+    from trainer.data import load_dataset
+
+    c = load_dataset(tmp_path).clips[0]
+    assert c.audio.shape[1] == 89 and c.video.shape[1] == 512
+    assert abs(np.diff(c.audio_t).mean() - 0.01) < 1e-4
+    assert abs(np.diff(c.video_t).mean() - 1 / 15) < 1e-4
+    one_line_error(cli("demo-data", "--out", str(tmp_path), "--video-fps", "0"), 1,
+                   "--video-fps must be positive")
+
+
+def test_demo_speaker_is_most_of_the_video_variance(tmp_path):
+    make_demo_data(tmp_path, speakers=6, clips_per_speaker=6)
+    from trainer.data import load_dataset
+
+    clips = load_dataset(tmp_path).clips
+    frames = np.concatenate([c.video for c in clips])
+    within = np.concatenate([c.video - np.concatenate([d.video for d in clips
+                                                       if d.speaker == c.speaker]).mean(0)
+                             for c in clips])
+    assert within.var(0).sum() < 0.5 * frames.var(0).sum()
+
+

@@ -12,6 +12,7 @@ from trainer.data import load_dataset
 from trainer.demo import make_demo_data
 from trainer.evaluate import load_trained
 from trainer.export import INPUTS, load_exported
+from trainer.prepare import prepare
 
 pytestmark = pytest.mark.slow
 TINY = ["--d-model", "32", "--heads", "2", "--threads", "1", "--epochs", "1", "--batch-size", "8"]
@@ -53,10 +54,10 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     clips = held_out(root, ckpt[model].parent.parent)
     # One padded batch of clips of different lengths, then each clip alone (other shapes).
     for group in [clips[:6]] + [[c] for c in clips[:3]]:
-        raw = collate(group)  # features as stored: the artifact normalises them itself
+        prepared = prepare(group, side["prepare"])  # pooled and standardised, as documented
+        raw = collate(prepared)  # the artifact applies the train-set scaling itself
         with torch.no_grad():
-            eager = torch.softmax(trained.model(**collate([trained.normalizer(c)
-                                                           for c in group])), -1).numpy()
+            eager = torch.softmax(trained.model(**collate(trained.ready(group))), -1).numpy()
         got = exported({k: raw[k].numpy() for k in INPUTS})
         assert got.shape == (len(group), 6)
         np.testing.assert_allclose(got, eager, atol=1e-4, rtol=0)

@@ -1,5 +1,7 @@
 """Both models: output shapes, and padding never changes a prediction."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -17,10 +19,11 @@ def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
                 ((np.arange(t_v) + 0.5) / 30).astype(np.float32))
 
 
-@pytest.mark.parametrize("name", ["hybrid", "lstm"])
-def test_padding_never_changes_a_prediction(name):
+@pytest.mark.parametrize("name,extra", [("hybrid", {}), ("hybrid", {"fusion": "late"}),
+                                        ("lstm", {})])
+def test_padding_never_changes_a_prediction(name, extra):
     torch.manual_seed(0)
-    model = build_model(name, audio_dim=20, video_dim=30, n_classes=6).eval()
+    model = build_model(name, audio_dim=20, video_dim=30, n_classes=6, **extra).eval()
     short = [clip(37, 11, 1), clip(5, 2, 2), clip(1, 1, 3)]
     longer = [clip(150, 45, 4), clip(90, 30, 5)]
     with torch.no_grad():
@@ -69,18 +72,28 @@ def test_channel_dropout_drops_whole_channels_per_clip_and_keeps_the_mean():
     assert torch.equal(drop.eval()(y), y)
 
 
-def test_video_and_audio_strides_pool_frames_before_the_branches():
-    """Stride 1 and stride 2 differ; a clip of one frame works at any stride."""
-    torch.manual_seed(0)
-    b = collate([clip(60, 18, 0), clip(1, 1, 1)])
-    outs = []
-    for stride in (1, 2, 3):
+def test_sharpest_head_tells_20_ms_from_200_ms():
+    """The default time scales separate the binding window from a near miss: a key 20 ms away
+    keeps most of the sharpest head's weight, one 200 ms away almost none."""
+    from trainer.model import CrossModalAttention
+
+    att = CrossModalAttention(16, 4, 0.0)
+    sharp = att.slope.max().item()
+    assert torch.isclose(att.slope, torch.tensor([50.0, 10.772, 2.3208, 0.5]), rtol=1e-3).all()
+    assert math.exp(-sharp * 0.02) > 0.3 and math.exp(-sharp * 0.2) < 1e-4
+
+
+def test_late_fusion_ignores_timing_and_cross_fusion_does_not():
+    """Moving the video in time changes the cross-modal model's output, never the late one's."""
+    b = collate([clip(60, 18, 0)])
+    for fusion, moves in (("cross", True), ("late", False)):
         torch.manual_seed(0)
-        model = HybridModel(audio_dim=20, video_dim=30, n_classes=6, video_stride=stride).eval()
+        model = HybridModel(audio_dim=20, video_dim=30, n_classes=6, fusion=fusion).eval()
         with torch.no_grad():
-            outs.append(model(**b))
-        assert torch.isfinite(outs[-1]).all()
-    assert not torch.allclose(outs[0], outs[1], atol=1e-4)
+            base, shifted = model(**b), model(**dict(b, video_t=b["video_t"] + 0.3))
+        assert (not torch.allclose(base, shifted, atol=1e-5)) == moves
+    with pytest.raises(ValueError, match="fusion must be one of cross, late"):
+        HybridModel(audio_dim=2, video_dim=2, n_classes=6, fusion="early")
 
 
 def test_norm_linear_recomputes_the_layer_norm_and_gets_the_same_gradients():

@@ -153,3 +153,33 @@ def test_predict_gives_probabilities_per_clip(demo, tmp_path, capsys):
     assert good["label"] in good["probabilities"]
     assert abs(sum(good["probabilities"].values()) - 1) < 1e-4
     assert "unreadable" in bad["error"]
+
+
+def test_per_speaker_normalisation_never_uses_a_held_out_speakers_clips(demo, tmp_path):
+    """Held-out (validation and test) speakers' clips rewritten out of all recognition: every
+    training step, and so the trained weights, stay exactly the same."""
+    import shutil
+
+    import numpy as np
+
+    assert train(demo, tmp_path / "a", "--epochs", "2", "--norm", "speaker") == 0
+    held_out = [line.split(",")[0] for line in
+                (tmp_path / "a" / "splits.csv").read_text().splitlines()[1:]
+                if not line.endswith(",train")]
+    other = tmp_path / "other"
+    shutil.copytree(demo, other)
+    for rel in held_out:
+        with np.load(other / rel) as z:
+            arrays = dict(z)
+        for key in ("audio_features", "video_features"):  # other scale, offset and content
+            arrays[key] = arrays[key][::-1] * 3.0 + 10.0
+        np.savez(other / rel, **arrays)
+    assert train(other, tmp_path / "b", "--epochs", "2", "--norm", "speaker") == 0
+    a, b = (read_jsonl(tmp_path / r / "metrics.jsonl") for r in "ab")
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
+    wa, wb = (read_checkpoint(tmp_path / r / "checkpoints" / "last.pt") for r in "ab")
+    for k in wa["model"]:
+        torch.testing.assert_close(wa["model"][k], wb["model"][k], rtol=0, atol=0)
+    assert wa["prepare"] == {"audio_rate": 25.0, "video_rate": 15.0, "norm": "speaker"}
+    # ...while the held-out clips themselves did change what was measured on them.
+    assert [r["val_loss"] for r in a] != [r["val_loss"] for r in b]

@@ -85,6 +85,15 @@ def build(name: str) -> torch.nn.Module:
     return build_model(name, **model_settings(cfg, AUDIO_DIM, VIDEO_DIM, len(LABELS)))
 
 
+def pooled(name: str, clips: list[Clip]) -> list[Clip]:
+    """The workload as train.py feeds ``name``: pooled to its rates once, at load time."""
+    from trainer.config import TrainConfig, prepare_settings
+    from trainer.prepare import pool_clips
+
+    s = prepare_settings(TrainConfig(model=name))
+    return pool_clips(clips, s["audio_rate"], s["video_rate"])
+
+
 # ------------------------------------------------------------------- training (subprocess)
 
 
@@ -95,12 +104,22 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
     p = PRESETS[preset]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    clips = workload(p["clips"], seed, p.get("short", False))
+    from trainer.config import TrainConfig
+    from trainer.prepare import augment
+
+    cfg = TrainConfig(model=name)
+    clips = pooled(name, workload(p["clips"], seed, p.get("short", False)))
     lengths = [c.audio.shape[0] for c in clips]
     batches = bucket_batches(lengths, p["batch_size"], seed, 0)
 
+    def load(idx, b):  # train.py's data path: collate, then the training masks
+        batch = collate([clips[i] for i in idx])
+        return augment(batch, np.random.default_rng([seed, 0, b, 1]), cfg.time_mask,
+                       cfg.feature_mask) if cfg.time_mask or cfg.feature_mask else batch
+
     def trainer_step(model):
-        opt = torch.optim.Adam(model.parameters(), lr=5e-4, fused=True)  # as train.py
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=True)  # as train.py
 
         def step(batch):
             loss = focal_loss(model(**batch), batch["label"], None, 2.0)
@@ -124,9 +143,9 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
 
     def epoch():  # the real data path, as train.py's loop
         data_s, step_s = [], []
-        for idx in batches:
+        for b, idx in enumerate(batches):
             t0 = time.perf_counter()
-            batch = collate([clips[i] for i in idx])
+            batch = load(idx, b)
             t1 = time.perf_counter()
             step(batch)
             data_s.append(t1 - t0)
@@ -158,7 +177,7 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
     if name == "hybrid":  # after the memory reading: what follows allocates for itself
         out["flops"] = count_flops(model, [collate([clips[i] for i in b]) for b in batches])
         out["flops_per_second"] = out["flops"] / out["step_seconds"]
-        out["loader"] = loader_ab(step, clips, batches, p["loader_repeats"])
+        out["loader"] = loader_ab(step, load, batches, p["loader_repeats"])
         # This machine's speed drifts by 10 % over minutes, so the FLOP rate is compared with
         # the matmul rate measured just before it: (mm, epoch) pairs, the median fraction.
         pairs, buffers = [], mm_buffers(p["mm"])
@@ -182,15 +201,16 @@ class Tiny(torch.nn.Module):
         return audio.mean((1, 2))[:, None] * self.w
 
 
-def loader_ab(step, clips, batches, repeats: int) -> dict:
-    """The same epoch with the real data path and on batches collated beforehand."""
-    ready = [collate([clips[i] for i in b]) for b in batches]
+def loader_ab(step, load, batches, repeats: int) -> dict:
+    """The same epoch with the real data path (``load``: collate and masks) and on batches
+    made beforehand."""
+    ready = [load(idx, b) for b, idx in enumerate(batches)]
     real, pre = [], []
     for r in range(repeats):
         for kind in (("real", "pre") if r % 2 == 0 else ("pre", "real")):
             t0 = time.perf_counter()
-            for b, idx in zip(ready, batches):
-                step(collate([clips[i] for i in idx]) if kind == "real" else b)
+            for i, (b, idx) in enumerate(zip(ready, batches)):
+                step(load(idx, i) if kind == "real" else b)
             (real if kind == "real" else pre).append(time.perf_counter() - t0)
     t_real, t_pre = float(np.median(real)), float(np.median(pre))
     return {"epoch_seconds_real_path": t_real, "epoch_seconds_precollated": t_pre,
@@ -227,7 +247,7 @@ def latency(preset: str, seed: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = build("hybrid").eval()
-    clips = workload(20, seed + 1, p.get("short", False))
+    clips = pooled("hybrid", workload(20, seed + 1, p.get("short", False)))
     batches = [collate([c]) for c in clips]
     try:
         import onnxruntime  # noqa: F401

@@ -28,8 +28,8 @@ HELP = {
     "model": "hybrid (TCN + cross-modal attention) or lstm (the BiLSTM baseline)",
     "epochs": "maximum epochs",
     "batch_size": "clips per batch",
-    "lr": "Adam learning rate",
-    "weight_decay": "Adam weight decay",
+    "lr": "AdamW learning rate",
+    "weight_decay": "AdamW (decoupled) weight decay",
     "patience": "early stopping: epochs without a better validation macro-F1",
     "lr_patience": "ReduceLROnPlateau: epochs without improvement before the lr drops",
     "lr_factor": "ReduceLROnPlateau: factor the lr is multiplied by",
@@ -45,8 +45,16 @@ HELP = {
     "d_model": "hybrid model width",
     "heads": "attention heads (hybrid)",
     "dropout": "dropout (hybrid)",
-    "audio_stride": "hybrid: audio frames averaged into one step before the audio branch",
-    "video_stride": "hybrid: video frames averaged into one step before the video branch",
+    "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "
+              "concatenated: the ablation)",
+    "time_scale_min": "hybrid: seconds, the sharpest cross-modal head's time scale",
+    "time_scale_max": "hybrid: seconds, the broadest cross-modal head's time scale",
+    "audio_rate": "hybrid: audio frames per second the stream is pooled to, from its timestamps "
+                  "(0 = as stored)",
+    "video_rate": "hybrid: video frames per second the stream is pooled to (0 = as stored)",
+    "norm": "standardisation: speaker (each speaker's own clips), clip, or none",
+    "time_mask": "training: up to 2 time masks per stream of up to this many seconds (0 = off)",
+    "feature_mask": "training: up to 2 feature masks per stream of up to this share of features",
     "audio_fps": "audio frames per second, used only for clips without timestamps",
     "threads": "torch threads (0 = all cores)",
     "resume": "continue the run in --out from checkpoints/last.pt",
@@ -106,13 +114,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files or folders of them")
 
     p = sub.add_parser("demo-data", help="write the built-in demo data set", formatter_class=fmt,
-                       description="Synthetic clips in the real clip format, in which only the "
-                       "two modalities together tell the emotion.\n\nExamples:\n  python -m "
-                       "trainer demo-data --out demo-data")
+                       description="Synthetic clips in the real clip format: some classes "
+                       "need the audio, some the video, and some the timing between the two "
+                       "(README: the demo data).\n\nExamples:\n  python -m trainer demo-data "
+                       "--out demo-data\n  python -m trainer demo-data --out demo-512 "
+                       "--audio-fps 100 --audio-dim 89 --video-fps 15 --video-dim 512")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    p.add_argument("--speakers", type=int, default=24, help="speakers (default: 24)")
+    p.add_argument("--speakers", type=int, default=36, help="speakers (default: 36)")
     p.add_argument("--clips-per-speaker", type=int, default=24, help="(default: 24)")
+    # The defaults are trainer.demo.Shape's (not imported here: it loads numpy and torch).
+    for f, kind, default in (("audio_fps", float, 50.0), ("audio_dim", int, 40),
+                             ("video_fps", float, 30.0), ("video_dim", int, 64)):
+        p.add_argument("--" + f.replace("_", "-"), type=kind, default=default,
+                       help=f"{'frames per second' if 'fps' in f else 'features per frame'} "
+                       f"(default: {default})")
 
     p = sub.add_parser("bench", help="measure speed and memory: hybrid against the lstm",
                        formatter_class=fmt, description="Training throughput, peak memory, FLOP "
@@ -192,7 +208,16 @@ def cmd_predict(args) -> int:
 def cmd_demo_data(args) -> int:
     from trainer.demo import make_demo_data
 
-    info = make_demo_data(args.out, args.seed, args.speakers, args.clips_per_speaker)
+    from trainer.demo import Shape
+
+    for name in ("speakers", "clips_per_speaker", "audio_fps", "audio_dim", "video_fps",
+                 "video_dim"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if args.speakers < 3:
+        raise ValueError("--speakers must be at least 3 (train, validation and test speakers)")
+    shape = Shape(args.audio_fps, args.audio_dim, args.video_fps, args.video_dim)
+    info = make_demo_data(args.out, args.seed, args.speakers, args.clips_per_speaker, shape)
     print(f"demo data: {info['clips']} clips, {info['excluded']} RAVDESS calm/surprised, "
           f"{info['broken']} broken files in {info['path']}")
     return 0

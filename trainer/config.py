@@ -25,8 +25,8 @@ class TrainConfig:
     model: str = "hybrid"  # hybrid | lstm (the baseline)
     epochs: int = 50  # maximum epochs
     batch_size: int = 24
-    lr: float = 5e-4  # Adam learning rate
-    weight_decay: float = 0.0
+    lr: float = 5e-4  # AdamW learning rate
+    weight_decay: float = 0.05  # AdamW's decoupled weight decay (README: demo table)
     patience: int = 10  # early stopping: epochs without a better validation macro-F1
     lr_patience: int = 3  # ReduceLROnPlateau: epochs without improvement before lr *= lr_factor
     lr_factor: float = 0.5
@@ -41,8 +41,14 @@ class TrainConfig:
     bucket: bool = True  # length-bucketed batches (less padding)
     d_model: int = 128  # hybrid width
     heads: int = 4
-    audio_stride: int = 4  # hybrid: audio frames averaged per step (100 -> 25 frames/s)
-    video_stride: int = 2  # hybrid: video frames averaged per step (30 -> 15 frames/s)
+    fusion: str = "cross"  # hybrid: cross (cross-modal attention) | late (the ablation)
+    time_scale_min: float = 0.02  # hybrid: seconds; the sharpest cross-modal head's time scale
+    time_scale_max: float = 2.0  # hybrid: seconds; the broadest head's
+    audio_rate: float = 25.0  # hybrid: audio pooled to this many frames per second (0 = as is)
+    video_rate: float = 15.0  # hybrid: video pooled to this many frames per second (0 = as is)
+    norm: str = "speaker"  # speaker | clip | none: standardisation before the train-set scaling
+    time_mask: float = 0.0  # SpecAugment: up to 2 masks per stream of up to this many seconds
+    feature_mask: float = 0.1  # SpecAugment: up to 2 masks per stream of this share of features
     dropout: float = 0.2  # small data sets are the norm here (RAVDESS: 1,440 clips)
     audio_fps: float = 100.0  # only for clips without timestamps
     threads: int = 0  # torch intra-op threads; 0 = all cores
@@ -51,7 +57,8 @@ class TrainConfig:
 
 
 CHOICES = {"model": ("hybrid", "lstm"), "split": ("speaker", "random"),
-           "modality": ("both", "audio", "video")}
+           "modality": ("both", "audio", "video"), "fusion": ("cross", "late"),
+           "norm": ("speaker", "clip", "none")}
 
 
 def defaults() -> dict:
@@ -87,9 +94,16 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, not "
                              f"{getattr(cfg, key)!r}")
-    for key in ("epochs", "batch_size", "patience", "audio_stride", "video_stride"):
+    for key in ("epochs", "batch_size", "patience"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1")
+    for key in ("audio_rate", "video_rate", "time_mask", "weight_decay"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key} must not be negative")
+    if not 0 <= cfg.feature_mask < 1:
+        raise ValueError("feature_mask must be in [0, 1)")
+    if not 0 < cfg.time_scale_min <= cfg.time_scale_max:
+        raise ValueError("time_scale_min must be positive and at most time_scale_max")
     if not cfg.lr > 0:
         raise ValueError("lr must be positive")
     if cfg.d_model % cfg.heads or cfg.d_model % 2:
@@ -103,6 +117,16 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
     """The model's own constructor arguments (the config object never reaches the model)."""
     s = {"audio_dim": audio_dim, "video_dim": video_dim, "n_classes": n_classes}
     if cfg.model == "hybrid":
-        s.update(d_model=cfg.d_model, heads=cfg.heads, dropout=cfg.dropout,
-                 audio_stride=cfg.audio_stride, video_stride=cfg.video_stride)
+        s.update(d_model=cfg.d_model, heads=cfg.heads, dropout=cfg.dropout, fusion=cfg.fusion,
+                 time_scales=(cfg.time_scale_min, cfg.time_scale_max))
     return s
+
+
+def prepare_settings(cfg: TrainConfig) -> dict:
+    """How clips are prepared for the model (trainer.prepare); stored in every checkpoint.
+
+    The lstm baseline reads the streams at their own rates, as the original project's did.
+    """
+    hybrid = cfg.model == "hybrid"
+    return {"audio_rate": cfg.audio_rate if hybrid else 0.0,
+            "video_rate": cfg.video_rate if hybrid else 0.0, "norm": cfg.norm}

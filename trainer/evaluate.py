@@ -1,7 +1,10 @@
 """Using a trained model: load a checkpoint, score clips, evaluate on held-out data, predict.
 
-A checkpoint carries its own normalisation statistics and label list, so clips are prepared
-exactly as in training.
+A checkpoint carries how its clips were prepared (rates, standardisation), its normalisation
+statistics and its label list, so clips are prepared exactly as in training. With per-speaker
+standardisation, each speaker's statistics come from the clips being evaluated; ``predict``
+groups its clips by the speaker their file names give, and a clip alone (or of no known
+speaker) is standardised with its own statistics.
 
 Example:
     python -m trainer evaluate --checkpoint runs/demo/checkpoints/best.pt --data held-out/
@@ -10,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +21,12 @@ import numpy as np
 import torch
 
 from trainer.batching import Normalizer, collate, eval_batches
-from trainer.data import Clip, DataError, check_widths, data_stats, load_dataset, read_clip
+from trainer.data import (Clip, DataError, check_widths, data_stats, load_dataset, parse_name,
+                          read_clip)
 from trainer.errors import CheckpointError
 from trainer.metrics import classification_report
 from trainer.model import build_model
+from trainer.prepare import prepare
 
 
 @dataclass
@@ -30,6 +36,11 @@ class Trained:
     labels: list[str]
     modality: str
     checkpoint: dict
+    prepare: dict  # trainer.prepare settings: audio_rate, video_rate, norm
+
+    def ready(self, clips: list[Clip]) -> list[Clip]:
+        """Clips as read from files -> as the model was trained on (one speaker group each)."""
+        return [self.normalizer(c) for c in prepare(clips, self.prepare)]
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -63,6 +74,10 @@ def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
 
 def load_trained(path: str | Path) -> Trained:
     ckpt = read_checkpoint(path)
+    if {"audio_stride", "video_stride"} & set(ckpt["model_settings"]):
+        raise CheckpointError(f"checkpoint {path} was written by trainer 0.1, whose hybrid pooled "
+                              "frames by --audio-stride/--video-stride; this version pools to "
+                              "rates in seconds (--audio-rate/--video-rate): retrain it")
     try:
         model = build_model(ckpt["model_name"], **ckpt["model_settings"])
     except TypeError as e:
@@ -71,8 +86,10 @@ def load_trained(path: str | Path) -> Trained:
     load_weights(model, ckpt["model"], path)
     model.eval()
     modality = ckpt.get("config", {}).get("modality", "both")
+    # Checkpoints without "prepare" (the lstm's, from 0.1) read clips as stored, globally scaled.
+    settings = ckpt.get("prepare") or {"audio_rate": 0.0, "video_rate": 0.0, "norm": "none"}
     return Trained(model, Normalizer.from_state_dict(ckpt["normalizer"]), list(ckpt["labels"]),
-                   modality, ckpt)
+                   modality, ckpt, dict(settings))
 
 
 @torch.no_grad()
@@ -108,7 +125,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 32) -> 
     ds = load_dataset(data)
     s = t.checkpoint["model_settings"]
     check_widths(ds, s["audio_dim"], s["video_dim"])
-    report = score(t.model, [t.normalizer(c) for c in ds.clips], t.labels, batch_size, t.modality)
+    report = score(t.model, t.ready(ds.clips), t.labels, batch_size, t.modality)
     report["data"] = dict(data_stats(ds.clips), skipped=ds.skipped,
                           excluded=dict(ds.excluded))
     report["checkpoint"] = str(checkpoint)
@@ -137,9 +154,18 @@ def predict(checkpoint: str | Path, inputs: list[str]) -> list[dict]:
             continue
         where.append(len(results))
         results.append({"path": str(f)})
-        clips.append(t.normalizer(Clip(str(f), 0, "", *got)))
+        parsed = parse_name(f.stem)
+        speaker = parsed[1] if isinstance(parsed, tuple) else f"clip:{f}"
+        clips.append(Clip(str(f), 0, speaker, *got))
     if clips:
-        probs = predict_proba(t.model, clips, modality=t.modality)
+        if t.prepare.get("norm") == "speaker":
+            # A speaker's statistics from its clips given here; a clip alone (or of no speaker
+            # its name tells) is a group of one, standardised with its own statistics.
+            n = Counter(c.speaker for c in clips)
+            for i, c in zip(where, clips):
+                results[i]["norm"] = (f"speaker ({n[c.speaker]} clips)" if n[c.speaker] > 1
+                                      else "clip (no other clip of its speaker given)")
+        probs = predict_proba(t.model, t.ready(clips), modality=t.modality)
         for i, p in zip(where, probs):
             results[i]["label"] = t.labels[int(p.argmax())]
             results[i]["probabilities"] = {lab: round(float(x), 6) for lab, x in zip(t.labels, p)}

@@ -7,9 +7,12 @@
 The artifact takes the six inputs the eager model takes, for a batch padded to its longest clip:
     audio (B, T_a, F_a) float32, audio_mask (B, T_a) bool (True on real frames),
     audio_t (B, T_a) float32 (seconds), and the same three for video (B, T_v, ...).
-B, T_a and T_v may change from call to call (dynamic axes). Features are given as stored in the
-clip files: the checkpoint's normalisation is inside the artifact, so a caller only pads. The
-output is ``probabilities`` (B, n_classes), in the label order of the sidecar ``FILE.json``.
+B, T_a and T_v may change from call to call (dynamic axes). Features are given *prepared* as
+the sidecar's ``prepare`` says (``trainer.prepare.prepare``: pooled to the model's frame rates
+and standardised per speaker or per clip; a clip alone is its own speaker group): those steps
+read several frames, or several clips, at once, which an artifact of one padded batch cannot
+see. The checkpoint's train-set scaling after them is inside the artifact. The output is
+``probabilities`` (B, n_classes), in the label order of the sidecar ``FILE.json``.
 
 Both exporters go through the TorchScript tracer (``torch.jit.trace``, and the TorchScript-based
 ``torch.onnx.export(dynamo=False)``): in torch 2.13 the torch.export-based ONNX exporter fails to
@@ -104,7 +107,8 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normal
     tmp.replace(out)
     side = {"format": fmt, "inputs": {k: _describe(k, dims) for k in INPUTS},
             "output": "probabilities (B, n_classes), softmax over labels",
-            "normalisation": "inside the artifact: give features as stored in the clip files",
+            "normalisation": "give features as trainer.prepare.prepare makes them with the "
+                             "'prepare' settings here; the train-set scaling is inside",
             "modality": modality, **(meta or {})}
     Path(str(out) + ".json").write_text(json.dumps(side, indent=2) + "\n")
     return out
@@ -127,7 +131,7 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     t = load_trained(checkpoint)
     out = Path(out) if out else Path(checkpoint).with_suffix(SUFFIX[fmt])
-    meta = {"labels": t.labels, "model": t.checkpoint["model_name"],
+    meta = {"labels": t.labels, "model": t.checkpoint["model_name"], "prepare": t.prepare,
             "model_settings": t.checkpoint["model_settings"], "checkpoint": str(checkpoint)}
     return export_model(t.model, fmt, out, t.normalizer, t.modality, meta)
 

@@ -9,12 +9,13 @@ Padded frames are zeroed before every convolution that looks ahead, masked out o
 attention as keys and out of the pooling, so padding never changes a prediction. The TCN's
 convolutions are causal: a real frame only sees earlier frames, never the padding after it.
 
-Both streams first go through a masked mean over windows of ``audio_stride`` (default 4: 100 ->
-25 frames/s) and ``video_stride`` (2: 30 -> 15 frames/s) frames, each window carrying the mean
-time of its real frames; the branches then cost a quarter and a half of what they would at the
-input rate. The streams still run at different rates: cross-modal attention gets each frame's
-time in seconds and a fixed per-head penalty on time distance, so it can relate what happens
-at the same moment in both.
+The streams come pooled to rates set in seconds (``trainer.prepare``: by default audio at 25
+and video at 15 frames/s, whatever rate the features were made at), and still run at different
+rates: cross-modal attention gets each frame's time in seconds and a fixed per-head penalty on
+time distance, with time scales from 20 ms (the audio-visual binding window of speech is of the
+order of 100 ms) to 2 s (the whole clip), so it relates what happens at the same moment in both.
+``fusion="late"`` leaves cross-modal attention out: each stream is pooled over time alone and the
+two are concatenated, the ablation of what relating the streams in time adds.
 
 How each choice paid in ``python -m trainer bench`` is in the README's Performance section.
 
@@ -33,30 +34,12 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 
+FUSIONS = ("cross", "late")
+
+
 def masked(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Zero padded frames. x (B, T, C), m (B, T, 1) float: the mask, converted once per forward."""
     return x * m
-
-
-def pool_frames(x, mask, t, stride: int):
-    """Masked mean over windows of ``stride`` frames, from frame 0: (B, T, C) -> (B, T', C).
-
-    A window's time is the mean time of its real frames, and it is real if any of them is; a
-    clip gives the same windows alone or padded in a batch. Returns x, mask (B, T'), t (B, T').
-    """
-    if stride == 1:
-        return x, mask, t
-    m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, T)
-
-    def pool(y):  # (B, C, T) -> (B, C, T'); ceil_mode keeps a last, partial window
-        return F.avg_pool1d(y, stride, stride, ceil_mode=True)
-
-    # Both averages share one divisor per window, so their ratio is the masked mean.
-    share = pool(m)  # (B, 1, T'): real frames per window / window size
-    keep = share.clamp_min(1e-6)
-    x = (pool(x.transpose(1, 2) * m) / keep).transpose(1, 2)  # (B, T', C)
-    t = (pool(t.unsqueeze(1) * m) / keep).squeeze(1)  # (B, T')
-    return x, share.squeeze(1) > 0, t
 
 
 class ChannelDropout(nn.Module):
@@ -262,18 +245,23 @@ class SelfAttentionBlock(nn.Module):
 class CrossModalAttention(nn.Module):
     """One stream queries the other; attention is penalised by time distance, per head.
 
-    bias[b, h, i, j] = -slope_h * |t_query[b, i] - t_key[b, j]|  (seconds)
-    The slopes are fixed and spread geometrically, from 2 per second (the head looks near the
-    same moment) to 0.02 (nearly everywhere), as ALiBi's (Press et al. 2022). Learned slopes
-    would make the bias need a gradient, which SDPA's fused CPU kernel does not give: the math
-    path it falls back to was 2.5x slower here and kept the (B, H, Tq, Tk) weights for backward.
+    bias[b, h, i, j] = -|t_query[b, i] - t_key[b, j]| / tau_h  (seconds)
+    The time scales tau_h are fixed and spread geometrically over ``time_scales`` (default 20 ms
+    to 2 s), as ALiBi's slopes are (Press et al. 2022): the sharpest head loses 5 logits on a key
+    100 ms away and so binds events that happen together; the broadest reads the whole clip.
+    (The first version's slopes, 2 to 0.02 per second, lost one logit over half a second at
+    best: nothing told 0.1 s from 1 s, and timing-only classes stayed at chance.) Learned
+    scales would make the bias need a gradient, which SDPA's fused CPU kernel does not give: the
+    math path it falls back to was 2.5x slower here and kept the (B, H, Tq, Tk) weights.
     """
 
-    def __init__(self, d: int, heads: int, dropout: float):
+    def __init__(self, d: int, heads: int, dropout: float,
+                 time_scales: tuple[float, float] = (0.02, 2.0)):
         super().__init__()
         self.attn, self.ff = Attention(d, heads, cross=True), FeedForward(d, dropout)
         self.drop = ChannelDropout(dropout)
-        self.register_buffer("slope", torch.logspace(math.log10(2.0), math.log10(0.02), heads))
+        lo, hi = time_scales
+        self.register_buffer("slope", 1.0 / torch.logspace(math.log10(lo), math.log10(hi), heads))
 
     def forward(self, x, x_m, x_t, ctx, ctx_keep, ctx_t):
         """x_t (B, Tq), ctx_t (B, Tk): frame times in seconds."""
@@ -289,23 +277,25 @@ class HybridModel(nn.Module):
 
     def __init__(self, audio_dim: int, video_dim: int, n_classes: int, d_model: int = 128,
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
-                 audio_stride: int = 4, video_stride: int = 2):
+                 fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0)):
         super().__init__()
-        self.audio_stride, self.video_stride = audio_stride, video_stride  # (checkpointed)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+        self.fusion = fusion
         self.audio_in = nn.Linear(audio_dim, d_model)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
                                          for _ in range(audio_layers))
         self.video_in = nn.Linear(video_dim, d_model)
         self.tcn = TCN(d_model, tcn_levels, 3, dropout)
         self.video_attn = SelfAttentionBlock(d_model, heads, dropout)
-        self.a2v = CrossModalAttention(d_model, heads, dropout)  # audio queries video
-        self.v2a = CrossModalAttention(d_model, heads, dropout)  # video queries audio
+        if fusion == "cross":
+            ts = tuple(time_scales)
+            self.a2v = CrossModalAttention(d_model, heads, dropout, ts)  # audio queries video
+            self.v2a = CrossModalAttention(d_model, heads, dropout, ts)  # video queries audio
         self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
                                   nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
 
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
-        audio, audio_mask, audio_t = pool_frames(audio, audio_mask, audio_t, self.audio_stride)
-        video, video_mask, video_t = pool_frames(video, video_mask, video_t, self.video_stride)
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
@@ -314,10 +304,11 @@ class HybridModel(nn.Module):
             a = conv(a, am)
         v = self.video_in(video)  # (B, T_v, d); the TCN is causal: padding comes after
         v = self.video_attn(self.tcn(v, vm), vm, v_keep)
-        a2 = self.a2v(a, am, audio_t, v, v_keep, video_t)  # (B, T_a, d)
-        v2 = self.v2a(v, vm, video_t, a, a_keep, audio_t)  # (B, T_v, d)
-        pooled = torch.cat([masked_mean(a2, audio_mask), masked_max(a2, audio_mask),
-                            masked_mean(v2, video_mask), masked_max(v2, video_mask)], -1)
+        if self.fusion == "cross":
+            a, v = (self.a2v(a, am, audio_t, v, v_keep, video_t),  # (B, T_a, d)
+                    self.v2a(v, vm, video_t, a, a_keep, audio_t))  # (B, T_v, d)
+        pooled = torch.cat([masked_mean(a, audio_mask), masked_max(a, audio_mask),
+                            masked_mean(v, video_mask), masked_max(v, video_mask)], -1)
         return self.head(pooled)  # (B, 4d) -> (B, n_classes)
 
 

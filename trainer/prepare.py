@@ -1,0 +1,126 @@
+"""Clips as a model takes them: pooled to a rate in time, standardised per speaker or per clip,
+and masked in time and frequency while training (SpecAugment).
+
+    clips = pool_clips(ds.clips, audio_rate=25.0, video_rate=15.0)   # once, at load time
+    clips = standardise(clips, "speaker")      # each speaker's statistics from its own clips
+    batch = augment(collate(clips[:24]), rng, time_mask=0.1, feature_mask=0.1)  # training only
+
+Pooling is set in seconds, not frames: a frame falls in the bin ``floor((t - t0) * rate)`` of
+its own time ``t`` (``t0``: the clip's first frame), and a bin is the mean of its frames at the
+mean of their times. 100 and 50 frames/s audio, or 30 and 15 frames/s video, come out at the
+same rate, and a clip with dropped frames (no face found) keeps every frame's true time.
+
+Per-speaker standardisation (the usual speaker normalisation of emotion recognition) removes
+what is constant for a speaker: their voice's spectral envelope, their face's identity, which
+is most of a face embedding's variance. The statistics of a speaker always come from that
+speaker's own clips within the set being prepared (the training split while training, the
+clips being evaluated at evaluation time), never from another speaker's or another split's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from trainer.data import Clip
+
+NORMS = ("speaker", "clip", "none")
+EPS = 1e-3  # guards floor() at bin edges against float error in timestamps like k / fps
+
+
+def pool_to_rate(x: np.ndarray, t: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of the frames in each 1/rate-second bin: (T, F), (T,) -> (T', F), (T',).
+
+    Bins without frames are left out (their time gap stays in the times). ``rate`` 0: as is.
+    """
+    if not rate or x.shape[0] == 0:
+        return x, t
+    order = np.argsort(t, kind="stable")
+    x, t = x[order], t[order]
+    bins = np.floor((t - t[0]) * rate + EPS).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])  # first frame of each bin
+    counts = np.diff(np.r_[starts, len(t)]).astype(np.float64)
+    xp = np.add.reduceat(x.astype(np.float64), starts, axis=0) / counts[:, None]
+    tp = np.add.reduceat(t.astype(np.float64), starts) / counts
+    return xp.astype(np.float32), tp.astype(np.float32)
+
+
+def pool_clips(clips: list[Clip], audio_rate: float, video_rate: float) -> list[Clip]:
+    out = []
+    for c in clips:
+        a, at = pool_to_rate(c.audio, c.audio_t, audio_rate)
+        v, vt = pool_to_rate(c.video, c.video_t, video_rate)
+        out.append(Clip(c.path, c.label, c.speaker, a, v, at, vt, c.split))
+    return out
+
+
+def _stats(xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-weighted mean and standard deviation per feature, in float64."""
+    x = np.concatenate(xs).astype(np.float64)
+    return x.mean(0), np.maximum(x.std(0), EPS)
+
+
+def speaker_stats(clips: list[Clip]) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per speaker: (audio mean, audio std, video mean, video std) from that speaker's clips."""
+    groups: dict[str, list[Clip]] = defaultdict(list)
+    for c in clips:
+        groups[c.speaker].append(c)
+    return {s: (*_stats([c.audio for c in g]), *_stats([c.video for c in g]))
+            for s, g in groups.items()}
+
+
+def _apply(c: Clip, st) -> Clip:
+    am, asd, vm, vsd = st
+    return Clip(c.path, c.label, c.speaker, ((c.audio - am) / asd).astype(np.float32),
+                ((c.video - vm) / vsd).astype(np.float32), c.audio_t, c.video_t, c.split)
+
+
+def standardise(clips: list[Clip], norm: str) -> list[Clip]:
+    """Each clip standardised per feature with its speaker's statistics (``speaker``, taken
+    from ``clips`` alone), its own (``clip``), or not at all (``none``)."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, not {norm!r}")
+    if norm == "none":
+        return list(clips)
+    if norm == "clip":
+        return [_apply(c, (*_stats([c.audio]), *_stats([c.video]))) for c in clips]
+    stats = speaker_stats(clips)
+    return [_apply(c, stats[c.speaker]) for c in clips]
+
+
+def prepare(clips: list[Clip], settings: dict) -> list[Clip]:
+    """Pooling then standardisation, as a checkpoint's ``prepare`` settings say."""
+    pooled = pool_clips(clips, settings.get("audio_rate", 0.0), settings.get("video_rate", 0.0))
+    return standardise(pooled, settings.get("norm", "none"))
+
+
+def augment(batch: dict, rng: np.random.Generator, time_mask: float, feature_mask: float,
+            masks: int = 2) -> dict:
+    """SpecAugment (Park et al. 2019) on both streams of a training batch, in place.
+
+    Each clip gets ``masks`` time masks of up to ``time_mask`` seconds (a span of its frames set
+    to 0, the mean after standardisation) and ``masks`` feature masks of up to ``feature_mask``
+    of its features, per stream. Spans are drawn from ``rng`` alone, so a resumed run draws the
+    same masks.
+    """
+    for key in ("audio", "video"):
+        x, t, m = batch[key], batch[f"{key}_t"], batch[f"{key}_mask"]  # (B, T, F), (B, T)
+        B, _, F = x.shape
+        drop = torch.zeros(B, x.shape[1], F, dtype=torch.bool)
+        if time_mask > 0:
+            end = t.masked_fill(~m, 0).amax(1, keepdim=True).numpy()  # (B, 1) last real time
+            start = rng.uniform(0, 1, (B, masks)) * end
+            width = rng.uniform(0, time_mask, (B, masks))
+            tt = t.numpy()[:, :, None]  # (B, T, 1)
+            hit = ((tt >= start[:, None, :]) & (tt < (start + width)[:, None, :])).any(-1)
+            drop |= torch.from_numpy(hit)[:, :, None]
+        if feature_mask > 0:
+            width = (rng.uniform(0, feature_mask, (B, masks)) * F).astype(np.int64)
+            start = (rng.uniform(0, 1, (B, masks)) * (F - width)).astype(np.int64)
+            f = np.arange(F)[None, None, :]
+            hit = ((f >= start[:, :, None]) & (f < (start + width)[:, :, None])).any(1)
+            drop |= torch.from_numpy(hit)[:, None, :]
+        x.masked_fill_(drop, 0.0)
+    return batch

@@ -26,8 +26,9 @@
 #       ave-watch.service, and returns. When the container exits, the watcher moves the record
 #       to /var/lib/av-emotion/last-run (with EXIT_CODE and OUTCOME) and stops the instance,
 #       except: exit 143 without a stop request (SIGTERM from a spot interruption or a shutdown;
-#       the trainer saved a checkpoint) keeps the record, so the next boot resumes the run with
-#       --resume from its S3 run directory.
+#       the trainer saved a checkpoint), or any exit after a spot notice (137: the checkpoint
+#       outlasted the grace period), keeps the record, so the next boot resumes the run: with
+#       --resume when its S3 run directory holds checkpoints/last.pt, else from the start.
 #   bootstrap.sh stop                                      (operator: REPLACE)
 #       Stops the run gracefully (`docker stop --time 120 ave-run`: SIGTERM, the trainer saves a
 #       checkpoint and exits 143) and ends it: the record is cleared, its artifacts stay in S3,
@@ -128,6 +129,22 @@ container_state() {  # running, exited, ... or none (some clients print a blank 
 container_running() { [[ "$(container_state)" == running ]]; }
 container_run_id() {
     docker inspect -f '{{index .Config.Labels "av-emotion.run-id"}}' "$CONTAINER" 2>/dev/null | tr -d '[:space:]' || true
+}
+
+# Whether s3://BUCKET/runs/RUN_ID/checkpoints/last.pt exists. Only a 404 is "no": when S3
+# cannot be asked, the answer is yes, since --resume fails with a clear line and never overwrites.
+checkpoint_in_s3() {  # RUN_ID
+    local err try
+    for try in 1 2 3; do
+        if err="$(aws s3api head-object --region "$AVE_REGION" --bucket "$AVE_BUCKET" \
+            --key "runs/$1/checkpoints/last.pt" 2>&1 >/dev/null)"; then
+            return 0
+        fi
+        [[ "$err" != *"(404)"* && "$err" != *"Not Found"* ]] || return 1
+        sleep "$try"
+    done
+    say "cannot ask S3 for run $1's checkpoint ($err): resuming with --resume"
+    return 0
 }
 
 # One of run, resume, watch's finish and watchdog at a time. `exec 9>` keeps the lock until the
@@ -297,13 +314,19 @@ mode_resume() {
         systemctl start ave-watch.service
         return 0
     fi
-    local image="$RUN_IMAGE" args=("${RUN_ARGS[@]}") arg resume=--resume
+    local image="$RUN_IMAGE" args=() arg
     if ! docker image inspect "$image" >/dev/null 2>&1; then
         image="$AVE_REPO_URL:latest"
         ecr_pull "$image"
     fi
-    for arg in "${args[@]}"; do [[ "$arg" != --resume ]] || resume=""; done
-    [[ -z "$resume" ]] || args+=("$resume")
+    # --resume only with a checkpoint: the trainer refuses --resume without one, and refuses to
+    # start over on top of one.
+    for arg in "${RUN_ARGS[@]}"; do [[ "$arg" == --resume ]] || args+=("$arg"); done
+    if checkpoint_in_s3 "$RUN_ID"; then
+        args+=(--resume)
+    else
+        say "run $RUN_ID has no checkpoint in S3 yet: it starts again from the beginning"
+    fi
     rm -f "$STOP_REASON"
     say "resuming run $RUN_ID from s3://$AVE_BUCKET/runs/$RUN_ID/"
     start_container "$RUN_ID" "$image" "${args[@]}"
@@ -346,6 +369,10 @@ finish_run() {  # RUN_ID CODE
     case "$reason:$code" in
         replace:*) outcome=stopped-by-operator ;;
         max-runtime:*) outcome=stopped-max-runtime ;;
+        # A spot notice, whatever the exit: 137 when the checkpoint took longer than the grace
+        # period. The run was not at fault; the next boot resumes it (from its checkpoint, or
+        # from the start when it had none yet).
+        interrupted:*) outcome=interrupted ;;
         *:143) outcome=interrupted ;;
         *:0) outcome="done" ;;
         *) outcome=failed ;;

@@ -9,7 +9,8 @@
 #
 # Modes:
 #   bootstrap.sh [setup]
-#       Boot-time set-up, idempotent. Installs and starts Docker (dnf); writes the AVE_* settings
+#       Boot-time set-up, idempotent. A failure stops the instance (nothing idles for money).
+#       The watchdog first (this script's copy and the timer), then Docker (dnf); the AVE_* settings
 #       to /etc/av-emotion/stack.env (0600 root; settings come from the environment, else from
 #       that file); installs this script as /usr/local/sbin/ave-bootstrap and the systemd units:
 #         ave-resume.service     at every boot: resumes the current run, if one was interrupted
@@ -200,11 +201,55 @@ start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local
 }
 
 # --- modes --------------------------------------------------------------------------------------
+# A failed first boot would leave an instance up, and paid for, with nothing to stop it.
+setup_failed() {  # EXIT trap of the first boot's setup
+    local code="$1"
+    ((code != 0)) || return 0
+    echo "ave-bootstrap: ERROR: first-boot setup failed (exit $code)" >&2
+    stop_instance "first-boot setup failed (exit $code)"
+}
+
+install_self() {  # the copy the units run: this script without the user data's lines above it
+    local self="${BASH_SOURCE[0]}" tmp
+    tmp="$(mktemp)"
+    sed -n '/^#!\/usr\/bin\/env bash/,$p' "$self" >"$tmp"
+    [[ -s "$tmp" ]] || cp "$self" "$tmp"
+    install -m 0755 "$tmp" "$INSTALLED" && rm -f "$tmp"
+}
+
 mode_setup() {
     need_root
+    trap 'setup_failed $?' EXIT
     load_settings
     write_settings
     install -d -m 0700 "$STATE_DIR"
+    install_self
+
+    # The watchdog first: whatever fails after this, the idle stop still comes.
+    install -d "$UNIT_DIR"
+    cat >"$UNIT_DIR/ave-watchdog.service" <<EOF
+[Unit]
+Description=av-emotion: idle and maximum-run-time watchdog
+After=docker.service
+
+[Service]
+Type=oneshot
+ExecStart=$INSTALLED watchdog
+EOF
+    cat >"$UNIT_DIR/ave-watchdog.timer" <<EOF
+[Unit]
+Description=av-emotion: run the watchdog every minute
+
+[Timer]
+OnBootSec=1min
+OnUnitActiveSec=1min
+AccuracySec=10s
+
+[Install]
+WantedBy=timers.target
+EOF
+    systemctl daemon-reload
+    systemctl enable --now ave-watchdog.timer
 
     if ! command -v docker >/dev/null 2>&1; then
         say "installing docker (dnf)"
@@ -213,13 +258,6 @@ mode_setup() {
     # docker stop on shutdown must wait for the trainer's checkpoint (--stop-timeout 120).
     install -d "$UNIT_DIR/docker.service.d"
     printf '[Service]\nTimeoutStopSec=%s\n' "$((STOP_SECONDS + 60))" >"$UNIT_DIR/docker.service.d/ave-stop-timeout.conf"
-
-    # The copy the units run: this script without the user data's lines above its first line.
-    local self="${BASH_SOURCE[0]}" tmp
-    tmp="$(mktemp)"
-    sed -n '/^#!\/usr\/bin\/env bash/,$p' "$self" >"$tmp"
-    [[ -s "$tmp" ]] || cp "$self" "$tmp"
-    install -m 0755 "$tmp" "$INSTALLED" && rm -f "$tmp"
 
     cat >"$UNIT_DIR/ave-resume.service" <<EOF
 [Unit]
@@ -248,34 +286,13 @@ ExecStart=$INSTALLED watch
 Restart=on-failure
 RestartSec=30
 EOF
-    cat >"$UNIT_DIR/ave-watchdog.service" <<EOF
-[Unit]
-Description=av-emotion: idle and maximum-run-time watchdog
-After=docker.service
-
-[Service]
-Type=oneshot
-ExecStart=$INSTALLED watchdog
-EOF
-    cat >"$UNIT_DIR/ave-watchdog.timer" <<EOF
-[Unit]
-Description=av-emotion: run the watchdog every minute
-
-[Timer]
-OnBootSec=1min
-OnUnitActiveSec=1min
-AccuracySec=10s
-
-[Install]
-WantedBy=timers.target
-EOF
     systemctl daemon-reload
     systemctl enable --now docker.service
     systemctl enable ave-resume.service
-    systemctl enable --now ave-watchdog.timer
     # --no-block: cloud-init runs this inside the boot transaction.
     systemctl start --no-block ave-resume.service
-    say "set up: docker, $STACK_ENV, $INSTALLED, ave-resume.service, ave-watch.service, ave-watchdog.timer"
+    trap - EXIT
+    say "set up: ave-watchdog.timer, docker, $STACK_ENV, $INSTALLED, ave-resume.service, ave-watch.service"
 }
 
 mode_run() {

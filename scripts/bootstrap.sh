@@ -37,7 +37,8 @@
 #   bootstrap.sh status                                    prints the current and last run
 #   bootstrap.sh resume | watch | watchdog                 used by the systemd units above
 #
-# Exit status: 0 done (also: nothing to do); 1 failed (Docker, ECR, pull, start); 2 usage or
+# Exit status: 0 done (also: nothing to do); 1 failed (Docker, ECR, pull, start: a run whose
+# `docker run` failed keeps no record, so no boot "resumes" it); 2 usage or
 # missing settings; 3 `run` refused because a run is going (use `stop` first).
 # Files: /etc/av-emotion/stack.env, /var/lib/av-emotion/{current-run,last-run,stop-reason},
 # /run/av-emotion/idle-since, /usr/local/sbin/ave-bootstrap, /etc/systemd/system/ave-*.
@@ -177,14 +178,14 @@ ecr_pull() {  # IMAGE; logs in with the instance role, pulls, logs out (no token
     docker logout "$registry" >/dev/null 2>&1 || true
 }
 
-start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local
+start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local. Fails if docker run does.
     local id="$1" image="$2" init=()
     shift 2
     # tini as PID 1 forwards SIGTERM even before the trainer installs its handler.
     if [[ -x /usr/libexec/docker/docker-init ]] || command -v docker-init >/dev/null 2>&1; then init=(--init); fi
     if [[ "$(container_state)" != none ]]; then docker rm -f "$CONTAINER" >/dev/null; fi
     say "starting $CONTAINER: train --data s3://$AVE_BUCKET/data/ --out s3://$AVE_BUCKET/runs/$id/ $*"
-    docker run --detach --name "$CONTAINER" "${init[@]}" \
+    if ! docker run --detach --name "$CONTAINER" "${init[@]}" \
         --label "av-emotion.run-id=$id" \
         --stop-timeout "$STOP_SECONDS" --shm-size 1g \
         --log-driver awslogs \
@@ -194,10 +195,24 @@ start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local
         --env "AWS_REGION=$AVE_REGION" --env "AWS_DEFAULT_REGION=$AVE_REGION" --env "AVE_RUN_ID=$id" \
         --env AVE_WATCH_SPOT=1 \
         "$image" \
-        train --data "s3://$AVE_BUCKET/data/" --out "s3://$AVE_BUCKET/runs/$id/" "$@" >/dev/null \
-        || die "docker run failed for run $id"
+        train --data "s3://$AVE_BUCKET/data/" --out "s3://$AVE_BUCKET/runs/$id/" "$@" >/dev/null; then
+        docker rm -f "$CONTAINER" >/dev/null 2>&1 || true  # a container left "created"
+        return 1
+    fi
     rm -f "$IDLE_SINCE"
     systemctl restart ave-watch.service
+}
+
+# The record moves to last-run with OUTCOME: the run is over and no boot resumes it.
+end_record() {  # CODE OUTCOME
+    { cat "$CURRENT"; printf 'EXIT_CODE=%q\nOUTCOME=%q\nFINISHED_AT=%q\n' "$1" "$2" "$(date -u +%FT%TZ)"; } >"$LAST"
+    rm -f "$CURRENT"
+}
+
+# A `docker run` that failed: no record is left for the next boot to "resume".
+start_failed() {  # RUN_ID
+    end_record "" start-failed
+    die "docker run failed for run $1; its record is in $LAST (OUTCOME=start-failed), none is left to resume"
 }
 
 # --- modes --------------------------------------------------------------------------------------
@@ -314,7 +329,7 @@ mode_run() {
     ecr_pull "$image"
     # The record keeps the image's id, so a resume after a reboot uses the same image.
     write_record "$id" "$(docker image inspect -f '{{.Id}}' "$image")" "$@"
-    start_container "$id" "$image" "$@"
+    start_container "$id" "$image" "$@" || start_failed "$id"
     say "run $id started; logs: CloudWatch $AVE_LOG_GROUP/$id; artifacts: s3://$AVE_BUCKET/runs/$id/"
 }
 
@@ -346,7 +361,7 @@ mode_resume() {
     fi
     rm -f "$STOP_REASON"
     say "resuming run $RUN_ID from s3://$AVE_BUCKET/runs/$RUN_ID/"
-    start_container "$RUN_ID" "$image" "${args[@]}"
+    start_container "$RUN_ID" "$image" "${args[@]}" || start_failed "$RUN_ID"
 }
 
 mode_stop() {
@@ -396,10 +411,9 @@ finish_run() {  # RUN_ID CODE
     esac
     say "run $id exited with $code: $outcome"
     if [[ "$outcome" == interrupted ]]; then
-        say "the record stays; the next boot resumes run $id with --resume"
+        say "the record stays; the next boot resumes run $id"
     else
-        { cat "$CURRENT"; printf 'EXIT_CODE=%q\nOUTCOME=%q\nFINISHED_AT=%q\n' "$code" "$outcome" "$(date -u +%FT%TZ)"; } >"$LAST"
-        rm -f "$CURRENT"
+        end_record "$code" "$outcome"
     fi
     if [[ "$outcome" == stopped-by-operator ]]; then
         say "the instance stays up for the next run"

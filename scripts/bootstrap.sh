@@ -16,7 +16,8 @@
 #         ave-resume.service     at every boot: resumes the current run, if one was interrupted
 #         ave-watch.service      waits for the run's container to exit, then finishes the run
 #         ave-watchdog.timer     every minute: stops the instance after AVE_IDLE_MINUTES with no
-#                                run container, stops a run past AVE_MAX_RUN_HOURS, and stops
+#                                run container, stops a run past AVE_MAX_RUN_HOURS (from the
+#                                run's first start, resumes included), and stops
 #                                the run gracefully on a spot interruption notice (a backstop:
 #                                the trainer polls for it itself, AVE_WATCH_SPOT=1)
 #   bootstrap.sh run RUN_ID [trainer train args...]        (operator, through SSM Run Command)
@@ -98,26 +99,44 @@ write_settings() {
 }
 
 # --- run records --------------------------------------------------------------------------------
-# A record is bash: RUN_ID, RUN_IMAGE, RUN_STARTED_AT and the array RUN_ARGS (extra train args).
+# A record is bash: RUN_ID, RUN_IMAGE, RUN_STARTED_AT, RUN_STARTED_S (the run's start in epoch
+# seconds: AVE_MAX_RUN_HOURS counts from it, across resumes) and the array RUN_ARGS.
 write_record() {  # RUN_ID IMAGE ARGS...
-    local id="$1" image="$2" tmp
+    local id="$1" image="$2" tmp now
     shift 2
+    now="$(date +%s)"
     install -d -m 0700 "$STATE_DIR"
     tmp="$(mktemp "$STATE_DIR/.current-run.XXXXXX")"
     {
-        printf 'RUN_ID=%q\nRUN_IMAGE=%q\nRUN_STARTED_AT=%q\nRUN_ARGS=(' "$id" "$image" "$(date -u +%FT%TZ)"
+        printf 'RUN_ID=%q\nRUN_IMAGE=%q\nRUN_STARTED_AT=%q\nRUN_STARTED_S=%q\nRUN_ARGS=(' \
+            "$id" "$image" "$(date -u -d "@$now" +%FT%TZ)" "$now"
         (($# == 0)) || printf ' %q' "$@"
         printf ' )\n'
     } >"$tmp"
     mv -f "$tmp" "$CURRENT"
 }
 
-read_record() {  # sets RUN_ID RUN_IMAGE RUN_STARTED_AT RUN_ARGS; fails when there is none
-    RUN_ID="" RUN_IMAGE="" RUN_ARGS=()
+read_record() {  # sets RUN_ID RUN_IMAGE RUN_STARTED_AT RUN_STARTED_S RUN_ARGS; fails if none
+    RUN_ID="" RUN_IMAGE="" RUN_STARTED_AT="" RUN_STARTED_S="" RUN_ARGS=()
     [[ -f "$CURRENT" ]] || return 1
     # shellcheck source=/dev/null
     source "$CURRENT"
     [[ -n "$RUN_ID" ]]
+}
+
+# When the current run started, in epoch seconds: the record's (a record from before
+# RUN_STARTED_S: its RUN_STARTED_AT), else the container's start.
+run_started() {
+    local when="$RUN_STARTED_S"
+    if [[ ! "$when" =~ ^[0-9]+$ ]]; then
+        when="$(date -d "${RUN_STARTED_AT:-x}" +%s 2>/dev/null)" \
+            || when="$(date -d "$(docker inspect -f '{{.State.StartedAt}}' "$CONTAINER")" +%s)"
+    fi
+    echo "$when"
+}
+
+past_max_hours() {  # NOW: whether the current run has run AVE_MAX_RUN_HOURS since it started
+    ((AVE_MAX_RUN_HOURS > 0 && $1 - $(run_started) >= AVE_MAX_RUN_HOURS * 3600))
 }
 
 container_state() {  # running, exited, ... or none (some clients print a blank line on failure)
@@ -346,6 +365,11 @@ mode_resume() {
         systemctl start ave-watch.service
         return 0
     fi
+    if past_max_hours "$(date +%s)"; then
+        say "run $RUN_ID has passed AVE_MAX_RUN_HOURS=$AVE_MAX_RUN_HOURS since it started: not resumed"
+        end_record "" stopped-max-runtime
+        return 0
+    fi
     local image="$RUN_IMAGE" args=() arg
     if ! docker image inspect "$image" >/dev/null 2>&1; then
         image="$AVE_REPO_URL:latest"
@@ -451,7 +475,7 @@ mode_watchdog() {
     need_root
     load_settings
     take_lock -n || return 0   # a run is being started or finished
-    local now started
+    local now
     now="$(date +%s)"
     install -d -m 0755 "$RUN_DIR"
     if container_running; then
@@ -462,8 +486,9 @@ mode_watchdog() {
             docker stop --time 100 "$CONTAINER" >/dev/null
             return 0
         fi
-        started="$(date -d "$(docker inspect -f '{{.State.StartedAt}}' "$CONTAINER")" +%s)"
-        if ((AVE_MAX_RUN_HOURS > 0 && now - started >= AVE_MAX_RUN_HOURS * 3600)); then
+        # Per run, not per container start: a resumed run keeps the clock of its first start.
+        read_record || true
+        if past_max_hours "$now"; then
             echo max-runtime >"$STOP_REASON"
             say "run $(container_run_id) passed AVE_MAX_RUN_HOURS=$AVE_MAX_RUN_HOURS: stopping it"
             docker stop --time "$STOP_SECONDS" "$CONTAINER" >/dev/null

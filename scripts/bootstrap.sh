@@ -20,8 +20,9 @@
 #                                run's first start, resumes included), and stops
 #                                the run gracefully on a spot interruption notice (a backstop:
 #                                the trainer polls for it itself, AVE_WATCH_SPOT=1)
-#   bootstrap.sh run RUN_ID [trainer train args...]        (operator, through SSM Run Command)
-#       Logs in to ECR with the instance role, pulls $AVE_REPO_URL:latest, records the run in
+#   bootstrap.sh run [--image REPO@sha256:DIGEST] RUN_ID [trainer train args...]   (operator, SSM)
+#       Logs in to ECR with the instance role, pulls the image (deploy gives the digest it pushed;
+#       else $AVE_REPO_URL:latest), records the run and the image's digest in
 #       /var/lib/av-emotion/current-run, starts the container `ave-run` detached:
 #           train --data s3://$AVE_BUCKET/data/ --out s3://$AVE_BUCKET/runs/RUN_ID/ [args...]
 #       with its output sent to CloudWatch Logs (group $AVE_LOG_GROUP, stream RUN_ID), starts
@@ -99,17 +100,18 @@ write_settings() {
 }
 
 # --- run records --------------------------------------------------------------------------------
-# A record is bash: RUN_ID, RUN_IMAGE, RUN_STARTED_AT, RUN_STARTED_S (the run's start in epoch
-# seconds: AVE_MAX_RUN_HOURS counts from it, across resumes) and the array RUN_ARGS.
-write_record() {  # RUN_ID IMAGE ARGS...
-    local id="$1" image="$2" tmp now
-    shift 2
+# A record is bash: RUN_ID, RUN_IMAGE (REPO@sha256:DIGEST: a resume pulls exactly that, never a
+# moving tag), RUN_IMAGE_ID (the local image), RUN_STARTED_AT, RUN_STARTED_S (the run's start in
+# epoch seconds: AVE_MAX_RUN_HOURS counts from it, across resumes) and the array RUN_ARGS.
+write_record() {  # RUN_ID IMAGE IMAGE_ID ARGS...
+    local id="$1" image="$2" image_id="$3" tmp now
+    shift 3
     now="$(date +%s)"
     install -d -m 0700 "$STATE_DIR"
     tmp="$(mktemp "$STATE_DIR/.current-run.XXXXXX")"
     {
-        printf 'RUN_ID=%q\nRUN_IMAGE=%q\nRUN_STARTED_AT=%q\nRUN_STARTED_S=%q\nRUN_ARGS=(' \
-            "$id" "$image" "$(date -u -d "@$now" +%FT%TZ)" "$now"
+        printf 'RUN_ID=%q\nRUN_IMAGE=%q\nRUN_IMAGE_ID=%q\nRUN_STARTED_AT=%q\nRUN_STARTED_S=%q\nRUN_ARGS=(' \
+            "$id" "$image" "$image_id" "$(date -u -d "@$now" +%FT%TZ)" "$now"
         (($# == 0)) || printf ' %q' "$@"
         printf ' )\n'
     } >"$tmp"
@@ -117,7 +119,7 @@ write_record() {  # RUN_ID IMAGE ARGS...
 }
 
 read_record() {  # sets RUN_ID RUN_IMAGE RUN_STARTED_AT RUN_STARTED_S RUN_ARGS; fails if none
-    RUN_ID="" RUN_IMAGE="" RUN_STARTED_AT="" RUN_STARTED_S="" RUN_ARGS=()
+    RUN_ID="" RUN_IMAGE="" RUN_IMAGE_ID="" RUN_STARTED_AT="" RUN_STARTED_S="" RUN_ARGS=()
     [[ -f "$CURRENT" ]] || return 1
     # shellcheck source=/dev/null
     source "$CURRENT"
@@ -195,6 +197,14 @@ ecr_pull() {  # IMAGE; logs in with the instance role, pulls, logs out (no token
         || die "ECR login failed (instance role, region $AVE_REGION)"
     docker pull --quiet "$image" >/dev/null || { docker logout "$registry" >/dev/null 2>&1; die "docker pull $image failed"; }
     docker logout "$registry" >/dev/null 2>&1 || true
+}
+
+# The REPO@sha256:DIGEST of a pulled image: what a later pull of the same run asks for.
+image_digest() {  # IMAGE
+    local ref
+    ref="$(docker image inspect -f '{{range .RepoDigests}}{{println .}}{{end}}' "$1" \
+        | grep -m1 "^$AVE_REPO_URL@sha256:")" || die "no digest of $AVE_REPO_URL for $1 after its pull"
+    echo "$ref"
 }
 
 start_container() {  # RUN_ID IMAGE EXTRA_ARGS...; the image is local. Fails if docker run does.
@@ -331,7 +341,13 @@ EOF
 
 mode_run() {
     need_root
-    (($# >= 1)) || die "usage: bootstrap.sh run RUN_ID [trainer train args...]" 2
+    local image=""  # without --image: the repository's :latest, recorded by its digest
+    if [[ "${1:-}" == --image ]]; then
+        (($# >= 2)) || die "usage: bootstrap.sh run [--image REPO@sha256:DIGEST] RUN_ID [train args...]" 2
+        image="$2"
+        shift 2
+    fi
+    (($# >= 1)) || die "usage: bootstrap.sh run [--image REPO@sha256:DIGEST] RUN_ID [train args...]" 2
     local id="$1"
     shift
     [[ "$id" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$ ]] || die "RUN_ID must be letters, digits, . _ - (got '$id')" 2
@@ -343,11 +359,12 @@ mode_run() {
     if read_record && [[ "$RUN_ID" != "$id" ]]; then
         say "the interrupted run $RUN_ID is not resumed: run $id replaces it (its artifacts stay)"
     fi
+    image="${image:-$AVE_REPO_URL:latest}"
+    [[ "$image" == "$AVE_REPO_URL"[@:]* ]] || die "--image $image is not in the stack's repository $AVE_REPO_URL" 2
     rm -f "$STOP_REASON"
-    local image="$AVE_REPO_URL:latest"
     ecr_pull "$image"
-    # The record keeps the image's id, so a resume after a reboot uses the same image.
-    write_record "$id" "$(docker image inspect -f '{{.Id}}' "$image")" "$@"
+    # The record keeps the digest and the image's id, so a resume uses this very image.
+    write_record "$id" "$(image_digest "$image")" "$(docker image inspect -f '{{.Id}}' "$image")" "$@"
     start_container "$id" "$image" "$@" || start_failed "$id"
     say "run $id started; logs: CloudWatch $AVE_LOG_GROUP/$id; artifacts: s3://$AVE_BUCKET/runs/$id/"
 }
@@ -370,9 +387,12 @@ mode_resume() {
         end_record "" stopped-max-runtime
         return 0
     fi
-    local image="$RUN_IMAGE" args=() arg
+    local image="${RUN_IMAGE_ID:-$RUN_IMAGE}" args=() arg
     if ! docker image inspect "$image" >/dev/null 2>&1; then
-        image="$AVE_REPO_URL:latest"
+        image="$RUN_IMAGE"
+        # A record from before RUN_IMAGE_ID holds an image id, not a digest: :latest is all
+        # there is to pull for it.
+        [[ "$image" == *@sha256:* ]] || image="$AVE_REPO_URL:latest"
         ecr_pull "$image"
     fi
     # --resume only with a checkpoint: the trainer refuses --resume without one, and refuses to

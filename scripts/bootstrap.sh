@@ -20,6 +20,10 @@
 #                                run's first start, resumes included), and stops
 #                                the run gracefully on a spot interruption notice (a backstop:
 #                                the trainer polls for it itself, AVE_WATCH_SPOT=1)
+#   AVE_IDLE_MINUTES=.. AVE_MAX_RUN_HOURS=.. bootstrap.sh update      (operator: deploy, SSM)
+#       The set-up again from a newer copy of this script (deploy fetches it from S3), with the
+#       settings given (the rest from stack.env): cloud-init runs user data once, so this is how
+#       a changed script or setting reaches an existing instance. No resume, no stop on failure.
 #   bootstrap.sh run [--image REPO@sha256:DIGEST] RUN_ID [trainer train args...]   (operator, SSM)
 #       Logs in to ECR with the instance role, pulls the image (deploy gives the digest it pushed;
 #       else $AVE_REPO_URL:latest), records the run and the image's digest in
@@ -261,9 +265,10 @@ install_self() {  # the copy the units run: this script without the user data's 
     install -m 0755 "$tmp" "$INSTALLED" && rm -f "$tmp"
 }
 
-mode_setup() {
+mode_setup() {  # [update]
     need_root
-    trap 'setup_failed $?' EXIT
+    local update="${1:-}"
+    [[ -n "$update" ]] || trap 'setup_failed $?' EXIT
     load_settings
     write_settings
     install -d -m 0700 "$STATE_DIR"
@@ -333,6 +338,10 @@ EOF
     systemctl daemon-reload
     systemctl enable --now docker.service
     systemctl enable ave-resume.service
+    if [[ -n "$update" ]]; then
+        say "updated: $INSTALLED, $STACK_ENV (idle ${AVE_IDLE_MINUTES} min, max ${AVE_MAX_RUN_HOURS} h), the units"
+        return 0
+    fi
     # --no-block: cloud-init runs this inside the boot transaction.
     systemctl start --no-block ave-resume.service
     trap - EXIT
@@ -533,6 +542,7 @@ mode_status() {
 
 case "${1:-setup}" in
     setup) mode_setup ;;
+    update) mode_setup update ;;
     run) shift; mode_run "$@" ;;
     stop) mode_stop ;;
     status) mode_status ;;
@@ -540,5 +550,5 @@ case "${1:-setup}" in
     watch) mode_watch ;;
     watchdog) mode_watchdog ;;
     -h | --help | help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' ;;
-    *) die "unknown mode '$1' (setup, run, stop, status, resume, watch, watchdog)" 2 ;;
+    *) die "unknown mode '$1' (setup, update, run, stop, status, resume, watch, watchdog)" 2 ;;
 esac

@@ -309,3 +309,56 @@ def test_the_build_context_is_what_dockerignore_lets_in(tmp_path):
 def test_boto3_here_talks_to_moto_only(aws_env):
     # Guard for the tests above: a client from the default session would reach moto too.
     assert boto3.session.Session().client("s3").meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+
+
+class FakeStack:
+    """The Automation API's Stack, as far as ``stack.destroy`` uses it; ``fail`` names the call
+    that raises CommandError (the Pulumi CLI is not installed here)."""
+
+    def __init__(self, config: dict, fail: str | None = None):
+        self.config, self.fail, self.calls = dict(config), fail, []
+
+    def _call(self, name):
+        from pulumi import automation as auto
+
+        self.calls.append(name)
+        if name == self.fail:
+            raise auto.CommandError(auto.CommandResult("", f"error: {name} failed", 255))
+
+    def get_all_config(self):
+        return dict(self.config)
+
+    def set_config(self, key, value):
+        self.config[f"ave:{key}"] = value
+
+    def remove_config(self, key):
+        self.config.pop(f"ave:{key}", None)
+
+    def up(self, on_output=None):
+        self._call("up")
+
+    def destroy(self, on_output=None):
+        self._call("destroy")
+
+
+@pytest.mark.parametrize("fail", [None, "up", "destroy"])
+def test_destroy_never_leaves_force_destroy_set(fail):
+    from pulumi import automation as auto
+
+    fake = FakeStack({"aws:region": auto.ConfigValue("eu-west-1")}, fail=fail)
+    if fail:
+        with pytest.raises(OpsError, match=f"pulumi failed on stack 'dev': .*{fail} failed"):
+            stack.destroy(load(stack="dev"), on_output=lambda s: None, stack=fake)
+    else:
+        stack.destroy(load(stack="dev"), on_output=lambda s: None, stack=fake)
+    assert fake.calls == (["up"] if fail == "up" else ["up", "destroy"])
+    assert {k: v.value for k, v in fake.config.items()} == {"aws:region": "eu-west-1"}
+
+
+def test_destroy_puts_back_a_force_destroy_the_user_set():
+    from pulumi import automation as auto
+
+    fake = FakeStack({"ave:forceDestroy": auto.ConfigValue("false")}, fail="destroy")
+    with pytest.raises(OpsError):
+        stack.destroy(load(stack="dev"), on_output=lambda s: None, stack=fake)
+    assert {k: v.value for k, v in fake.config.items()} == {"ave:forceDestroy": "false"}

@@ -105,15 +105,33 @@ def up(settings: Settings, on_output=print) -> dict:
     return outputs(settings, stack)
 
 
-def destroy(settings: Settings, on_output=print) -> None:
+def destroy(settings: Settings, on_output=print, stack=None) -> None:
     """``pulumi destroy``: first forceDestroy=true through an update, so that a bucket with runs
-    and a repository with images can be deleted (the provider reads the flag from the state)."""
+    and a repository with images can be deleted (the provider reads the flag from the state).
+
+    The flag is put back as it was in a ``finally``, whether the destroy worked or not: left
+    set, a failed destroy would leave a stack whose next `pulumi up` makes the bucket deletable,
+    and a stack made again after a destroy would start out deletable."""
     from pulumi import automation as auto
 
-    stack = select(settings)
+    stack = stack or select(settings)
+    key = "forceDestroy"
     try:
-        stack.set_config("forceDestroy", auto.ConfigValue("true"))
-        stack.up(on_output=on_output)
-        stack.destroy(on_output=on_output)
+        before = next((value for name, value in stack.get_all_config().items()
+                       if name.rsplit(":", 1)[-1] == key), None)  # "PROJECT:forceDestroy"
+        stack.set_config(key, auto.ConfigValue("true"))
+        try:
+            stack.up(on_output=on_output)
+            stack.destroy(on_output=on_output)
+        finally:
+            try:
+                if before is None:
+                    stack.remove_config(key)
+                else:
+                    stack.set_config(key, before)
+            except auto.CommandError as e:
+                raise OpsError(f"{key} is still true in stack {settings.stack!r} "
+                               f"({_command_error(e, settings)}): put it back with `cd infra && "
+                               f"pulumi config rm {key}`") from None
     except auto.CommandError as e:
         raise _command_error(e, settings) from None

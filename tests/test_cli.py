@@ -186,3 +186,46 @@ def test_demo_speaker_is_most_of_the_video_variance(tmp_path):
     assert within.var(0).sum() < 0.5 * frames.var(0).sum()
 
 
+
+
+def _manifest(tmp_path, rows: str):
+    for name in ("a", "b", "c"):
+        write_clip(tmp_path / f"{name}.npz")
+    (tmp_path / "manifest.csv").write_text("path,label,speaker,split\n" + rows)
+    return tmp_path / "manifest.csv"
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("yaml_syntax", "config file {d}/c.yaml is not valid YAML: "),
+    ("epochs_text", "config file {d}/c.yaml: epochs must be an integer, not 'three'"),
+    ("lr_bool", "config file {d}/c.yaml: lr must be a number, not True"),
+    ("bucket_int", "config file {d}/c.yaml: bucket must be true or false, not 1"),
+    ("json_syntax", "config file {d}/c.json is not valid JSON: "),
+    ("heads_0", "heads must be at least 1, not 0"),
+    ("threads_neg", "threads must be 0 (all cores) or more, not -1"),
+    ("manifest_short_row", "manifest {d}/manifest.csv line 3: 2 field(s), the header has 4"),
+])
+def test_bad_input_is_one_line_and_exit_1(tmp_path, case, expected):
+    data, extra = tmp_path, []
+    if case == "yaml_syntax":
+        (tmp_path / "c.yaml").write_text("epochs: 3\nlr: [0.1\n")
+    elif case == "epochs_text":
+        (tmp_path / "c.yaml").write_text('epochs: "three"\n')
+    elif case == "lr_bool":
+        (tmp_path / "c.yaml").write_text("lr: yes\n")
+    elif case == "bucket_int":
+        (tmp_path / "c.yaml").write_text("bucket: 1\n")
+    elif case == "json_syntax":
+        (tmp_path / "c.json").write_text('{"epochs": 3,}')
+    elif case == "heads_0":
+        extra = ["--heads", "0"]
+    elif case == "threads_neg":
+        extra = ["--threads", "-1"]
+    elif case == "manifest_short_row":
+        data = _manifest(tmp_path, "a.npz,HAP,s/1,train\nb.npz,SAD\n")
+    config = [p for p in (tmp_path / "c.yaml", tmp_path / "c.json") if p.exists()]
+    if config:
+        extra = ["--config", str(config[0])]
+    r = cli("train", "--data", str(data), "--out", str(tmp_path / "run"), *extra)
+    one_line_error(r, 1, "error: " + expected.format(d=tmp_path))
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -63,6 +63,20 @@ def test_manifest_without_required_columns_is_a_clear_error(tmp_path):
         load_dataset(tmp_path)
 
 
+@pytest.mark.parametrize("rows, message", [
+    ("a.npz,HAP,s/1,train\nb.npz,SAD\n", "line 3: 2 field(s), the header has 4"),
+    ("a.npz,HAP,s/1,train,extra\n", "line 2: 5 field(s), the header has 4"),
+])
+def test_bad_manifest_row_names_the_file_and_line(tmp_path, rows, message):
+    write_clip(tmp_path / "a.npz")
+    write_clip(tmp_path / "b.npz")
+    (tmp_path / "manifest.csv").write_text("path,label,speaker,split\n" + rows)
+    with pytest.raises(DataError) as e:
+        load_dataset(tmp_path)
+    assert str(e.value).startswith(f"manifest {tmp_path / 'manifest.csv'} ")
+    assert message in str(e.value)
+
+
 def test_timestamps_from_file_else_spread_over_the_clip(tmp_path):
     write_clip(tmp_path / "1001_DFA_ANG_XX.npz", t_a=50, t_v=10,
                video_timestamps=np.arange(10, dtype=np.float32) / 20)

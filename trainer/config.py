@@ -12,6 +12,7 @@ Example config file (``python -m trainer train --config my.yaml --data demo-data
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -65,17 +66,69 @@ def defaults() -> dict:
     return asdict(TrainConfig())
 
 
+# What a setting's declared type accepts: ints only ints, floats ints and floats, bools only
+# bools (``True`` is an int to Python, and ``epochs: yes`` is a bool to YAML: neither is a number).
+_KINDS = {
+    "int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "bool": ("true or false", lambda v: isinstance(v, bool)),
+    "str": ("text", lambda v: isinstance(v, str)),
+}
+
+
+def _typed(name: str, value, where: str):
+    """``value`` if it fits the field's type (an int given for a float becomes a float), else a
+    one-line ``ValueError`` that names the setting and ``where`` it came from."""
+    kind = str(next(f.type for f in fields(TrainConfig) if f.name == name))
+    what, fits = _KINDS[kind]
+    if not fits(value):
+        hint = ""
+        if kind in ("int", "float") and isinstance(value, str):
+            try:
+                float(value)
+                hint = " (unquoted; YAML reads 5e-4 as text, write 5.0e-4)"
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: {name} must be {what}, not {value!r}{hint}")
+    return float(value) if kind == "float" else value
+
+
+def _parse(path: Path, text: str):
+    """The file's content; a syntax error is one line naming the file, line and column."""
+    if str(path).endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {path} is not valid JSON: {e.msg} at line {e.lineno}, "
+                             f"column {e.colno}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"config file {path} is not valid YAML: {problem}{at}") from None
+
+
 def load_file(path: str | Path) -> dict:
-    """Settings from a YAML or JSON file; unknown keys are an error, not ignored."""
-    text = Path(path).read_text()
-    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    data = data or {}
+    """Settings from a YAML or JSON file; unknown keys and values of the wrong type are an error
+    (one line naming the file), not ignored."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"config file {path} does not exist") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise ValueError(f"config file {path} cannot be read: {type(e).__name__}") from None
+    data = _parse(path, text)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of settings")
-    unknown = set(data) - {f.name for f in fields(TrainConfig)}
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = {str(k) for k in data} - names
     if unknown:
         raise ValueError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
-    return data
+    return {k: _typed(k, v, f"config file {path}") for k, v in data.items()}
 
 
 def resolve(file: str | None = None, **flags) -> TrainConfig:
@@ -90,24 +143,38 @@ def resolve(file: str | None = None, **flags) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
+    """Every setting's type and range; the first bad one is a one-line ``ValueError``."""
+    for f in fields(TrainConfig):
+        _typed(f.name, getattr(cfg, f.name), "setting")
+        if str(f.type) == "float" and not math.isfinite(getattr(cfg, f.name)):
+            raise ValueError(f"{f.name} must be a finite number, not {getattr(cfg, f.name)}")
     for key, allowed in CHOICES.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, not "
                              f"{getattr(cfg, key)!r}")
-    for key in ("epochs", "batch_size", "patience"):
+    for key in ("epochs", "batch_size", "patience", "heads", "d_model"):
         if getattr(cfg, key) < 1:
-            raise ValueError(f"{key} must be at least 1")
-    for key in ("audio_rate", "video_rate", "time_mask", "weight_decay"):
+            raise ValueError(f"{key} must be at least 1, not {getattr(cfg, key)}")
+    for key in ("audio_rate", "video_rate", "time_mask", "weight_decay", "focal_gamma",
+                "lr_patience", "seed"):
         if getattr(cfg, key) < 0:
-            raise ValueError(f"{key} must not be negative")
+            raise ValueError(f"{key} must not be negative, not {getattr(cfg, key)}")
+    if cfg.threads < 0:
+        raise ValueError(f"threads must be 0 (all cores) or more, not {cfg.threads}")
     if not 0 <= cfg.feature_mask < 1:
         raise ValueError("feature_mask must be in [0, 1)")
+    if not 0 <= cfg.dropout < 1:
+        raise ValueError("dropout must be in [0, 1)")
+    if not 0 < cfg.lr_factor < 1:
+        raise ValueError("lr_factor must be in (0, 1)")
+    for key in ("lr", "grad_clip", "audio_fps"):
+        if not getattr(cfg, key) > 0:
+            raise ValueError(f"{key} must be positive, not {getattr(cfg, key)}")
     if not 0 < cfg.time_scale_min <= cfg.time_scale_max:
         raise ValueError("time_scale_min must be positive and at most time_scale_max")
-    if not cfg.lr > 0:
-        raise ValueError("lr must be positive")
     if cfg.d_model % cfg.heads or cfg.d_model % 2:
-        raise ValueError("d_model must be even and divisible by heads")
+        raise ValueError(f"d_model must be even and divisible by heads (d_model {cfg.d_model}, "
+                         f"heads {cfg.heads})")
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
             and cfg.val_fraction + cfg.test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum below 1")

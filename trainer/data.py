@@ -89,11 +89,27 @@ def parse_name(stem: str) -> tuple[str, str] | str | None:
 
 
 def read_manifest(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = {"path", "label", "speaker"} - set(rows[0].keys() if rows else [])
-    if missing:
-        raise DataError(f"manifest {path} lacks column(s) {', '.join(sorted(missing))}")
+    """The rows of a manifest CSV ``path,label,speaker[,split]``, each with its ``line``.
+
+    Raises:
+        DataError: a required column missing, or a row with more or fewer fields than the
+            header (naming the file and line).
+    """
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = {"path", "label", "speaker"} - set(header)
+        if missing:
+            raise DataError(f"manifest {path} lacks column(s) {', '.join(sorted(missing))}")
+        rows = []
+        for row in reader:
+            # DictReader puts extra fields under the key None and fills missing ones with None
+            extra, absent = len(row.get(None, [])), list(row.values()).count(None)
+            if extra or absent:
+                raise DataError(f"manifest {path} line {reader.line_num}: "
+                                f"{len(header) + extra - absent} field(s), the header has "
+                                f"{len(header)} ({','.join(header)})")
+            rows.append(dict(row, line=reader.line_num))
     return rows
 
 

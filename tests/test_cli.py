@@ -204,6 +204,9 @@ def _manifest(tmp_path, rows: str):
     ("heads_0", "heads must be at least 1, not 0"),
     ("threads_neg", "threads must be 0 (all cores) or more, not -1"),
     ("manifest_short_row", "manifest {d}/manifest.csv line 3: 2 field(s), the header has 4"),
+    ("manifest_bad_split", "manifest {d}/manifest.csv line 4: split is 'tset'; use one of "
+                           "train/val/test"),
+    ("manifest_partial_split", "manifest {d}/manifest.csv line 2: split is empty; use one of"),
 ])
 def test_bad_input_is_one_line_and_exit_1(tmp_path, case, expected):
     data, extra = tmp_path, []
@@ -223,9 +226,53 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, case, expected):
         extra = ["--threads", "-1"]
     elif case == "manifest_short_row":
         data = _manifest(tmp_path, "a.npz,HAP,s/1,train\nb.npz,SAD\n")
+    elif case == "manifest_bad_split":
+        data = _manifest(tmp_path, "a.npz,HAP,s/1,train\nb.npz,SAD,s/2,val\nc.npz,SAD,s/3,tset\n")
+    elif case == "manifest_partial_split":
+        data = _manifest(tmp_path, "a.npz,HAP,s/1,\nb.npz,SAD,s/2,val\nc.npz,SAD,s/3,test\n")
     config = [p for p in (tmp_path / "c.yaml", tmp_path / "c.json") if p.exists()]
     if config:
         extra = ["--config", str(config[0])]
     r = cli("train", "--data", str(data), "--out", str(tmp_path / "run"), *extra)
     one_line_error(r, 1, "error: " + expected.format(d=tmp_path))
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--epochs", "30", "--model", "lstm", "--lr", "1e-3"], ["--resume", "--no-bucket"],
+    ["--data", "s3://bucket/not/here/", "--out", "/nowhere/run"],  # neither is looked at
+])
+def test_check_train_args_accepts_good_flags(argv):
+    from trainer.cli import check_train_args
+
+    assert check_train_args(argv) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epocs", "30"], "unrecognized arguments: --epocs 30"),
+    (["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
+    (["--model", "gru"], "invalid choice: 'gru'"),
+    (["--heads", "0"], "heads must be at least 1, not 0"),
+    (["--threads", "-1"], "threads must be 0 (all cores) or more"),
+    (["--d-model", "30", "--heads", "4"], "d_model must be even and divisible by heads"),
+    (["--epochs"], "expected one argument"),
+    (["--help"], "unrecognized arguments: --help"),  # never prints usage and exits
+    (["--config", "/no/such/c.yaml"], "config file /no/such/c.yaml does not exist"),
+])
+def test_check_train_args_is_one_line_of_value_error(argv, message):
+    from trainer.cli import check_train_args
+
+    with pytest.raises(ValueError) as e:
+        check_train_args(argv)
+    text = str(e.value)
+    assert text.startswith("training args: ") and message in text and "\n" not in text
+
+
+def test_check_train_args_reads_the_config_file(tmp_path):
+    from trainer.cli import check_train_args
+
+    (tmp_path / "c.yaml").write_text('epochs: "three"\n')
+    with pytest.raises(ValueError, match="epochs must be an integer, not 'three'"):
+        check_train_args(["--config", str(tmp_path / "c.yaml")])
+    (tmp_path / "c.yaml").write_text("epochs: 3\nlr: 1\n")
+    check_train_args(["--config", str(tmp_path / "c.yaml")])

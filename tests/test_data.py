@@ -66,6 +66,9 @@ def test_manifest_without_required_columns_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("rows, message", [
     ("a.npz,HAP,s/1,train\nb.npz,SAD\n", "line 3: 2 field(s), the header has 4"),
     ("a.npz,HAP,s/1,train,extra\n", "line 2: 5 field(s), the header has 4"),
+    ("a.npz,HAP,s/1,train\nb.npz,SAD,s/2,validation\n",
+     "line 3: split is 'validation'; use one of train/val/test on every row"),
+    ("a.npz,HAP,s/1,train\nb.npz,SAD,s/2,\n", "line 3: split is empty; use one of"),
 ])
 def test_bad_manifest_row_names_the_file_and_line(tmp_path, rows, message):
     write_clip(tmp_path / "a.npz")
@@ -75,6 +78,14 @@ def test_bad_manifest_row_names_the_file_and_line(tmp_path, rows, message):
         load_dataset(tmp_path)
     assert str(e.value).startswith(f"manifest {tmp_path / 'manifest.csv'} ")
     assert message in str(e.value)
+
+
+def test_a_split_column_empty_on_every_row_means_a_computed_split(tmp_path):
+    write_clip(tmp_path / "a.npz")
+    write_clip(tmp_path / "b.npz")
+    (tmp_path / "manifest.csv").write_text("path,label,speaker,split\n"
+                                           "a.npz,HAP,s/1,\nb.npz,SAD,s/2, \n")
+    assert [c.split for c in load_dataset(tmp_path).clips] == [None, None]
 
 
 def test_timestamps_from_file_else_spread_over_the_clip(tmp_path):

@@ -51,3 +51,19 @@ def test_manifest_split_column_wins_for_speaker_split():
         c.split = s
     assert make_split(cs, "speaker", 0, 0.15, 0.15) == {"train": [0, 1], "val": [2, 3],
                                                         "test": [4, 5]}
+
+
+def test_one_bad_manifest_split_value_is_an_error_not_a_computed_split():
+    cs = clips(speakers=3, per=2)
+    for c, s in zip(cs, ["train", "train", "val", "val", "test", "tset"]):
+        c.split = s
+    with pytest.raises(ValueError, match="clip 2-1: split 'tset' is not one of train/val/test"):
+        make_split(cs, "speaker", 0, 0.15, 0.15)
+    cs[5].split = None  # one clip without a split, the others with one
+    with pytest.raises(ValueError, match="clip 2-1: split None"):
+        make_split(cs, "speaker", 0, 0.15, 0.15)
+
+
+def test_no_manifest_split_at_all_gives_the_speaker_split():
+    cs = clips()
+    assert make_split(cs, "speaker", 3, 0.15, 0.15) == speaker_split(cs, seed=3)

@@ -165,6 +165,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CheckParser(Parser):
+    """The train flags' parser for ``check_train_args``: a bad flag raises instead of exiting."""
+
+    def error(self, message):
+        raise ValueError(f"training args: {message}")
+
+
+def check_train_args(argv: list[str]) -> None:
+    """Check ``trainer train`` flags here, before a deploy sends them to an instance.
+
+    The same parsing and validation as ``train`` (flag names, value types, ranges, a ``--config``
+    file, which must exist here), without loading data: ``--data`` and ``--out`` may be absent
+    or name places that do not exist here. Nothing is read but the config file.
+
+    Raises:
+        ValueError: one line naming the first bad flag or value.
+
+    Example:
+        >>> check_train_args(["--epochs", "30", "--model", "lstm"])     # fine: returns None
+        >>> check_train_args(["--epocs", "30"])
+        Traceback (most recent call last):
+        ValueError: training args: unrecognized arguments: --epocs 30
+    """
+    from trainer.config import resolve
+
+    p = _CheckParser(prog="trainer train", add_help=False)
+    _add_train_flags(p)
+    args = p.parse_args([str(a) for a in argv])
+    try:
+        resolve(args.config, **{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    except ValueError as e:
+        raise ValueError(f"training args: {e}") from None
+
+
 def cmd_train(args) -> int:
     from trainer.config import resolve
     from trainer.train import train

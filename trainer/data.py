@@ -88,12 +88,16 @@ def parse_name(stem: str) -> tuple[str, str] | str | None:
     return None
 
 
+SPLIT_VALUES = ("train", "val", "test")  # a manifest's split column: all empty, or these
+
+
 def read_manifest(path: Path) -> list[dict]:
     """The rows of a manifest CSV ``path,label,speaker[,split]``, each with its ``line``.
 
     Raises:
-        DataError: a required column missing, or a row with more or fewer fields than the
-            header (naming the file and line).
+        DataError: a required column missing, a row with more or fewer fields than the header,
+            or a split column that is neither empty on every row nor one of train/val/test on
+            every row (a row that names its file and line).
     """
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -110,7 +114,22 @@ def read_manifest(path: Path) -> list[dict]:
                                 f"{len(header) + extra - absent} field(s), the header has "
                                 f"{len(header)} ({','.join(header)})")
             rows.append(dict(row, line=reader.line_num))
+    _check_split_column(path, rows)
     return rows
+
+
+def _check_split_column(path: Path, rows: list[dict]) -> None:
+    """A split column fixes the split only when every row has one; one bad or missing value
+    would otherwise silently hand the whole split to the computed one (issue 12, item 16)."""
+    values = [(row.get("split") or "").strip() for row in rows]
+    if not any(values):
+        return  # no split column, or empty on every row: the split is computed
+    for row, value in zip(rows, values):
+        if value not in SPLIT_VALUES:
+            shown = repr(value) if value else "empty"
+            raise DataError(f"manifest {path} line {row['line']}: split is {shown}; use one of "
+                            f"{'/'.join(SPLIT_VALUES)} on every row, or leave the column empty "
+                            "on every row for a computed split")
 
 
 def _timestamps(z, key: str, n: int, duration: float) -> np.ndarray:

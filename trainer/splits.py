@@ -75,9 +75,18 @@ def random_split(clips: list[Clip], seed: int, val_fraction: float = 0.15,
 
 
 def manifest_split(clips: list[Clip]) -> dict[str, list[int]] | None:
-    """The manifest's own split column, if every clip has one of train/val/test."""
-    if not clips or any(c.split not in SPLITS for c in clips):
+    """The manifest's own split column; None when no clip has one (the split is then computed).
+
+    Raises:
+        ValueError: some clips have a split and others none, or one is not train/val/test: a
+            partial or misspelt column never silently becomes a computed split.
+    """
+    if not any(c.split for c in clips):
         return None
+    for c in clips:
+        if c.split not in SPLITS:
+            raise ValueError(f"clip {c.path}: split {c.split!r} is not one of "
+                             f"{'/'.join(SPLITS)}; give every clip one, or none of them")
     return {k: [i for i, c in enumerate(clips) if c.split == k] for k in SPLITS}
 
 

@@ -9,6 +9,7 @@ it), with a real run directory from a short training (``finished_run``); no Dock
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -82,21 +83,36 @@ def test_a_run_is_going_only_with_a_fresh_heartbeat_and_a_live_state():
     assert runs.started_at(runs.new_run_id(0)).timestamp() == 0
 
 
-def test_the_data_set_is_mirrored_only_what_changed(s3_bucket, s3_client, tmp_path):
+def test_each_data_set_has_its_own_prefix_and_is_never_rewritten(s3_bucket, s3_client, tmp_path):
+    """A run (going, or resumed later) reads its data set's prefix: an upload of other files
+    must never change it, and a folder of the same name elsewhere must not land on it."""
     folder = tmp_path / "clips"
     for name in ("a.npz", "b.npz", "sub/c.npz"):
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(name.encode() * 100)
     said = []
     uri = upload_data(s3_bucket, str(folder), echo=said.append)
-    assert uri == f"s3://{s3_bucket}/data/clips/"
-    assert "3 uploaded, 0 unchanged, 0 removed" in said[-1]
+    assert re.fullmatch(rf"s3://{s3_bucket}/data/clips-[0-9a-f]{{12}}/", uri)
+    assert "3 uploaded, 0 already there" in said[-1]
+    assert upload_data(s3_bucket, str(folder), echo=said.append) == uri  # the same files
+    assert "0 uploaded, 3 already there" in said[-1]
+
+    def keys(prefix):
+        found = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", [])
+        return {o["Key"][len(prefix):]: o["ETag"] for o in found}
+
+    first = keys(uri.split("/", 3)[3])
     (folder / "b.npz").unlink()
     (folder / "a.npz").write_bytes(b"changed")
-    upload_data(s3_bucket, str(folder), echo=said.append)
-    assert "1 uploaded, 1 unchanged, 1 removed" in said[-1]
-    keys = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"])
-    assert keys == ["data/clips/a.npz", "data/clips/sub/c.npz"]
+    second = upload_data(s3_bucket, str(folder), echo=said.append)
+    assert second != uri and keys(uri.split("/", 3)[3]) == first  # the first is untouched
+    assert sorted(keys(second.split("/", 3)[3])) == ["a.npz", "sub/c.npz"]
+
+    other = tmp_path / "elsewhere" / "clips"  # the same base name, other files
+    other.mkdir(parents=True)
+    (other / "x.npz").write_bytes(b"x")
+    third = upload_data(s3_bucket, str(other), echo=said.append)
+    assert third not in (uri, second) and third.startswith(f"s3://{s3_bucket}/data/clips-")
 
     assert upload_data(s3_bucket, f"s3://{s3_bucket}/data/other") == \
         f"s3://{s3_bucket}/data/other/"

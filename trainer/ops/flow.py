@@ -9,6 +9,7 @@ Each step says what it does; a failure names the step and what to do about it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 import time
@@ -106,10 +107,28 @@ def check_data(data: str) -> None:
                        f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
 
 
+def data_prefix(folder: Path) -> str:
+    """``data/NAME-HASH/``: NAME is the folder's name, HASH (12 hex digits) is over every file's
+    path, size and MD5, the files ``sync_up`` sends. Other content is another prefix, so an upload
+    never rewrites a data set that a run (going, or resumable later) reads, and two folders
+    with the same name but other files never share one."""
+    from trainer.s3 import INDEX, _is_temp, local_etag
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if path.name == INDEX or _is_temp(path.name):
+            continue
+        digest.update(f"{rel}\0{path.stat().st_size}\0{local_etag(path)}\n".encode())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.") or "data"
+    return f"data/{name}-{digest.hexdigest()[:12]}/"
+
+
 def upload_data(bucket: str, data: str, echo=print) -> str:
-    """The data set as an s3:// prefix in the stack's bucket; a local folder is mirrored to
-    ``data/NAME/`` (only what changed is sent; files gone from the folder are removed there)."""
-    from trainer.s3 import _folder, client, parse_s3_uri, sync_up
+    """The data set as an s3:// prefix in the stack's bucket; a local folder goes to its own
+    content-addressed ``data/NAME-HASH/`` (``data_prefix``): the same files again send nothing,
+    and nothing already there is changed or removed."""
+    from trainer.s3 import _folder, parse_s3_uri, sync_up
 
     if data.startswith("s3://"):
         other, prefix = parse_s3_uri(data)
@@ -120,19 +139,10 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
         return f"s3://{bucket}/{_folder(prefix)}"
     check_data(data)
     folder = Path(data).expanduser()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name) or "data"
-    prefix = f"data/{name}/"
+    prefix = data_prefix(folder)
     counts = sync_up(folder, f"s3://{bucket}/{prefix}")
-    local = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-    s3 = client()
-    stale = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])
-        if o["Key"][len(prefix):] not in local]
-    for i in range(0, len(stale), 1000):
-        s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k}
-                                                             for k in stale[i:i + 1000]]})
     echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {counts['skipped']} "
-         f"unchanged, {len(stale)} removed (gone from {folder})")
+         "already there")
     return f"s3://{bucket}/{prefix}"
 
 

@@ -146,15 +146,24 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
     return f"s3://{bucket}/{prefix}"
 
 
-def stop_run(backend, out: dict, run_id: str, echo=print, wait: float = 90) -> dict | None:
-    """Stop ``run_id`` after its checkpoint; its final status.json (state ``stopped``)."""
+def stop_run(backend, out: dict, run_id: str, echo=print, wait: float = 300,
+             poll: float = 2) -> dict:
+    """Stop ``run_id`` and wait (up to ``wait`` seconds) until its status.json is final (the
+    trainer writes ``stopped`` once its checkpoint is saved); that status. OpsError when the
+    run is still not final then: its checkpoint may be unsaved, so the caller must not go on."""
     backend.stop_run(out, run_id, echo=echo)
     deadline = time.monotonic() + wait
     st = runs.status(out["bucket"], run_id)
     while (not st or st.get("state") not in runs.FINAL_STATES) and time.monotonic() < deadline:
-        time.sleep(2)
+        time.sleep(poll)
         st = runs.status(out["bucket"], run_id)
     state = (st or {}).get("state", "unknown")
+    if state not in runs.FINAL_STATES:
+        age = runs.age_seconds(st)
+        raise OpsError(f"run {run_id} is still {state} {wait:.0f}s after it was asked to stop "
+                       f"(status.json {'missing' if age is None else f'{age:.0f}s old'}), so its "
+                       f"checkpoint may not be saved; nothing else was done: see make status "
+                       f"RUN={run_id} and make logs RUN={run_id}, then make deploy REPLACE=1 again")
     echo(f"    run {run_id}: {state} at epoch {(st or {}).get('epoch', '?')}; its artifacts stay "
          f"in {runs.run_uri(out['bucket'], run_id)}")
     return st
@@ -165,7 +174,8 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     """Start a training run of ``settings.data`` with ``settings.args``; the new run id.
 
     The inputs are checked first, before any network call: a bad DATA or ARGS is one line,
-    and nothing is built, made or uploaded."""
+    and nothing is built, made or uploaded. With ``replace``, the run going is stopped (and its
+    checkpoint waited for) before anything else changes, `pulumi up` included."""
     try:
         train_args = shlex.split(settings.args)
     except ValueError as e:  # an unclosed quote
@@ -176,10 +186,12 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     aws_side = backend.name == "aws"
     with step("checking credentials, tools and the Docker engine"):
         backend.preflight()
-    with step("looking for a run already going"):
+    with step("looking for a run already going" + (" (and stopping it)" if replace else "")):
         current = backend.deployed()
         going = going_run(backend, current) if current else None
         echo(f"    run {going} is going" if going else "    none")
+        if going and replace:  # before pulumi up, which may restart the instance
+            stop_run(backend, current, going, echo=echo)
     if going and not replace:
         raise OpsError(f"run {going} is going on this stack; wait for it to end (make status), "
                        "or replace it: make deploy REPLACE=1 (it is stopped after a checkpoint; "

@@ -1,0 +1,118 @@
+"""The deploy flow's order and waits (trainer/ops/flow.py), over a backend that only records
+what it is asked, and the moto server for the run directories (conftest ``s3_bucket``).
+
+    .venv/bin/python -m pytest tests/test_ops_flow.py -q
+
+What a user relies on: REPLACE=1 stops the run going and waits for its checkpoint before
+anything changes (`pulumi up` included), and gives up with one clear line, changing nothing
+more, when the run does not stop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from trainer.ops import OpsError, flow
+from trainer.ops.settings import load
+
+
+def write_status(s3_client, bucket: str, run_id: str, state: str) -> None:
+    body = {"state": state, "epoch": 3, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                    time.gmtime())}
+    s3_client.put_object(Bucket=bucket, Key=f"runs/{run_id}/status.json",
+                         Body=json.dumps(body).encode())
+
+
+class Recorder:
+    """A backend (cloud.AwsBackend's methods) that records the calls; ``stop_run`` writes the
+    final status after ``stops_after`` polls of it (never, with None)."""
+
+    name = "aws"
+
+    def __init__(self, bucket, s3_client, going=None, stop_state="stopped"):
+        self.bucket, self.s3, self.calls = bucket, s3_client, []
+        self.going, self.stop_state = going, stop_state
+        self.out = {"bucket": bucket, "region": "us-east-1", "instance_id": "i-1",
+                    "repository_url": "r", "log_group": "g"}
+        if going:
+            write_status(s3_client, bucket, going, "training")
+
+    def preflight(self, docker=True):
+        self.calls.append("preflight")
+
+    def deployed(self):
+        return self.out
+
+    def active_run(self, out):
+        return None
+
+    def outputs(self, create=False, echo=print):
+        self.calls.append("pulumi up" if create else "outputs")
+        return self.out
+
+    def stop_run(self, out, run_id, echo=print):
+        self.calls.append(f"stop {run_id}")
+        if self.stop_state:
+            write_status(self.s3, self.bucket, run_id, self.stop_state)
+
+    def prepare_image(self, out, run_id, given, echo=print):
+        self.calls.append("image")
+        return "r@sha256:" + "d" * 64
+
+    def ensure_host(self, out, echo=print):
+        self.calls.append("host")
+
+    def start_run(self, out, run_id, image_ref, train_args, echo=print):
+        self.calls.append(f"start {image_ref}")
+
+
+@pytest.fixture
+def data(tmp_path):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.npz").write_bytes(b"x")
+    return str(tmp_path / "clips")
+
+
+def deploy_with(backend, monkeypatch, data, **kw):
+    monkeypatch.setattr(flow, "backend_for", lambda settings: backend)
+    return flow.deploy(load(backend="aws", data=data, args="--epochs 3"), echo=lambda s: None,
+                       **kw)
+
+
+def test_replace_stops_the_run_and_waits_for_it_before_pulumi_up(s3_bucket, s3_client,
+                                                                 monkeypatch, data):
+    backend = Recorder(s3_bucket, s3_client, going="20250101-000000-aaaa")
+    deploy_with(backend, monkeypatch, data, replace=True)
+    assert backend.calls == ["preflight", "stop 20250101-000000-aaaa", "pulumi up", "image",
+                             "host", "start r@sha256:" + "d" * 64]
+
+
+def test_without_replace_a_run_going_is_refused_before_anything_changes(s3_bucket, s3_client,
+                                                                        monkeypatch, data):
+    backend = Recorder(s3_bucket, s3_client, going="20250101-000000-aaaa")
+    with pytest.raises(OpsError, match="run 20250101-000000-aaaa is going.*REPLACE=1"):
+        deploy_with(backend, monkeypatch, data)
+    assert backend.calls == ["preflight"]
+
+
+def test_a_run_that_does_not_stop_is_one_line_and_nothing_else_is_done(s3_bucket, s3_client,
+                                                                       monkeypatch, data):
+    backend = Recorder(s3_bucket, s3_client, going="20250101-000000-aaaa", stop_state=None)
+    monkeypatch.setattr(flow.time, "sleep", lambda s: None)
+    real = flow.stop_run
+    monkeypatch.setattr(flow, "stop_run", lambda *a, **kw: real(*a, **{**kw, "wait": 0.2}))
+    with pytest.raises(OpsError) as err:
+        deploy_with(backend, monkeypatch, data, replace=True)
+    assert str(err.value).startswith("step 2/7 (looking for a run already going (and stopping "
+                                     "it)) failed: run 20250101-000000-aaaa is still training")
+    assert "checkpoint may not be saved" in str(err.value)
+    assert backend.calls == ["preflight", "stop 20250101-000000-aaaa"]  # no pulumi up
+
+
+def test_stop_run_returns_the_final_status(s3_bucket, s3_client):
+    backend = Recorder(s3_bucket, s3_client, going="r1")
+    st = flow.stop_run(backend, backend.out, "r1", echo=lambda s: None, wait=5, poll=0.1)
+    assert st["state"] == "stopped"

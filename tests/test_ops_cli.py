@@ -87,6 +87,10 @@ def ops_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
                                    "no-such-folder`, or give DATA=path/to/clips"),
     ("args: --epochs '5\n", [], "error: ARGS \"--epochs '5\" cannot be split into flags: "
                                 "No closing quotation"),
+    ("args: --epocs 3\n", [], "error: ARGS '--epocs 3': training args: unrecognized arguments: "
+                           "--epocs 3"),
+    ("", ["--args=--epochs three"], "error: ARGS '--epochs three': training args: argument "
+                                    "--epochs: invalid int value: 'three'"),
 ])
 def test_bad_deploy_input_is_one_line_before_anything_is_built_or_uploaded(
         local_stack, s3_client, tmp_path, settings, flags, line):

@@ -176,11 +176,17 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     The inputs are checked first, before any network call: a bad DATA or ARGS is one line,
     and nothing is built, made or uploaded. With ``replace``, the run going is stopped (and its
     checkpoint waited for) before anything else changes, `pulumi up` included."""
+    from trainer.cli import check_train_args
+
     try:
         train_args = shlex.split(settings.args)
     except ValueError as e:  # an unclosed quote
         raise OpsError(f"ARGS {settings.args!r} cannot be split into flags: {e}") from None
     check_data(settings.data)
+    try:
+        check_train_args(train_args)
+    except ValueError as e:
+        raise OpsError(f"ARGS {settings.args!r}: {e}") from None
     backend = backend_for(settings)
     step = Steps(7, echo)
     aws_side = backend.name == "aws"

@@ -118,6 +118,21 @@ def test_an_expired_ecr_login_is_renewed_once(outputs):
                    echo=lambda s: None)
 
 
+def test_a_push_gives_the_digest_the_run_is_started_with(outputs):
+    """The run records and pulls this digest: never :latest, which a later deploy moves."""
+    digest = "sha256:" + "f" * 64
+
+    class Engine(FakeEngine):
+        def push(self, repo, tag, auth_config, stream, decode):
+            return iter([{"status": "Pushed", "id": "abc"},
+                         {"status": f"{tag}: digest: {digest} size: 1234"}])
+
+    ecr = aws.client("ecr", "us-east-1")
+    ref = image.push(Engine(expired=0), "x", outputs["repository_url"], ["r1", "latest"],
+                     lambda: image.ecr_auth(ecr, outputs["repository_url"]), echo=lambda s: None)
+    assert ref == f"{outputs['repository_url']}@{digest}"
+
+
 def test_the_image_platform_follows_the_instance_type(ec2):
     assert cloud.instance_platform(ec2, "c7i.xlarge") == "linux/amd64"
     assert cloud.instance_platform(ec2, "c7g.xlarge") == "linux/arm64"
@@ -143,14 +158,15 @@ def test_ssm_wait_names_the_cause_when_ssm_never_sees_the_instance(aws_env, inst
 def test_the_run_starts_through_ssm_run_command(outputs):
     backend = cloud.AwsBackend(load(backend="aws"))
     args = ["--data", f"s3://{outputs['bucket']}/data/demo/", "--epochs", "5", "--lr", "1e-3"]
-    backend.start_run(outputs, "20250101-120000-ab12", "repo:latest", args, echo=lambda s: None)
+    digest = f"{outputs['repository_url']}@sha256:{'e' * 64}"
+    backend.start_run(outputs, "20250101-120000-ab12", digest, args, echo=lambda s: None)
     ssm = aws.client("ssm", "us-east-1")
     [cmd] = ssm.list_commands(InstanceId=outputs["instance_id"])["Commands"]
     assert cmd["DocumentName"] == "AWS-RunShellScript"
     assert cmd["Comment"] == "ave run 20250101-120000-ab12"
     assert cmd["Parameters"]["commands"] == [
         "cloud-init status --wait >/dev/null 2>&1 || true; "
-        "/usr/local/sbin/ave-bootstrap run 20250101-120000-ab12 --data "
+        f"/usr/local/sbin/ave-bootstrap run --image {digest} 20250101-120000-ab12 --data "
         f"s3://{outputs['bucket']}/data/demo/ --epochs 5 --lr 1e-3"]
     # moto finishes commands at once, so none is left in progress to report as a run going.
     assert backend.active_run(outputs) is None

@@ -206,10 +206,12 @@ class AwsBackend:
             echo(f"    docker build -t {local} --platform {platform} ({kind}; torch: "
                  f"{wheel or 'the PyTorch CPU index'})")
             image.build(client, local, wheel=wheel, platform=platform, echo=echo)
-        echo(f"    docker push {out['repository_url']}:latest and :{run_id}")
-        image.push(client, local, out["repository_url"], ["latest", run_id],
-                   login=lambda: image.ecr_auth(ecr, out["repository_url"]), echo=echo)
-        return f"{out['repository_url']}:latest"
+        echo(f"    docker push {out['repository_url']}:{run_id} and :latest")
+        pushed = image.push(client, local, out["repository_url"], [run_id, "latest"],
+                            login=lambda: image.ecr_auth(ecr, out["repository_url"]), echo=echo)
+        # The run gets this very image: its digest (else its own tag), never the moving :latest
+        # that a later deploy would move.
+        return pushed or f"{out['repository_url']}:{run_id}"
 
     def ensure_host(self, out: dict, echo=print) -> None:
         start_instance(self._client("ec2", out), out["instance_id"], echo=echo)
@@ -222,9 +224,10 @@ class AwsBackend:
     def start_run(self, out: dict, run_id: str, image_ref: str, train_args: list[str],
                   echo=print) -> None:
         ssm = self._client("ssm", out)
-        cid = send(ssm, out["instance_id"], [BOOTSTRAP, "run", run_id, *train_args],
-                   COMMENT + run_id)
-        echo(f"    SSM command {cid}: {BOOTSTRAP} run {run_id} ... (pulls the image, starts it)")
+        cid = send(ssm, out["instance_id"],
+                   [BOOTSTRAP, "run", "--image", image_ref, run_id, *train_args], COMMENT + run_id)
+        echo(f"    SSM command {cid}: {BOOTSTRAP} run --image {image_ref} {run_id} ... (pulls "
+             "the image, starts it)")
         wait_command(ssm, cid, out["instance_id"])
 
     def stop_run(self, out: dict, run_id: str, echo=print) -> int | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import re
 import tarfile
 import tempfile
 from collections import deque
@@ -121,35 +122,42 @@ def login_expired(message: str) -> bool:
     return any(s in message.lower() for s in EXPIRED_LOGIN)
 
 
-def _push_once(client, repository: str, tag: str, auth: dict, echo) -> str | None:
-    """Push one tag; the engine's error message, or None when it worked."""
-    last = ""
+def _push_once(client, repository: str, tag: str, auth: dict,
+               echo) -> tuple[str | None, str | None]:
+    """Push one tag; (the engine's error message or None, the digest it reported or None)."""
+    last, digest = "", None
     for chunk in client.api.push(repository, tag=tag, auth_config=auth, stream=True, decode=True):
         if "error" in chunk:
-            return chunk["error"].strip()
+            return chunk["error"].strip(), None
         status = chunk.get("status", "")
+        found = re.search(r"digest: (sha256:[0-9a-f]{64})", status)
+        digest = found.group(1) if found else digest
         if status in ("Pushed", "Layer already exists") or "digest:" in status:
             if status != last:
                 echo(f"    {status} {chunk.get('id', '')}".rstrip())
             last = status
-    return None
+    return None, digest
 
 
-def push(client, image: str, repository_url: str, tags: list[str], login, echo=print) -> None:
-    """Tag ``image`` as ``repository_url:TAG`` for each tag and push it. ``login()`` returns the
+def push(client, image: str, repository_url: str, tags: list[str], login,
+         echo=print) -> str | None:
+    """Tag ``image`` as ``repository_url:TAG`` for each tag and push it; the pushed image's
+    ``repository_url@sha256:DIGEST`` (None if the engine did not say). ``login()`` returns the
     ECR credentials; an expired login is renewed once before giving up."""
     local = client.images.get(image)
     for tag in tags:
         local.tag(repository_url, tag)
-    auth = login()
+    auth, digest = login(), None
     for tag in tags:
-        error = _push_once(client, repository_url, tag, auth, echo)
+        error, found = _push_once(client, repository_url, tag, auth, echo)
         if error and login_expired(error):
             echo("    the ECR login has expired; logging in again")
             auth = login()
-            error = _push_once(client, repository_url, tag, auth, echo)
+            error, found = _push_once(client, repository_url, tag, auth, echo)
         if error:
             raise push_error(error, f"{repository_url}:{tag}")
+        digest = digest or found
+    return f"{repository_url}@{digest}" if digest else None
 
 
 def push_error(message: str, target: str) -> OpsError:

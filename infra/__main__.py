@@ -39,3 +39,7 @@ pulumi.export("repository_url", repo.repository_url)
 pulumi.export("instance_id", instance.id)
 pulumi.export("log_group", log_group.name)
 pulumi.export("region", cfg.region)
+# What `make deploy` brings to an existing instance (bootstrap.sh update): user data only
+# reaches a new one.
+pulumi.export("idle_minutes", cfg.idle_minutes)
+pulumi.export("max_run_hours", cfg.max_run_hours)

@@ -102,12 +102,14 @@ def instance(cfg: Settings, *, profile: aws.iam.InstanceProfile, security_group:
             "spot_options": {"instance_interruption_behavior": "stop", "spot_instance_type": "persistent"},
         } if cfg.spot else None,
         user_data_base64=user_data,
-        # False: a changed bootstrap script is applied by a stop/start that keeps the instance,
-        # its id and its disk, rather than a replacement. cloud-init runs user data at first
-        # boot only, so bootstrap.sh must make whatever should run on later boots persistent.
+        # User data is read at the first boot only (cloud-init), and changing it on an existing
+        # instance means a stop and a start, which would cut a run short. So a change never
+        # touches the instance (False here, and ignore_changes below); `make deploy` brings the
+        # current bootstrap.sh, idleMinutes and maxRunHours to it through SSM instead
+        # (`bootstrap.sh update`, before each run). A new instance boots with the current ones.
         user_data_replace_on_change=False,
         tags={**cfg.tags, "Name": f"{cfg.project}-{cfg.stack}"},
         # A new Amazon Linux release would otherwise replace the instance on the next
         # `pulumi up`; the instance keeps the image it was made with (dnf updates it).
-        opts=pulumi.ResourceOptions(ignore_changes=["ami"]),
+        opts=pulumi.ResourceOptions(ignore_changes=["ami", "user_data_base64"]),
     )

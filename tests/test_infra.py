@@ -43,7 +43,8 @@ TAGS = {"project": PROJECT, "stack": STACK, "managed-by": "pulumi"}
 INFRA_MODULES = sorted(p.stem for p in INFRA.glob("*.py") if p.stem != "__main__")
 
 ACCOUNT, REGION, AMI = "123456789012", "us-east-1", "ami-0a1b2c3d4e5f67890"
-EXPORTS = {"bucket", "repository_url", "instance_id", "log_group", "region"}
+EXPORTS = {"bucket", "repository_url", "instance_id", "log_group", "region", "idle_minutes",
+           "max_run_hours"}
 
 BUCKET = "aws:s3/bucket:Bucket"
 INSTANCE = "aws:ec2/instance:Instance"
@@ -289,6 +290,8 @@ def test_exports_are_exactly_what_the_operator_reads(stack):
         "instance_id": "ave-trainer-id",
         "log_group": log_group,
         "region": "us-east-1",
+        "idle_minutes": 20,
+        "max_run_hours": 12,
     }
 
 
@@ -423,8 +426,19 @@ def test_user_data_is_the_env_line_then_the_bootstrap_script(stack):
 
 
 def test_user_data_carries_the_time_limits_from_config(deploy):
-    text = user_data(deploy({"maxRunHours": "3", "idleMinutes": "5"}).one(INSTANCE).inputs)
-    assert " AVE_MAX_RUN_HOURS=3 AVE_IDLE_MINUTES=5\n" in text
+    s = deploy({"maxRunHours": "3", "idleMinutes": "5"})
+    assert " AVE_MAX_RUN_HOURS=3 AVE_IDLE_MINUTES=5\n" in user_data(s.one(INSTANCE).inputs)
+    # and the exports, which deploy brings to an existing instance (bootstrap.sh update)
+    assert (s.exports["max_run_hours"], s.exports["idle_minutes"]) == (3, 5)
+
+
+def test_a_user_data_change_never_stops_or_replaces_the_instance(stack):
+    """cloud-init reads user data at the first boot only; an update of it would stop and start
+    the instance (cutting a run short) for nothing. deploy pushes bootstrap.sh and the settings
+    through SSM instead."""
+    instance = stack.one(INSTANCE)
+    assert instance.inputs["userDataReplaceOnChange"] is False
+    assert "userDataBase64" in instance.ignore_changes
 
 
 def test_missing_bootstrap_script_fails_with_a_clear_error(deploy, monkeypatch, tmp_path):

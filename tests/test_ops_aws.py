@@ -49,7 +49,7 @@ def outputs(instance, s3_bucket):
     repo = aws.client("ecr", "us-east-1").create_repository(
         repositoryName=f"ave-{s3_bucket}")["repository"]["repositoryUri"]
     return {"bucket": s3_bucket, "repository_url": repo, "instance_id": instance,
-            "log_group": group, "region": "us-east-1"}
+            "log_group": group, "region": "us-east-1", "idle_minutes": 5, "max_run_hours": 3}
 
 
 def test_no_credentials_is_one_line_saying_what_to_do(aws_env, monkeypatch):
@@ -155,7 +155,9 @@ def test_ssm_wait_names_the_cause_when_ssm_never_sees_the_instance(aws_env, inst
         cloud.wait_ssm(ssm, instance, timeout=0.5, poll=0.2)
 
 
-def test_the_run_starts_through_ssm_run_command(outputs):
+def test_the_run_starts_through_ssm_run_command(outputs, s3_client):
+    """After this checkout's bootstrap.sh and the stack's time limits reach the instance
+    (cloud-init ran the user data once, at its first boot)."""
     backend = cloud.AwsBackend(load(backend="aws"))
     args = ["--data", f"s3://{outputs['bucket']}/data/demo/", "--epochs", "5", "--lr", "1e-3"]
     digest = f"{outputs['repository_url']}@sha256:{'e' * 64}"
@@ -164,8 +166,16 @@ def test_the_run_starts_through_ssm_run_command(outputs):
     [cmd] = ssm.list_commands(InstanceId=outputs["instance_id"])["Commands"]
     assert cmd["DocumentName"] == "AWS-RunShellScript"
     assert cmd["Comment"] == "ave run 20250101-120000-ab12"
+    [key] = [o["Key"] for o in s3_client.list_objects_v2(Bucket=outputs["bucket"],
+                                                         Prefix="ops/")["Contents"]]
+    assert key.startswith("ops/bootstrap-") and key.endswith(".sh")
+    body = s3_client.get_object(Bucket=outputs["bucket"], Key=key)["Body"].read()
+    assert body == (REPO / "scripts" / "bootstrap.sh").read_bytes()
     assert cmd["Parameters"]["commands"] == [
         "cloud-init status --wait >/dev/null 2>&1 || true; "
+        f"aws s3 cp --quiet --region us-east-1 s3://{outputs['bucket']}/{key} "
+        "/root/ave-bootstrap.sh && "
+        "env AVE_IDLE_MINUTES=5 AVE_MAX_RUN_HOURS=3 bash /root/ave-bootstrap.sh update && "
         f"/usr/local/sbin/ave-bootstrap run --image {digest} 20250101-120000-ab12 --data "
         f"s3://{outputs['bucket']}/data/demo/ --epochs 5 --lr 1e-3"]
     # moto finishes commands at once, so none is left in progress to report as a run going.

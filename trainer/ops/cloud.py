@@ -10,6 +10,7 @@ plain boto3 call through ``trainer.ops.aws.client``, so the tests run it against
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 import time
 from datetime import datetime, timedelta, timezone
@@ -17,9 +18,10 @@ from datetime import datetime, timedelta, timezone
 from botocore.exceptions import ClientError
 
 from trainer.ops import OpsError, aws, image, pricing, stack
-from trainer.ops.settings import Settings
+from trainer.ops.settings import REPO, Settings
 
 BOOTSTRAP = "/usr/local/sbin/ave-bootstrap"  # where bootstrap.sh's setup mode installs itself
+SCRIPT = REPO / "scripts" / "bootstrap.sh"   # this checkout's copy, sent before each run
 COMMENT = "ave run "                          # SSM command comments: "ave run RUN_ID"
 ACTIVE = ("Pending", "InProgress", "Delayed")
 # At the first boot the SSM agent is online before cloud-init has run bootstrap.sh's set-up
@@ -84,13 +86,33 @@ def wait_ssm(ssm, instance_id: str, timeout: float = 600, poll: float = 5) -> No
         time.sleep(poll)
 
 
-def send(ssm, instance_id: str, argv: list[str], comment: str) -> str:
-    """Run ``argv`` as root on the instance (AWS-RunShellScript), once it has booted; the
-    command id."""
+def send(ssm, instance_id: str, argv: list[str], comment: str,
+         before: list[list[str]] = ()) -> str:
+    """Run ``argv`` as root on the instance (AWS-RunShellScript), once it has booted, after each
+    command of ``before`` has succeeded; the command id."""
+    line = " && ".join(shlex.join(a) for a in [*before, argv])
     return ssm.send_command(
         InstanceIds=[instance_id], DocumentName="AWS-RunShellScript", Comment=comment[:100],
-        TimeoutSeconds=600, Parameters={"commands": [AFTER_BOOT + shlex.join(argv)],
+        TimeoutSeconds=600, Parameters={"commands": [AFTER_BOOT + line],
                                         "executionTimeout": ["900"]})["Command"]["CommandId"]
+
+
+def push_bootstrap(out: dict, script=SCRIPT) -> list[list[str]]:
+    """Put this checkout's bootstrap.sh in the bucket (``ops/bootstrap-HASH.sh``; the instance
+    role reads the bucket) and return the commands that make the instance use it, with the
+    stack's idleMinutes and maxRunHours: ``bootstrap.sh update``. User data reaches only a new
+    instance (cloud-init runs it once), so this is how a change reaches an existing one."""
+    from trainer.s3 import client
+
+    body = script.read_bytes()
+    key = f"ops/bootstrap-{hashlib.sha256(body).hexdigest()[:12]}.sh"
+    client().put_object(Bucket=out["bucket"], Key=key, Body=body)
+    local = "/root/ave-bootstrap.sh"
+    settings = [f"AVE_{name.upper()}={out[name]}" for name in ("idle_minutes", "max_run_hours")
+                if out.get(name) is not None]
+    return [["aws", "s3", "cp", "--quiet", "--region", out["region"],
+             f"s3://{out['bucket']}/{key}", local],
+            ["env", *settings, "bash", local, "update"]]
 
 
 def wait_command(ssm, command_id: str, instance_id: str, timeout: float = 900,
@@ -224,10 +246,13 @@ class AwsBackend:
     def start_run(self, out: dict, run_id: str, image_ref: str, train_args: list[str],
                   echo=print) -> None:
         ssm = self._client("ssm", out)
+        update = push_bootstrap(out)
         cid = send(ssm, out["instance_id"],
-                   [BOOTSTRAP, "run", "--image", image_ref, run_id, *train_args], COMMENT + run_id)
-        echo(f"    SSM command {cid}: {BOOTSTRAP} run --image {image_ref} {run_id} ... (pulls "
-             "the image, starts it)")
+                   [BOOTSTRAP, "run", "--image", image_ref, run_id, *train_args], COMMENT + run_id,
+                   before=update)
+        echo(f"    SSM command {cid}: bootstrap.sh update (this checkout's, with idleMinutes and "
+             f"maxRunHours), then {BOOTSTRAP} run --image {image_ref} {run_id} ... (pulls the "
+             "image, starts it)")
         wait_command(ssm, cid, out["instance_id"])
 
     def stop_run(self, out: dict, run_id: str, echo=print) -> int | None:

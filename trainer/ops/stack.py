@@ -17,6 +17,9 @@ from trainer.ops import OpsError
 from trainer.ops.settings import Settings
 
 OUTPUTS = ("bucket", "repository_url", "instance_id", "log_group", "region")
+# Read when there (deploy sends them to the instance); a stack last updated before they were
+# exported lacks them until its next `pulumi up`, which deploy runs first.
+OPTIONAL_OUTPUTS = ("idle_minutes", "max_run_hours")
 INSTALL = ("install the Pulumi CLI (curl -fsSL https://get.pulumi.com | sh, or brew install "
            "pulumi), then `pulumi login` (or `pulumi login --local`)")
 
@@ -80,7 +83,7 @@ def outputs(settings: Settings, stack=None) -> dict:
     if missing:
         raise OpsError(f"stack {settings.stack!r} has not been deployed (no outputs "
                        f"{', '.join(missing)}): run `make deploy` first")
-    return {k: values[k] for k in OUTPUTS}
+    return {k: values[k] for k in OUTPUTS + OPTIONAL_OUTPUTS if k in values}
 
 
 def deployed(settings: Settings) -> dict | None:

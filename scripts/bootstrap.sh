@@ -34,8 +34,10 @@
 #       to /var/lib/av-emotion/last-run (with EXIT_CODE and OUTCOME) and stops the instance,
 #       except: exit 143 without a stop request (SIGTERM from a spot interruption or a shutdown;
 #       the trainer saved a checkpoint), or any exit after a spot notice (137: the checkpoint
-#       outlasted the grace period), keeps the record, so the next boot resumes the run: with
-#       --resume when its S3 run directory holds checkpoints/last.pt, else from the start.
+#       outlasted the grace period), keeps the record and leaves the stop to EC2 (so a spot
+#       request restarts the instance), and the next boot resumes the run: with --resume when
+#       its S3 run directory holds checkpoints/last.pt, else from the start. A run whose
+#       `docker run` fails keeps no record. AVE_MAX_RUN_HOURS counts from the run's first start.
 #   bootstrap.sh stop                                      (operator: REPLACE)
 #       Stops the run gracefully (`docker stop --time 120 ave-run`: SIGTERM, the trainer saves a
 #       checkpoint and exits 143) and ends it: the record is cleared, its artifacts stay in S3,
@@ -470,6 +472,10 @@ finish_run() {  # RUN_ID CODE
     fi
     if [[ "$outcome" == stopped-by-operator ]]; then
         say "the instance stays up for the next run"
+    elif [[ "$outcome" == interrupted ]]; then
+        # No stop from here: a persistent spot request restarts only an instance that EC2 itself
+        # stopped (one stopped from inside stays stopped), and the idle watchdog stops any other.
+        say "the instance is left to EC2's interruption (or the idle watchdog)"
     else
         stop_instance "run $id $outcome"
     fi

@@ -345,6 +345,7 @@ def test_an_interruption_past_the_grace_period_ends_in_a_resume(booted):
     assert "interrupted" in proc.stdout
     assert booted.record()["RUN_ID"] == "r1"  # kept: not failed
     assert booted.record("last-run") == {}
+    assert booted.shutdowns() == []  # EC2 stops it, so its spot request restarts it
     booted.reboot()
     (booted.root / "spot-notice").unlink()
     booted.clear_calls()

@@ -7,9 +7,12 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -236,6 +239,7 @@ def test_mirror_round_trip(flaky_proxy, s3_bucket, s3_client, tmp_path):
     m = S3Mirror(uri, a)
     m.upload("checkpoints/last.pt")
     m.upload("status.json")
+    m.flush()  # uploads go by the mirror's thread: flush waits for them
     assert get(s3_client, s3_bucket, "runs/r1/checkpoints/last.pt") == b"weights"
     assert s3_client.head_object(Bucket=s3_bucket, Key="runs/r1/status.json")["ContentType"] == \
         "application/json"
@@ -302,6 +306,8 @@ def test_mirror_keeps_uploads_pending_while_s3_is_down(flaky_proxy, s3_bucket, s
     (local / "checkpoints" / "last.pt").write_bytes(b"epoch 1")
     m.upload("checkpoints/last.pt")  # does not raise: training goes on
     assert m.pending == ["checkpoints/last.pt"]
+    time.sleep(0.3)  # its attempts fail: it stays pending
+    assert m.pending == ["checkpoints/last.pt"]
     (local / "train.log").write_text("log\n")
     with pytest.raises(S3Error, match="not uploaded to s3://"):
         m.flush()
@@ -312,6 +318,7 @@ def test_mirror_keeps_uploads_pending_while_s3_is_down(flaky_proxy, s3_bucket, s
     time.sleep(0.1)  # past the quiet period after a failure
     (local / "status.json").write_text("{}")
     m.upload("status.json")  # the pending files go first
+    m.flush()
     assert m.pending == []
     assert get(s3_client, s3_bucket, "runs/r3/checkpoints/last.pt") == b"epoch 1"
     assert keys(s3_client, s3_bucket) == {f"runs/r3/{n}" for n in
@@ -330,6 +337,104 @@ def test_mirror_fetch_raises_when_s3_cannot_answer(aws_env, s3_bucket, tmp_path,
     Path(tmp_path / "x").write_text("x")
     m.upload("x")  # but uploads still never raise
     assert m.pending == ["x"]
+
+
+# --- S3 that hangs ----------------------------------------------------------------------------
+
+class StallProxy:
+    """A TCP proxy on 127.0.0.1 in front of the moto server that can stall: while stalled it
+    accepts connections and reads requests, but forwards nothing and answers nothing, and closes
+    nothing (S3 hanging); ``heal`` lets the held bytes through."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.upstream)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def heal(self) -> None:
+        self.flowing.set()
+
+
+@pytest.fixture
+def stall_proxy(aws_env, moto_server, monkeypatch):
+    proxy = StallProxy(moto_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    yield proxy
+    proxy.heal()
+    proxy.sock.close()
+
+
+def test_mirror_never_waits_for_a_hanging_s3_and_sends_the_newest(stall_proxy, s3_bucket,
+                                                                   s3_client, tmp_path):
+    s3_client.put_bucket_versioning(Bucket=s3_bucket,
+                                    VersioningConfiguration={"Status": "Enabled"})
+    local = tmp_path / "run"
+    (local / "checkpoints").mkdir(parents=True)
+    m = S3Mirror(f"s3://{s3_bucket}/runs/hang/", local)
+    stall_proxy.stall()
+    t0 = time.monotonic()
+    for v in (1, 2, 3):  # three epochs' checkpoints and heartbeats while S3 hangs
+        (local / "checkpoints" / "last.pt").write_bytes(b"epoch %d " % v * 10000)
+        m.upload("checkpoints/last.pt")
+        (local / "status.json").write_text(json.dumps({"epoch": v}))
+        m.upload("status.json")
+        time.sleep(0.2)
+    assert time.monotonic() - t0 < 0.6 + 0.5  # the sleeps, and no waiting for S3
+    # one pending copy of each file: the newest superseded the older ones
+    assert m.pending == ["checkpoints/last.pt", "status.json"]
+
+    # the run's end waits with a bound, then says what is still pending
+    t0 = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        with pytest.raises(S3Error, match=r"2 file\(s\) not uploaded to s3://.*: "
+                           r"checkpoints/last.pt, status.json"):
+            m.flush(timeout=1.0)
+    assert time.monotonic() - t0 < 3
+    incomplete = [e for e in logs if e["event"] == "s3.flush_incomplete"]
+    assert incomplete and incomplete[0]["pending"] == ["checkpoints/last.pt", "status.json"]
+
+    stall_proxy.heal()
+    m.flush(timeout=60)
+    assert m.pending == []
+    assert get(s3_client, s3_bucket, "runs/hang/checkpoints/last.pt") == b"epoch 3 " * 10000
+    assert json.loads(get(s3_client, s3_bucket, "runs/hang/status.json")) == {"epoch": 3}
+    versions = s3_client.list_object_versions(Bucket=s3_bucket,
+                                              Prefix="runs/hang/checkpoints/last.pt")["Versions"]
+    bodies = {s3_client.get_object(Bucket=s3_bucket, Key=v["Key"], VersionId=v["VersionId"])
+              ["Body"].read()[:8] for v in versions}
+    assert bodies <= {b"epoch 1 ", b"epoch 3 "}  # the one in flight, then the newest: never 2
+    assert b"epoch 3 " in bodies
 
 
 # --- the trainer on S3 (slow: real training runs in subprocesses) ---------------------------
@@ -465,3 +570,35 @@ def test_prefix_out_of_the_cache_is_one_line_of_error(aws_env, s3_bucket, s3_cli
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: bad S3 prefix in {uri}: ")
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("evil.npz"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_training_goes_on_while_s3_hangs_and_every_artifact_arrives(s3_data, s3_bucket,
+                                                                    s3_client, stall_proxy,
+                                                                    tmp_path):
+    out, epochs, stall = f"s3://{s3_bucket}/runs/hang/", 8, 12.0
+    cmd = train_cmd(s3_data, out, tmp_path / "cache", "--epochs", str(epochs))
+    with open(tmp_path / "run.log", "wb") as log:
+        proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while "runs/hang/metrics.jsonl" not in keys(s3_client, s3_bucket, "runs/hang/"):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "run.log").read_text()[-3000:]
+            time.sleep(0.1)
+        stall_proxy.stall()  # S3 hangs: connections open, no answer, for `stall` seconds
+        t_stall = time.time()
+        time.sleep(stall)
+        stall_proxy.heal()
+        assert proc.wait(300) == 0, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert_complete_run(s3_client, s3_bucket, "runs/hang/", epochs=epochs)
+    events = [json.loads(line) for line in
+              get(s3_client, s3_bucket, "runs/hang/train.log").decode().splitlines()]
+    during = [e["epoch"] for e in events if e.get("event") == "epoch"
+              and t_stall + 0.5 < datetime.fromisoformat(e["timestamp"]).timestamp()
+              < t_stall + stall]
+    assert len(during) >= 2, during  # epochs went on while every upload waited

@@ -2,8 +2,9 @@
 
 The trainer always writes into a local folder (for an ``s3://`` run directory, a staging
 folder), atomically: a temp file in the same folder, then ``os.replace``. After each write the
-file is *published*, which for a local run directory is nothing and for an S3 one is an upload
-of the whole file, so a reader never sees half a file in either place.
+file is *published*, which for a local run directory is nothing and for an S3 one queues an
+upload of the whole file (sent by the mirror's own thread: a slow or hanging S3 never holds up
+the caller), so a reader never sees half a file in either place.
 
 Example:
     >>> run = RunDir("runs/demo")
@@ -86,7 +87,7 @@ class RunDir:
         return self.path(name).exists()
 
     def publish(self, name: str) -> None:
-        """Send a finished local file to the remote, if any."""
+        """Queue a finished local file for the remote, if any; returns at once."""
         if self.remote is not None:
             self.remote.upload(name)
 
@@ -112,7 +113,8 @@ class RunDir:
         old = p.read_bytes() if p.exists() else b""
         self.write_bytes(name, old + line.rstrip("\n").encode("utf-8") + b"\n")
 
-    def close(self) -> None:
-        """Publish whatever is still pending (the log, plots)."""
+    def close(self, timeout: float = 300.0) -> None:
+        """Publish whatever is still pending (the log, plots), waiting at most ``timeout``
+        seconds for S3; raises ``S3Error`` naming what is still pending then."""
         if self.remote is not None:
-            self.remote.flush()
+            self.remote.flush(timeout)

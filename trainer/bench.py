@@ -76,29 +76,37 @@ def workload(n: int, seed: int = 0, short: bool = False) -> list[Clip]:
     return clips
 
 
-def build(name: str) -> torch.nn.Module:
+# Full mode also times the hybrid with each of these settings changed (throughput only): what
+# cross-modal attention costs, and what twice the time resolution would.
+VARIANTS = {"late_fusion": {"fusion": "late"}, "rates_50_30": {"audio_rate": 50.0,
+                                                               "video_rate": 30.0}}
+
+
+def build(name: str, **overrides) -> torch.nn.Module:
     """A model at the defaults train.py would use for this workload."""
     from trainer.config import TrainConfig, model_settings
     from trainer.model import build_model
 
-    cfg = TrainConfig(model=name)
+    cfg = TrainConfig(model=name, **overrides)
     return build_model(name, **model_settings(cfg, AUDIO_DIM, VIDEO_DIM, len(LABELS)))
 
 
-def pooled(name: str, clips: list[Clip]) -> list[Clip]:
+def pooled(name: str, clips: list[Clip], **overrides) -> list[Clip]:
     """The workload as train.py feeds ``name``: pooled to its rates once, at load time."""
     from trainer.config import TrainConfig, prepare_settings
     from trainer.prepare import pool_clips
 
-    s = prepare_settings(TrainConfig(model=name))
+    s = prepare_settings(TrainConfig(model=name, **overrides))
     return pool_clips(clips, s["audio_rate"], s["video_rate"])
 
 
 # ------------------------------------------------------------------- training (subprocess)
 
 
-def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
-    """Train ``name`` on the workload for one epoch; runs in its own process (see ``run``)."""
+def train_worker(name: str, preset: str, seed: int, threads: int,
+                 overrides: dict | None = None) -> dict:
+    """Train ``name`` on the workload; runs in its own process (see ``run``). With
+    ``overrides`` (settings of a variant), throughput only."""
     from trainer.losses import focal_loss
 
     p = PRESETS[preset]
@@ -107,8 +115,9 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
     from trainer.config import TrainConfig
     from trainer.prepare import augment
 
-    cfg = TrainConfig(model=name)
-    clips = pooled(name, workload(p["clips"], seed, p.get("short", False)))
+    overrides = overrides or {}
+    cfg = TrainConfig(model=name, **overrides)
+    clips = pooled(name, workload(p["clips"], seed, p.get("short", False)), **overrides)
     lengths = [c.audio.shape[0] for c in clips]
     batches = bucket_batches(lengths, p["batch_size"], seed, 0)
 
@@ -138,7 +147,7 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
         heap_before = heap.in_use()
     except (OSError, AttributeError):  # not glibc: the RSS figure alone
         heap = None
-    model = build(name).train()
+    model = build(name, **overrides).train()
     step = trainer_step(model)
 
     def epoch():  # the real data path, as train.py's loop
@@ -166,6 +175,8 @@ def train_worker(name: str, preset: str, seed: int, threads: int) -> dict:
            "rss_before_training_mb": rss_before, "peak_rss_mb": peak_rss_mb(),
            "parameters": sum(p.numel() for p in model.parameters())}
     out["training_peak_mb"] = out["peak_rss_mb"] - rss_before
+    if overrides:
+        return dict(out, settings=overrides)
     if heap is not None:  # three more steps, on the batch with the most padded frames: the
         # sampler can miss a peak that lasts under a millisecond; three chances, not one
         largest = max(batches, key=lambda b: len(b) * max(lengths[i] for i in b))
@@ -217,10 +228,12 @@ def loader_ab(step, load, batches, repeats: int) -> dict:
             "overhead": (t_real - t_pre) / t_real, "repeats": repeats}
 
 
-def in_subprocess(name: str, preset: str, seed: int, threads: int) -> dict:
+def in_subprocess(name: str, preset: str, seed: int, threads: int,
+                  overrides: dict | None = None) -> dict:
     """``train_worker`` in a fresh interpreter; its JSON is the last line of stdout."""
     cmd = [sys.executable, "-m", "trainer.bench", "--worker", name, "--preset", preset,
-           "--seed", str(seed), "--threads", str(threads)]
+           "--seed", str(seed), "--threads", str(threads),
+           "--overrides", json.dumps(overrides or {})]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"bench worker {name} failed: {proc.stderr.strip()[-800:]}")
@@ -293,6 +306,13 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
     lstm = in_subprocess("lstm", preset, seed, threads)
     lat = latency(preset, seed, threads)
     pad = padding(seed, 24)
+    variants = {}
+    if preset == "full":
+        for key, settings in VARIANTS.items():
+            v = in_subprocess("hybrid", preset, seed, threads, settings)
+            variants[key] = {"settings": settings, "clips_per_second": v["clips_per_second"],
+                             "relative_to_defaults": v["clips_per_second"]
+                             / hybrid["clips_per_second"]}
     report.update({
         "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
         **memory_ratios(hybrid, lstm),
@@ -308,10 +328,12 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
             m: CREMA_D_CLIPS / r["clips_per_second"] for m, r in (("hybrid", hybrid),
                                                                    ("lstm", lstm))},
         "hybrid": hybrid, "lstm": lstm, "latency": lat, "padding": pad,
+        "hybrid_variants": variants,
         "method": {
-            "throughput": "clips / seconds of an epoch over the workload (collate + forward "
-                          "+ backward + clip + Adam step), the median of timed_epochs epochs "
-                          "after a first, untimed pass over the same batches "
+            "throughput": "clips / seconds of an epoch over the workload (collate and the "
+                          "training masks + forward + backward + clip + AdamW step), the "
+                          "median of timed_epochs epochs after a first, untimed pass over "
+                          "the same batches "
                           "(clips_per_second_first_pass: that pass)",
             "memory": "each model trains in a fresh subprocess. memory_ratio compares "
                       "allocated_peak_mb (below) where glibc can report it, else training_peak_mb "
@@ -339,7 +361,9 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
                                "epoch on batches collated beforehand) / the first; medians",
             "latency": "one clip per call, cycling over 20 clips of 1.5-5 s; eager is "
                        "softmax(model(...)) under inference_mode; exported is the artifact of "
-                       "trainer.export (normalisation inside), same threads",
+                       "trainer.export on clips pooled as trainer.prepare pools them, same threads",
+            "hybrid_variants": "full mode: throughput of the hybrid with these settings "
+                               "changed, measured as the throughput above",
             "projected_epoch_seconds": f"{CREMA_D_CLIPS} clips / measured clips per second: "
                                        "one training pass, validation not included"},
     })
@@ -383,6 +407,9 @@ def table(r: dict) -> str:
          f"{r['latency']['format']} {r['latency_ms_p50_exported']:.1f}/"
          f"{r['latency_ms_p95_exported']:.1f}, diff {r['exported_max_abs_diff']:.1e}"),
     ]
+    for key, v in r.get("hybrid_variants", {}).items():
+        rows.append((f"  hybrid, {key.replace('_', ' ')} (clips/s)", f"{v['clips_per_second']:.2f}",
+                     "", f"{v['relative_to_defaults']:.2f}x the defaults' ({v['settings']})"))
     w = [max(len(str(x[i])) for x in rows + [("", "hybrid", "lstm", "")]) for i in range(4)]
     lines = [f"{'':{w[0]}}  {'hybrid':>{w[1]}}  {'lstm':>{w[2]}}  notes"]
     lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]
@@ -409,5 +436,7 @@ if __name__ == "__main__":  # the subprocess side of ``in_subprocess``
     ap.add_argument("--preset", default="quick", choices=tuple(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--overrides", default="{}", help="TrainConfig settings, as JSON")
     a = ap.parse_args()
-    print(json.dumps(train_worker(a.worker, a.preset, a.seed, a.threads)))
+    print(json.dumps(train_worker(a.worker, a.preset, a.seed, a.threads,
+                                  json.loads(a.overrides))))

@@ -93,9 +93,9 @@ def test_each_data_set_has_its_own_prefix_and_is_never_rewritten(s3_bucket, s3_c
     said = []
     uri = upload_data(s3_bucket, str(folder), echo=said.append)
     assert re.fullmatch(rf"s3://{s3_bucket}/data/clips-[0-9a-f]{{12}}/", uri)
-    assert "3 uploaded, 0 already there" in said[-1]
+    assert "3 uploaded, 0 copied from an earlier upload, 0 already there" in said[-1]
     assert upload_data(s3_bucket, str(folder), echo=said.append) == uri  # the same files
-    assert "0 uploaded, 3 already there" in said[-1]
+    assert "0 uploaded, 0 copied from an earlier upload, 3 already there" in said[-1]
 
     def keys(prefix):
         found = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix).get("Contents", [])
@@ -107,6 +107,7 @@ def test_each_data_set_has_its_own_prefix_and_is_never_rewritten(s3_bucket, s3_c
     second = upload_data(s3_bucket, str(folder), echo=said.append)
     assert second != uri and keys(uri.split("/", 3)[3]) == first  # the first is untouched
     assert sorted(keys(second.split("/", 3)[3])) == ["a.npz", "sub/c.npz"]
+    assert "1 uploaded, 1 copied from an earlier upload, 0 already there" in said[-1]
 
     other = tmp_path / "elsewhere" / "clips"  # the same base name, other files
     other.mkdir(parents=True)

@@ -107,28 +107,57 @@ def check_data(data: str) -> None:
                        f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
 
 
-def data_prefix(folder: Path) -> str:
-    """``data/NAME-HASH/``: NAME is the folder's name, HASH (12 hex digits) is over every file's
-    path, size and MD5, the files ``sync_up`` sends. Other content is another prefix, so an upload
-    never rewrites a data set that a run (going, or resumable later) reads, and two folders
-    with the same name but other files never share one."""
+def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
+    """The files ``sync_up`` sends, as ``{relative path: (size, S3 ETag)}``."""
     from trainer.s3 import INDEX, _is_temp, local_etag
 
+    return {path.relative_to(folder).as_posix(): (path.stat().st_size, local_etag(path))
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != INDEX and not _is_temp(path.name)}
+
+
+def data_prefix(folder: Path, manifest: dict | None = None) -> str:
+    """``data/NAME-HASH/``: NAME is the folder's name, HASH (12 hex digits) is over every file's
+    path, size and MD5 (``_manifest``). Other content is another prefix, so an upload never
+    rewrites a data set that a run (going, or resumable later) reads, and two folders with the
+    same name but other files never share one."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if path.name == INDEX or _is_temp(path.name):
-            continue
-        digest.update(f"{rel}\0{path.stat().st_size}\0{local_etag(path)}\n".encode())
+    for rel, (size, etag) in sorted((manifest or _manifest(folder)).items()):
+        digest.update(f"{rel}\0{size}\0{etag}\n".encode())
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.") or "data"
     return f"data/{name}-{digest.hexdigest()[:12]}/"
+
+
+def _copy_unchanged(s3, bucket: str, prefix: str, manifest: dict) -> int:
+    """Copy, inside S3, each file of ``manifest`` that an earlier upload of the same folder name
+    (``data/NAME-*/``) already holds with the same size and ETag: a changed data set sends only
+    what changed. The count copied."""
+    from trainer.s3 import _list
+
+    family = prefix.rsplit("-", 1)[0] + "-"
+    there = _list(s3, bucket, prefix)
+    earlier: dict[tuple[str, int, str], str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=family):
+        for obj in page.get("Contents", []):
+            _, sep, rel = obj["Key"][len(family):].partition("/")
+            if sep and rel and not obj["Key"].startswith(prefix):
+                earlier[(rel, obj["Size"], obj["ETag"].strip('"'))] = obj["Key"]
+    copied = 0
+    for rel, (size, etag) in manifest.items():
+        source = earlier.get((rel, size, etag))
+        if source and there.get(rel) != (size, etag):
+            s3.copy_object(Bucket=bucket, Key=prefix + rel,
+                           CopySource={"Bucket": bucket, "Key": source})
+            copied += 1
+    return copied
 
 
 def upload_data(bucket: str, data: str, echo=print) -> str:
     """The data set as an s3:// prefix in the stack's bucket; a local folder goes to its own
     content-addressed ``data/NAME-HASH/`` (``data_prefix``): the same files again send nothing,
-    and nothing already there is changed or removed."""
-    from trainer.s3 import _folder, parse_s3_uri, sync_up
+    files an earlier upload of the folder holds are copied inside S3, and nothing already in
+    the bucket is changed or removed."""
+    from trainer.s3 import _folder, client, parse_s3_uri, sync_up
 
     if data.startswith("s3://"):
         other, prefix = parse_s3_uri(data)
@@ -139,10 +168,12 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
         return f"s3://{bucket}/{_folder(prefix)}"
     check_data(data)
     folder = Path(data).expanduser()
-    prefix = data_prefix(folder)
+    manifest = _manifest(folder)
+    prefix = data_prefix(folder, manifest)
+    copied = _copy_unchanged(client(), bucket, prefix, manifest)
     counts = sync_up(folder, f"s3://{bucket}/{prefix}")
-    echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {counts['skipped']} "
-         "already there")
+    echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {copied} copied from an "
+         f"earlier upload, {counts['skipped'] - copied} already there")
     return f"s3://{bucket}/{prefix}"
 
 

@@ -68,10 +68,15 @@ def resolve_data(uri: str, cache_dir: str) -> Path:
 
 
 class Status:
-    """status.json: the state the loop reports, rewritten by a heartbeat thread."""
+    """status.json: the state the loop reports, rewritten by a heartbeat thread.
+
+    Each document is built and written under one lock, so a heartbeat's write can never land
+    after a newer state's; ``stop`` joins the thread, so nothing it writes comes after the
+    final state (done, stopped, failed) that the loop writes next.
+    """
 
     def __init__(self, run: RunDir, epochs_max: int):
-        self.run, self.lock = run, threading.Lock()
+        self.run, self.lock = run, threading.RLock()
         self.state = {"state": "starting", "epoch": 0, "epochs_max": epochs_max, "best": None,
                       "eta_seconds": None, "eta_early_stop_seconds": None, "pid": os.getpid()}
         self.proc = psutil.Process()
@@ -83,7 +88,7 @@ class Status:
     def update(self, **kw) -> None:
         with self.lock:
             self.state.update(kw)
-        self.write()
+            self.write()
 
     def resources(self) -> dict:
         mem = self.proc.memory_info()
@@ -93,13 +98,14 @@ class Status:
                 "disk_free_gb": round(disk.free / 2**30, 2), "threads": torch.get_num_threads()}
 
     def write(self) -> None:
+        # Under the lock through the write: a local file and a queued upload, never a wait on S3.
         with self.lock:
             doc = dict(self.state, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                        resources=self.resources())
-        try:
-            self.run.write_json("status.json", doc)
-        except Exception as e:  # a heartbeat must never kill the run
-            log.warning("status_write_failed", error=str(e)[:200])
+            try:
+                self.run.write_json("status.json", doc)
+            except Exception as e:  # a heartbeat must never kill the run
+                log.warning("status_write_failed", error=str(e)[:200])
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
@@ -115,8 +121,13 @@ class Status:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the heartbeat and wait for it, so its last write is behind us."""
         self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("heartbeat_not_stopped", waited_seconds=timeout)
 
 
 class Training:

@@ -220,3 +220,42 @@ def test_a_late_heartbeat_never_overwrites_the_final_state(tmp_path, monkeypatch
         time.sleep(0.5)  # what a heartbeat still running would write lands in this time
         assert json.loads((tmp_path / "status.json").read_text())["state"] == final
 
+
+KILL_AT_SECOND_BEST = """
+import os, signal, sys
+from trainer import storage
+save, writes = storage.RunDir.save_torch, []
+def save_torch(self, name, obj):
+    if name == "checkpoints/best.pt":
+        writes.append(name)
+        if len(writes) == 2:  # the second improvement: killed between the checkpoint writes
+            os.kill(os.getpid(), signal.SIGKILL)
+    save(self, name, obj)
+storage.RunDir.save_torch = save_torch
+from trainer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_between_the_checkpoint_writes_leaves_a_pair_resume_can_trust(demo, tmp_path):
+    args = ["--data", str(demo), *FAST, "--patience", "100"]
+    out = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILL_AT_SECOND_BEST, "train", "--out", str(out),
+                           *args, "--epochs", "8"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    last = read_checkpoint(out / "checkpoints/last.pt")
+    epoch = last["epoch"]
+    # Resume with no epochs left to run: the test metrics come from the best weights as they
+    # are restored, so a best.pt that is not last.pt's best epoch shows in them.
+    assert train(demo, out, *args[2:], "--epochs", str(epoch), "--resume") == 0
+    assert train(demo, tmp_path / "straight", *args[2:], "--epochs", str(epoch)) == 0
+    best = read_checkpoint(out / "checkpoints/best.pt")
+    straight = read_checkpoint(tmp_path / "straight" / "checkpoints/best.pt")
+    assert best["epoch"] == last["best_epoch"] == straight["epoch"]
+    for k in straight["model"]:
+        torch.testing.assert_close(best["model"][k], straight["model"][k], rtol=0, atol=0)
+    summaries = [json.loads((d / "summary.json").read_text())
+                 for d in (out, tmp_path / "straight")]
+    assert summaries[0]["test"] == summaries[1]["test"]
+    assert summaries[0]["validation"] == summaries[1]["validation"]
+

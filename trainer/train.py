@@ -31,7 +31,7 @@ from trainer import logs, plots
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, data_stats, load_dataset
-from trainer.errors import DataError, Stopped
+from trainer.errors import CheckpointError, DataError, Stopped
 from trainer.evaluate import load_weights, predict_logits, read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
@@ -137,6 +137,7 @@ class Training:
         self.cfg = cfg
         self.run_dir = RunDir(cfg.out)
         self.stop_signal: int | None = None
+        self._saving = 0  # > 0 while a checkpoint is written or the run's uploads are awaited
         self.t0 = time.time()
 
     # ----------------------------------------------------------------------------- setup
@@ -230,8 +231,7 @@ class Training:
         self.best, self.best_epoch, self.since_best = (ckpt["best"], ckpt["best_epoch"],
                                                        ckpt["since_best"])
         self.history = [dict(h) for h in ckpt["history"]]
-        if self.run_dir.exists("checkpoints/best.pt"):
-            self.best_state = read_checkpoint(self.run_dir.path("checkpoints/best.pt"))["model"]
+        self.best_state = self._restore_best(ckpt)
         # metrics.jsonl is rewritten from the checkpoint: it holds exactly the epochs done.
         self.run_dir.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n"
                                                          for h in self.history))
@@ -251,11 +251,47 @@ class Training:
             "versions": versions(),
         }
 
+    def _restore_best(self, last: dict) -> dict | None:
+        """The best weights, from best.pt, checked against what last.pt says they are.
+
+        last.pt is written before best.pt (``save_checkpoint``), so a kill between the two
+        leaves a best.pt one improvement behind (or none), while last.pt, written at the end of
+        that very epoch, holds the new best weights themselves: rewrite best.pt from it.
+        """
+        best = (read_checkpoint(self.run_dir.path("checkpoints/best.pt"))
+                if self.run_dir.exists("checkpoints/best.pt") else None)
+        if last["best_epoch"] == 0 or (best is not None
+                                       and best["epoch"] == last["best_epoch"]):
+            return best["model"] if best is not None else None
+        if last["epoch"] == last["best_epoch"] and last["step"] == 0:
+            log.warning("best_checkpoint_repaired", best_epoch=last["best_epoch"],
+                        found_epoch=best["epoch"] if best is not None else None,
+                        message="best.pt was one write behind last.pt (a kill between the two)")
+            self._save("checkpoints/best.pt", last)
+            return last["model"]
+        raise CheckpointError(
+            f"--resume: {self.run_dir}/checkpoints/best.pt holds epoch "
+            f"{best['epoch'] if best is not None else 'none'}, but last.pt says the best is epoch "
+            f"{last['best_epoch']}; the pair cannot be repaired")
+
+    def _save(self, name: str, state: dict) -> None:
+        self._saving += 1  # a second Ctrl-C waits until the file is whole (``_on_signal``)
+        try:
+            self.run_dir.save_torch(name, state)
+        finally:
+            self._saving -= 1
+
     def save_checkpoint(self, best: bool = False) -> None:
+        # last.pt first, then best.pt: a kill between the two leaves last.pt naming a best
+        # epoch that best.pt does not hold yet, but only at the end of that improving epoch,
+        # when last.pt holds those same weights, so resume can repair best.pt from it
+        # (``_restore_best``). The other order could not: a kill would leave best.pt ahead of
+        # last.pt, having overwritten the weights last.pt calls best. The S3 mirror keeps the
+        # order too (its queue is first written, first sent).
         state = self.state()
-        self.run_dir.save_torch("checkpoints/last.pt", state)
+        self._save("checkpoints/last.pt", state)
         if best:
-            self.run_dir.save_torch("checkpoints/best.pt", state)
+            self._save("checkpoints/best.pt", state)
 
     # --------------------------------------------------------------------------- train
     def _on_signal(self, signum, frame) -> None:
@@ -422,7 +458,7 @@ class Training:
         except BaseException as e:
             # The CLI prints bad input as one line; the log file keeps the record either way.
             log.error("failed", error=f"{type(e).__name__}: {e}"[:500],
-                      file_only=isinstance(e, (DataError, ValueError)))
+                      file_only=isinstance(e, (DataError, ValueError, CheckpointError)))
             self.cleanup("failed")
             raise
         finally:

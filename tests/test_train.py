@@ -259,3 +259,53 @@ def test_a_kill_between_the_checkpoint_writes_leaves_a_pair_resume_can_trust(dem
     assert summaries[0]["test"] == summaries[1]["test"]
     assert summaries[0]["validation"] == summaries[1]["validation"]
 
+
+def _signals(proc, sig, times=4, gap=0.005):
+    for _ in range(times):
+        proc.send_signal(sig)
+        time.sleep(gap)
+
+
+def test_a_second_sigterm_mid_epoch_still_saves_the_checkpoint(demo, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(demo), "--out", str(out), *FAST, "--epochs", "3",
+                   "--batch-size", "4")
+    metrics = out / "metrics.jsonl"
+    wait_for(lambda: metrics.exists() and metrics.read_text().strip())
+    _signals(proc, signal.SIGTERM)  # the spot watcher's, docker stop's, and more
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] >= 1
+    events = [e["event"] for e in read_jsonl(out / "train.log")]
+    assert "stop_already_requested" in events and "stopped" in events
+
+
+def test_a_second_sigterm_during_setup_still_saves_a_checkpoint(demo, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(demo), "--out", str(out), *FAST, "--epochs", "3")
+    wait_for(lambda: (out / "train.log").exists())  # setup has begun, the handlers are set
+    _signals(proc, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    ckpt = torch.load(out / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["step"] >= 1  # saved at the first batch
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"
+    resumed = run_cli("train", "--data", str(demo), "--out", str(out), *FAST, "--epochs", "1",
+                      "--resume")
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+
+
+def test_a_second_ctrl_c_with_no_save_in_progress_stops_at_once(demo, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--data", str(demo), "--out", str(out), *FAST, "--epochs", "3")
+    wait_for(lambda: (out / "train.log").exists())
+    _signals(proc, signal.SIGINT, times=2, gap=0.05)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["state"] == "stopped"

@@ -44,6 +44,9 @@ from trainer.storage import RunDir, is_s3
 log = structlog.get_logger()
 
 EXIT_STOPPED = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number
+# How long the run's end waits for S3 uploads (the checkpoint first): a stop has the spot
+# notice's two minutes at most; a finished run can wait longer. What is left is logged.
+UPLOAD_WAIT_SECONDS = {"stopped": 90.0, "failed": 90.0, None: 300.0}
 HEARTBEAT_SECONDS = 15  # status.json is rewritten at least this often (contract: 30 s)
 LOG_PUBLISH_SECONDS = 60
 
@@ -295,11 +298,20 @@ class Training:
 
     # --------------------------------------------------------------------------- train
     def _on_signal(self, signum, frame) -> None:
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, last.pt is already safe
-            raise SystemExit(EXIT_STOPPED.get(signal.Signals(signum), 1))
-        self.stop_signal = signum
-        log.warning("stop_requested", signal=signal.Signals(signum).name,
-                    message="saving a checkpoint at the next batch")
+        sig = signal.Signals(signum)
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            log.warning("stop_requested", signal=sig.name,
+                        message="saving a checkpoint at the next batch")
+            return
+        # A second signal. SIGTERM comes twice by design (the spot watcher, then docker stop):
+        # it never cuts the stop short; the checkpoint is saved at the next batch as asked
+        # (docker's SIGKILL after its timeout is the hard stop). A second Ctrl-C means "now",
+        # unless a checkpoint is being written or uploaded: that finishes first.
+        if sig == signal.SIGINT and not self._saving:
+            raise SystemExit(EXIT_STOPPED[sig])
+        log.warning("stop_already_requested", signal=sig.name, saving=bool(self._saving),
+                    message="the checkpoint is saved first")
 
     def train_epoch(self) -> dict:
         cfg, model = self.cfg, self.model
@@ -436,12 +448,16 @@ class Training:
             if state:
                 status.update(state=state)
         logs.flush()
+        self._saving += 1  # the checkpoint's upload is part of saving it
         try:
-            self.run_dir.close()
+            self.run_dir.close(UPLOAD_WAIT_SECONDS[state if state in UPLOAD_WAIT_SECONDS
+                                                   else None])
         except Exception as e:  # S3 down at the very end: say so, keep the run's own outcome
             log.error("publish_failed", error=str(e)[:300])
             if state is None:
                 raise
+        finally:
+            self._saving -= 1
 
     def run(self) -> dict:
         """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""
@@ -457,6 +473,11 @@ class Training:
             raise
         except BaseException as e:
             # The CLI prints bad input as one line; the log file keeps the record either way.
+            if isinstance(e, SystemExit):  # a second Ctrl-C: last.pt is the previous save
+                log.warning("stopped_at_once", epoch=getattr(self, "epoch", 0),
+                            step=getattr(self, "step", 0))
+                self.cleanup("stopped")
+                raise
             log.error("failed", error=f"{type(e).__name__}: {e}"[:500],
                       file_only=isinstance(e, (DataError, ValueError, CheckpointError)))
             self.cleanup("failed")

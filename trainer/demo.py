@@ -112,7 +112,7 @@ def _onsets(rng, n: int, duration: float, avoid=(), apart: float = 0.0, tries: i
 class _Speaker:
     """What makes one speaker: identity in both streams, and their own rendering of the cues."""
 
-    def __init__(self, rng, shape: Shape, audio_cues, video_cues, filler):
+    def __init__(self, rng, shape: Shape, audio_cues, video_cues, filler, style: float):
         da, dv = shape.audio_dim, shape.video_dim
         # Audio: a smooth spectral envelope (log-mel-like) and a gain; video: an identity
         # vector three times the size of all expression and pose variation together.
@@ -120,27 +120,28 @@ class _Speaker:
         self.audio_base = envelope * 1.5 + rng.normal() * 2.0
         self.audio_gain = np.exp(rng.normal(0, 0.25))
         self.video_base = _unit_rows(rng, 1, dv)[0] * 3.0 * np.sqrt(dv)
+        self.style = style
         self.audio_cues = self._own(rng, audio_cues)
         self.video_cues = self._own(rng, video_cues)
         self.filler = (self._own(rng, filler[0][None])[0], self._own(rng, filler[1][None])[0])
 
-    @staticmethod
-    def _own(rng, protos):  # each speaker renders a cue their own way: 0.45 of it is theirs
-        mixed = protos + 0.45 * _unit_rows(rng, len(protos), protos.shape[1])
+    def _own(self, rng, protos):  # each speaker renders a cue their own way (``style`` of it)
+        mixed = protos + self.style * _unit_rows(rng, len(protos), protos.shape[1])
         return mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
 
 
 class _Maker:
-    def __init__(self, seed: int, shape: Shape):
+    def __init__(self, seed: int, shape: Shape, strength: float = 1.6, style: float = 0.45):
         self.rng = np.random.default_rng(seed)
-        self.shape = shape
+        self.shape, self.strength, self.style = shape, strength, style
         self.audio_cues = _unit_rows(self.rng, 2, shape.audio_dim)
         self.video_cues = _unit_rows(self.rng, 2, shape.video_dim)
         self.filler = (_unit_rows(self.rng, 1, shape.audio_dim)[0],
                        _unit_rows(self.rng, 1, shape.video_dim)[0])
 
     def speaker(self) -> _Speaker:
-        return _Speaker(self.rng, self.shape, self.audio_cues, self.video_cues, self.filler)
+        return _Speaker(self.rng, self.shape, self.audio_cues, self.video_cues, self.filler,
+                        self.style)
 
     def _events(self, label: int, duration: float):
         """Cue onsets and lengths per stream, and whether the clip came out synchronous."""
@@ -175,7 +176,8 @@ class _Maker:
         audio = spk.audio_base + _ar_noise(rng, ta.size, sh.audio_dim, sh.audio_fps, 0.05)
         video = (spk.video_base + 0.6 * _ar_noise(rng, tv.size, sh.video_dim, sh.video_fps, 0.8)
                  + 0.8 * rng.normal(size=(tv.size, sh.video_dim)))
-        scale_a, scale_v = 1.6 * np.sqrt(sh.audio_dim), 1.6 * np.sqrt(sh.video_dim)
+        # An event's size per feature against background noise of about 1 per feature.
+        scale_a, scale_v = (self.strength * np.sqrt(d) for d in (sh.audio_dim, sh.video_dim))
         for on, ln in zip(a_on, a_len):
             audio += self._bump(ta, on, ln)[:, None] * spk.audio_cues[a_cue] * scale_a
         for on, ln in zip(v_on, v_len):
@@ -204,11 +206,15 @@ class _Maker:
 
 
 def make_demo_data(out: str | Path, seed: int = 0, speakers: int = 36, clips_per_speaker: int = 24,
-                   shape: Shape | None = None) -> dict:
-    """Write the demo data set into ``out``; returns counts of what was written."""
+                   shape: Shape | None = None, strength: float = 1.6, style: float = 0.45) -> dict:
+    """Write the demo data set into ``out``; returns counts of what was written.
+
+    ``strength`` (an event's size against the background) and ``style`` (how much of a cue is
+    each speaker's own) make harder variants, for measuring settings where the demo is easy.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    maker = _Maker(seed, shape or Shape())
+    maker = _Maker(seed, shape or Shape(), strength, style)
     written, excluded = 0, 0
     for s in range(speakers):
         spk = maker.speaker()

@@ -195,20 +195,23 @@ def _manifest(tmp_path, rows: str):
     return tmp_path / "manifest.csv"
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("yaml_syntax", "config file {d}/c.yaml is not valid YAML: "),
-    ("epochs_text", "config file {d}/c.yaml: epochs must be an integer, not 'three'"),
-    ("lr_bool", "config file {d}/c.yaml: lr must be a number, not True"),
-    ("bucket_int", "config file {d}/c.yaml: bucket must be true or false, not 1"),
-    ("json_syntax", "config file {d}/c.json is not valid JSON: "),
-    ("heads_0", "heads must be at least 1, not 0"),
-    ("threads_neg", "threads must be 0 (all cores) or more, not -1"),
-    ("manifest_short_row", "manifest {d}/manifest.csv line 3: 2 field(s), the header has 4"),
-    ("manifest_bad_split", "manifest {d}/manifest.csv line 4: split is 'tset'; use one of "
-                           "train/val/test"),
-    ("manifest_partial_split", "manifest {d}/manifest.csv line 2: split is empty; use one of"),
-])
-def test_bad_input_is_one_line_and_exit_1(tmp_path, case, expected):
+BAD_INPUT = {
+    "yaml_syntax": "config file {d}/c.yaml is not valid YAML: ",
+    "epochs_text": "config file {d}/c.yaml: epochs must be an integer, not 'three'",
+    "lr_bool": "config file {d}/c.yaml: lr must be a number, not True",
+    "bucket_int": "config file {d}/c.yaml: bucket must be true or false, not 1",
+    "json_syntax": "config file {d}/c.json is not valid JSON: ",
+    "heads_0": "heads must be at least 1, not 0",
+    "threads_neg": "threads must be 0 (all cores) or more, not -1",
+    "manifest_short_row": "manifest {d}/manifest.csv line 3: 2 field(s), the header has 4",
+    "manifest_bad_split": "manifest {d}/manifest.csv line 4: split is 'tset'; use one of "
+                          "train/val/test",
+    "manifest_partial_split": "manifest {d}/manifest.csv line 2: split is empty; use one of",
+}
+
+
+def bad_input(tmp_path, case: str) -> tuple[str, list[str], str]:
+    """(--data, other flags, the one error line expected) of one bad training input."""
     data, extra = tmp_path, []
     if case == "yaml_syntax":
         (tmp_path / "c.yaml").write_text("epochs: 3\nlr: [0.1\n")
@@ -233,9 +236,27 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, case, expected):
     config = [p for p in (tmp_path / "c.yaml", tmp_path / "c.json") if p.exists()]
     if config:
         extra = ["--config", str(config[0])]
-    r = cli("train", "--data", str(data), "--out", str(tmp_path / "run"), *extra)
-    one_line_error(r, 1, "error: " + expected.format(d=tmp_path))
+    return str(data), extra, "error: " + BAD_INPUT[case].format(d=tmp_path)
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_1(tmp_path, case):
+    data, extra, expected = bad_input(tmp_path, case)
+    r = cli("train", "--data", data, "--out", str(tmp_path / "run"), *extra)
+    one_line_error(r, 1, expected)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_uploads_nothing_to_an_s3_run_directory(s3_bucket, s3_client, tmp_path, case):
+    """Issue 12's bad-input list against a real S3 stand-in (the moto server over HTTP): the
+    same one line and exit 1, and not one object under the bucket (no status.json, no
+    train.log of a run that never started)."""
+    data, extra, expected = bad_input(tmp_path, case)
+    r = cli("train", "--data", data, "--out", f"s3://{s3_bucket}/runs/x/", *extra)
+    one_line_error(r, 1, expected)
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket)
+    assert [o["Key"] for o in listed.get("Contents", [])] == []
 
 
 @pytest.mark.parametrize("argv", [

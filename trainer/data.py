@@ -184,6 +184,22 @@ def _entries(root: Path) -> tuple[list[tuple[Path, str | None, str | None, str |
     return [(p, None, None, None) for p in sorted(root.rglob("*.npz"))], root
 
 
+def check_data(root: str | Path) -> None:
+    """What a local data set's bad input is, told without reading a clip: the path is missing,
+    or its manifest (``root`` itself, or ``root/manifest.csv``) is malformed. ``train`` and
+    ``deploy`` call it first, so such input is one line before a run writes or uploads anything.
+
+    Raises:
+        DataError: the same line ``load_dataset`` would give.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data path {root} does not exist")
+    manifest = root if root.is_file() else root / MANIFEST_NAME
+    if manifest.is_file():
+        read_manifest(manifest)
+
+
 def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> Dataset:
     """Load and check every clip under ``root`` (a folder or a manifest CSV).
 

@@ -30,7 +30,7 @@ import torch
 from trainer import logs, plots
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.config import TrainConfig, model_settings, prepare_settings
-from trainer.data import LABELS, data_stats, load_dataset
+from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import CheckpointError, DataError, Stopped
 from trainer.evaluate import load_weights, predict_logits, read_checkpoint, score
 from trainer.losses import focal_loss, inverse_frequency_weights
@@ -461,6 +461,10 @@ class Training:
 
     def run(self) -> dict:
         """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""
+        if not is_s3(self.cfg.data):
+            # A missing path or a malformed manifest: one line before the heartbeat, the log
+            # or anything else is written (or uploaded, to an s3:// run directory).
+            check_data(self.cfg.data)
         old = {s: signal.signal(s, self._on_signal) for s in EXIT_STOPPED}
         try:
             self.setup()

@@ -91,6 +91,9 @@ def ops_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
                            "--epocs 3"),
     ("", ["--args=--epochs three"], "error: ARGS '--epochs three': training args: argument "
                                     "--epochs: invalid int value: 'three'"),
+    ("data: listed\n", [], "error: DATA=listed: manifest listed/manifest.csv line 3: split is "
+                           "'tset'; use one of train/val/test on every row, or leave the column "
+                           "empty on every row for a computed split"),
 ])
 def test_bad_deploy_input_is_one_line_before_anything_is_built_or_uploaded(
         local_stack, s3_client, tmp_path, settings, flags, line):
@@ -99,6 +102,9 @@ def test_bad_deploy_input_is_one_line_before_anything_is_built_or_uploaded(
     (tmp_path / "deploy.yaml").write_text("backend: local\n" + settings)
     (tmp_path / "demo-data").mkdir()  # the default DATA exists (and, with data: "", so does ".")
     (tmp_path / "demo-data" / "a.npz").write_bytes(b"x")
+    (tmp_path / "listed").mkdir()  # a data set whose manifest has a bad split value
+    (tmp_path / "listed" / "manifest.csv").write_text("path,label,speaker,split\n"
+                                                      "a.npz,HAP,s/1,train\nb.npz,SAD,s/2,tset\n")
     env = dict(os.environ, DOCKER_HOST="unix:///nonexistent/docker.sock")
     env.pop("AVE_SETTINGS", None)
     proc = ops_cli("deploy", *flags, cwd=tmp_path, env=env)

@@ -91,7 +91,8 @@ def going_run(backend, out: dict) -> str | None:
 def check_data(data: str) -> None:
     """What deploy can tell about DATA before it builds or uploads anything: not empty (never
     "the current folder", which would upload the whole checkout, .venv and .ave included), and
-    a folder that exists or a well-formed s3:// prefix (its bucket is checked at the upload)."""
+    a folder that exists, with a well-formed manifest.csv if it has one, or a well-formed s3://
+    prefix (its bucket is checked at the upload)."""
     from trainer.s3 import parse_s3_uri
 
     if not data.strip():
@@ -105,6 +106,13 @@ def check_data(data: str) -> None:
     elif not Path(data).expanduser().is_dir():
         raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
                        f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
+    else:  # its manifest.csv, if any: a bad row would otherwise fail only on the instance
+        from trainer.data import DataError, check_data as check_clips
+
+        try:
+            check_clips(Path(data).expanduser())
+        except DataError as e:
+            raise OpsError(f"DATA={data}: {e}") from None
 
 
 def _manifest(folder: Path) -> dict[str, tuple[int, str]]:

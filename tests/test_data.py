@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from util import write_clip
 
-from trainer.data import LABELS, DataError, load_dataset, parse_name
+from trainer.data import LABELS, DataError, check_data, load_dataset, parse_name
 
 
 def test_crema_and_ravdess_names_give_label_and_namespaced_speaker():
@@ -78,6 +78,20 @@ def test_bad_manifest_row_names_the_file_and_line(tmp_path, rows, message):
         load_dataset(tmp_path)
     assert str(e.value).startswith(f"manifest {tmp_path / 'manifest.csv'} ")
     assert message in str(e.value)
+
+
+def test_check_data_tells_a_bad_manifest_without_reading_a_clip(tmp_path):
+    """What train and deploy check before anything is written: the same line load_dataset gives,
+    from the manifest alone (the clips it names need not exist yet, nor be readable)."""
+    (tmp_path / "junk.npz").write_bytes(b"not a clip")
+    assert check_data(tmp_path) is None  # no manifest: the clips are load_dataset's business
+    (tmp_path / "manifest.csv").write_text("path,label,speaker,split\na.npz,HAP,s/1,train\n"
+                                           "b.npz,SAD,s/2,tset\n")
+    for root in (tmp_path, tmp_path / "manifest.csv"):
+        with pytest.raises(DataError, match=r"manifest .*manifest.csv line 3: split is 'tset'"):
+            check_data(root)
+    with pytest.raises(DataError, match="data path .*nope does not exist"):
+        check_data(tmp_path / "nope")
 
 
 def test_a_split_column_empty_on_every_row_means_a_computed_split(tmp_path):

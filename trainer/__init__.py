@@ -3,4 +3,4 @@
     python -m trainer --help
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -107,20 +107,22 @@ def augment(batch: dict, rng: np.random.Generator, time_mask: float, feature_mas
     """
     for key in ("audio", "video"):
         x, t, m = batch[key], batch[f"{key}_t"], batch[f"{key}_mask"]  # (B, T, F), (B, T)
-        B, _, F = x.shape
-        drop = torch.zeros(B, x.shape[1], F, dtype=torch.bool)
+        B, T, F = x.shape
         if time_mask > 0:
-            end = t.masked_fill(~m, 0).amax(1, keepdim=True).numpy()  # (B, 1) last real time
+            tt = t.numpy()  # (B, T); the last real frame's time bounds where a mask starts
+            end = np.where(m.numpy(), tt, 0).max(1, keepdims=True)  # (B, 1)
             start = rng.uniform(0, 1, (B, masks)) * end
             width = rng.uniform(0, time_mask, (B, masks))
-            tt = t.numpy()[:, :, None]  # (B, T, 1)
-            hit = ((tt >= start[:, None, :]) & (tt < (start + width)[:, None, :])).any(-1)
-            drop |= torch.from_numpy(hit)[:, :, None]
+            hit = np.zeros((B, T), dtype=bool)
+            for k in range(masks):
+                hit |= (tt >= start[:, k:k + 1]) & (tt < start[:, k:k + 1] + width[:, k:k + 1])
+            x.mul_(torch.from_numpy(~hit).to(x.dtype)[:, :, None])  # (B, T, 1)
         if feature_mask > 0:
             width = (rng.uniform(0, feature_mask, (B, masks)) * F).astype(np.int64)
             start = (rng.uniform(0, 1, (B, masks)) * (F - width)).astype(np.int64)
-            f = np.arange(F)[None, None, :]
-            hit = ((f >= start[:, :, None]) & (f < (start + width)[:, :, None])).any(1)
-            drop |= torch.from_numpy(hit)[:, None, :]
-        x.masked_fill_(drop, 0.0)
+            keep = np.ones((B, F), dtype=np.float32)
+            for b in range(B):
+                for k in range(masks):
+                    keep[b, start[b, k]:start[b, k] + width[b, k]] = 0.0
+            x.mul_(torch.from_numpy(keep)[:, None, :])  # (B, 1, F)
     return batch

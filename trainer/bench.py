@@ -37,7 +37,7 @@ AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
 CREMA_D_CLIPS = 7442
 # clips: training workload; latency_runs: single-clip calls per model; mm: square matmul size.
 PRESETS = {
-    "full": dict(clips=288, batch_size=24, epochs=3, loader_repeats=3, latency_runs=200, mm=4096,
+    "full": dict(clips=288, batch_size=24, epochs=3, loader_repeats=7, latency_runs=200, mm=4096,
                  mm_repeats=5),
     "quick": dict(clips=8, batch_size=4, loader_repeats=1, latency_runs=30, mm=2048,
                   mm_repeats=3),
@@ -357,8 +357,11 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
                                "measured just before that epoch, in the same process and "
                                "thread count; the median over timed_epochs such pairs "
                                "(matmul_fractions: each pair's)",
-            "loader_overhead": "(epoch with bucket_batches -> collate per batch - the same "
-                               "epoch on batches collated beforehand) / the first; medians",
+            "loader_overhead": "(epoch with bucket_batches -> collate and masks per batch - the "
+                               "same epoch on batches made beforehand) / the first; medians of "
+                               "loader.repeats alternating pairs (with 3, one epoch of about a "
+                               "second moved it between 2 and 14 %); hybrid.data_seconds over "
+                               "hybrid.epoch_seconds is the data path's own time alone",
             "latency": "one clip per call, cycling over 20 clips of 1.5-5 s; eager is "
                        "softmax(model(...)) under inference_mode; exported is the artifact of "
                        "trainer.export on clips pooled as trainer.prepare pools them, same threads",

@@ -20,6 +20,16 @@ import torch
 from trainer.data import Clip
 
 
+def feature_stats(xs: list[np.ndarray], floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-weighted mean and standard deviation per feature over arrays [T_i, F], in float64
+    so long data sets do not lose precision; the deviation is at least ``floor``."""
+    n = sum(x.shape[0] for x in xs)
+    s = sum(x.sum(0, dtype=np.float64) for x in xs)
+    ss = sum((x.astype(np.float64) ** 2).sum(0) for x in xs)
+    mean = s / n
+    return mean, np.maximum(np.sqrt(np.maximum(ss / n - mean ** 2, 0.0)), floor)
+
+
 @dataclass
 class Normalizer:
     """Per-feature mean and standard deviation, from the training split only."""
@@ -32,13 +42,8 @@ class Normalizer:
     @classmethod
     def fit(cls, clips: list[Clip]) -> "Normalizer":
         def stats(xs):
-            # Frame-weighted, in float64 so long data sets do not lose precision.
-            n = sum(x.shape[0] for x in xs)
-            s = sum(x.sum(0, dtype=np.float64) for x in xs)
-            ss = sum((x.astype(np.float64) ** 2).sum(0) for x in xs)
-            mean = s / n
-            std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
-            return mean.astype(np.float32), np.maximum(std, 1e-5).astype(np.float32)
+            mean, std = feature_stats(xs, 1e-5)
+            return mean.astype(np.float32), std.astype(np.float32)
 
         am, asd = stats([c.audio for c in clips])
         vm, vsd = stats([c.video for c in clips])

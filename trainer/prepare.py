@@ -24,10 +24,12 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from trainer.batching import feature_stats
 from trainer.data import Clip
 
 NORMS = ("speaker", "clip", "none")
-EPS = 1e-3  # guards floor() at bin edges against float error in timestamps like k / fps
+BIN_EPS = 1e-3  # guards floor() at bin edges against float error in timestamps like k / fps
+STD_FLOOR = 1e-3  # a feature (nearly) constant over a clip or speaker is not blown up
 
 
 def pool_to_rate(x: np.ndarray, t: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +41,7 @@ def pool_to_rate(x: np.ndarray, t: np.ndarray, rate: float) -> tuple[np.ndarray,
         return x, t
     order = np.argsort(t, kind="stable")
     x, t = x[order], t[order]
-    bins = np.floor((t - t[0]) * rate + EPS).astype(np.int64)
+    bins = np.floor((t - t[0]) * rate + BIN_EPS).astype(np.int64)
     starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])  # first frame of each bin
     counts = np.diff(np.r_[starts, len(t)]).astype(np.float64)
     xp = np.add.reduceat(x.astype(np.float64), starts, axis=0) / counts[:, None]
@@ -57,9 +59,7 @@ def pool_clips(clips: list[Clip], audio_rate: float, video_rate: float) -> list[
 
 
 def _stats(xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Frame-weighted mean and standard deviation per feature, in float64."""
-    x = np.concatenate(xs).astype(np.float64)
-    return x.mean(0), np.maximum(x.std(0), EPS)
+    return feature_stats(xs, STD_FLOOR)
 
 
 def speaker_stats(clips: list[Clip]) -> dict[str, tuple[np.ndarray, ...]]:

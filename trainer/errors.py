@@ -18,3 +18,8 @@ class Stopped(Exception):
     def __init__(self, code: int):
         super().__init__(f"stopped by signal, exit code {code}")
         self.code = code
+
+
+class MediaError(Exception):
+    """A media file (or OpenFace CSV) that cannot be turned into features; the message is the
+    reason ``extract`` lists for the skipped clip (one line)."""

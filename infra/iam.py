@@ -1,5 +1,6 @@
 """The instance's role: least privilege over this stack's bucket, repository and log group, and
 the SSM agent's own calls (no SSH anywhere; `make deploy` starts runs through Run Command).
+Below it, AWS Batch's job, execution and instance roles, each scoped as narrowly.
 
 One inline policy and no managed one: AWS's AmazonSSMManagedInstanceCore also grants
 `ssm:GetParameter(s)` on every parameter of the account, which the container could read through
@@ -114,6 +115,187 @@ def instance_policy(*, bucket_arn: str, repo_arn: str, log_group_arn: str,
                 "Sid": "SsmAgentMessages",
                 "Effect": "Allow",
                 "Action": SSM_MESSAGING,
+                "Resource": "*",
+            },
+        ],
+    }
+
+
+# ---- AWS Batch (batch.py): three roles, each with only its own part ----------------------------
+# The job role is the trainer's, inside the container; the execution role is the ECS agent's
+# for starting that container (image pull, log driver); the instance role is the ECS agent's own
+# on the instances Batch launches. Batch itself acts through its service-linked role
+# AWSServiceRoleForBatch (the compute environment names no service role): AWS defines it,
+# scoped to what Batch does, and makes it at the first compute environment of the account, if
+# the deployer may call iam:CreateServiceLinkedRole. It is account-wide and outlives the stack.
+#
+# Inline policies only, no AWS managed one: AmazonEC2ContainerServiceforEC2Role would also give
+# the instances every ECS cluster of the account, and AmazonECSTaskExecutionRolePolicy every
+# repository and log group.
+
+DATA_PREFIX = "data/"  # the data sets `make deploy` uploads (data/NAME-HASH/); jobs only read them
+BATCH_LOG_PREFIX = "batch"  # awslogs streams of Batch jobs: batch/default/ECS_TASK_ID
+
+
+def ecs_tasks_trust(account: str) -> dict:
+    """Only ECS tasks of this account may take the role (the confused-deputy guard ECS
+    documents for task and execution roles)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": account}},
+        }],
+    }
+
+
+def batch_job_role(cfg: Settings, *, bucket: aws.s3.Bucket) -> aws.iam.Role:
+    account = aws.get_caller_identity_output().account_id
+    role = aws.iam.Role("ave-batch-job-role", tags=cfg.tags,
+                        assume_role_policy=account.apply(lambda a: json.dumps(ecs_tasks_trust(a))))
+    aws.iam.RolePolicy("ave-batch-job-policy", role=role.id,
+                       policy=bucket.arn.apply(lambda arn: json.dumps(job_policy(arn))))
+    return role
+
+
+def job_policy(bucket_arn: str) -> dict:
+    """What a fold's trainer may do: S3 only (trainer/s3.py is its one AWS client). No logs: its
+    output reaches the log group through the awslogs driver, with the execution role."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                # Listing, for the data set's sync into the cache and `cv` finding done folds
+                # (and `--aggregate` every fold-*/summary.json), only under the two prefixes.
+                "Sid": "ListDataAndRuns",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket_arn,
+                "Condition": {"StringLike": {"s3:prefix": [f"{DATA_PREFIX}*", f"{RUN_PREFIX}*"]}},
+            },
+            {
+                # The data set in, and a fold's own checkpoint back when a retry resumes it.
+                "Sid": "ReadDataAndRuns",
+                "Effect": "Allow",
+                "Action": "s3:GetObject",
+                "Resource": [f"{bucket_arn}/{DATA_PREFIX}*", f"{bucket_arn}/{RUN_PREFIX}*"],
+            },
+            {
+                # The fold's run directory out (multipart for checkpoints), under runs/ only, and
+                # no delete: as for the single instance (instance_policy).
+                "Sid": "WriteRuns",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": f"{bucket_arn}/{RUN_PREFIX}*",
+            },
+        ],
+    }
+
+
+def batch_execution_role(cfg: Settings, *, repo: aws.ecr.Repository,
+                         log_group: aws.cloudwatch.LogGroup) -> aws.iam.Role:
+    account = aws.get_caller_identity_output().account_id
+    role = aws.iam.Role("ave-batch-execution-role", tags=cfg.tags,
+                        assume_role_policy=account.apply(lambda a: json.dumps(ecs_tasks_trust(a))))
+    policy = pulumi.Output.all(repo_arn=repo.arn, log_group_arn=log_group.arn).apply(
+        lambda arns: json.dumps(execution_policy(**arns)))
+    aws.iam.RolePolicy("ave-batch-execution-policy", role=role.id, policy=policy)
+    return role
+
+
+def execution_policy(*, repo_arn: str, log_group_arn: str) -> dict:
+    """What the ECS agent may do to start a job: pull the trainer image, and send the container's
+    output to the log group (the agent hands the driver these credentials; agent 1.16 and later,
+    which every current ECS AMI has)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                # Account-wide, no resource-level permissions; the token alone reads nothing.
+                "Sid": "EcrLogin",
+                "Effect": "Allow",
+                "Action": "ecr:GetAuthorizationToken",
+                "Resource": "*",
+            },
+            {
+                "Sid": "EcrPull",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                           "ecr:BatchCheckLayerAvailability"],
+                "Resource": repo_arn,
+            },
+            {
+                # The Batch jobs' streams only (prefix "batch"), not the single instance's runs.
+                "Sid": "WriteJobLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": [log_group_arn, f"{log_group_arn}:log-stream:{BATCH_LOG_PREFIX}/*"],
+            },
+        ],
+    }
+
+
+def batch_instance_profile(cfg: Settings) -> tuple[aws.iam.Role, aws.iam.InstanceProfile]:
+    """The role of the instances Batch launches; its policy comes with batch_instance_policy,
+    once the compute environment has made its ECS cluster, to which it is scoped."""
+    role = aws.iam.Role("ave-batch-instance-role", assume_role_policy=json.dumps(EC2_TRUST), tags=cfg.tags)
+    profile = aws.iam.InstanceProfile("ave-batch-instance-profile", role=role.name, tags=cfg.tags)
+    return role, profile
+
+
+def batch_instance_policy(role: aws.iam.Role, *, cluster_arn: pulumi.Input[str]) -> aws.iam.RolePolicy:
+    return aws.iam.RolePolicy(
+        "ave-batch-instance-policy", role=role.id,
+        policy=pulumi.Output.from_input(cluster_arn).apply(lambda arn: json.dumps(ecs_instance_policy(arn))))
+
+
+def ecs_instance_policy(cluster_arn: str) -> dict:
+    """The ECS agent's calls, on the one ECS cluster Batch made for this compute environment.
+
+    Jobs run in host network mode (Batch's only mode for single-node EC2 jobs), so a container
+    reaches the instance metadata and with it this role: it is kept to the agent's bookkeeping,
+    with no S3, ECR, logs or SSM. Left out of AWS's managed policy: ecs:CreateCluster (the
+    cluster is Batch's), ecs:UpdateContainerInstancesState (spot draining, which Batch does not
+    turn on), ec2:DescribeTags (tag propagation from EC2, not configured), and ECR and logs
+    (the execution role's).
+    """
+    prefix, name = cluster_arn.split(":cluster/", 1)
+    instances = f"{prefix}:container-instance/{name}/*"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                # Joining and leaving the cluster, and reporting task and container states.
+                "Sid": "EcsAgentCluster",
+                "Effect": "Allow",
+                "Action": ["ecs:RegisterContainerInstance", "ecs:DeregisterContainerInstance",
+                           "ecs:SubmitTaskStateChange", "ecs:SubmitContainerStateChange",
+                           "ecs:SubmitAttachmentStateChanges"],
+                "Resource": cluster_arn,
+            },
+            {
+                # Receiving work and sending metrics, as the instance it registered.
+                "Sid": "EcsAgentInstance",
+                "Effect": "Allow",
+                "Action": ["ecs:Poll", "ecs:StartTelemetrySession"],
+                "Resource": instances,
+            },
+            {
+                # The agent tags its container instance while registering it, when it has tags
+                # to give; nothing else may be tagged.
+                "Sid": "EcsAgentTagOnRegister",
+                "Effect": "Allow",
+                "Action": "ecs:TagResource",
+                "Resource": instances,
+                "Condition": {"StringEquals": {"ecs:CreateAction": "RegisterContainerInstance"}},
+            },
+            {
+                # Which endpoint to poll: ECS gives this action no resource-level permissions.
+                "Sid": "EcsAgentDiscover",
+                "Effect": "Allow",
+                "Action": "ecs:DiscoverPollEndpoint",
                 "Resource": "*",
             },
         ],

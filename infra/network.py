@@ -1,5 +1,7 @@
-"""The instance's security group: no ingress at all; operators reach it through SSM, never SSH."""
+"""The security group with no ingress at all (operators reach the instance through SSM, never
+SSH; Batch's instances are reached by no one), and the default VPC's subnets Batch launches in."""
 
+import pulumi
 import pulumi_aws as aws
 
 from settings import Settings
@@ -23,3 +25,15 @@ def security_group(cfg: Settings) -> aws.ec2.SecurityGroup:
         }],
         tags=cfg.tags,
     )
+
+
+def default_subnets() -> pulumi.Output[list[str]]:
+    """The default VPC's default subnets, one per availability zone: where the single instance
+    runs too (it names no subnet). They give instances a public address, the way out to ECS, ECR,
+    S3 and CloudWatch with no NAT gateway or VPC endpoint to pay for; the security group lets
+    nothing in. Every zone, so that spot can look for capacity in all of them."""
+    vpc = aws.ec2.get_vpc_output(default=True)
+    return aws.ec2.get_subnets_output(filters=[
+        {"name": "vpc-id", "values": [vpc.id]},
+        {"name": "default-for-az", "values": ["true"]},
+    ]).ids

@@ -5,6 +5,7 @@ program runs with no config at all (and under the unit-test mocks, which do not 
 Pulumi.yaml). Set one with e.g. `pulumi config set spot true`.
 """
 
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -12,6 +13,8 @@ import pulumi
 # The retention periods CloudWatch Logs accepts; anything else fails only at `pulumi up`.
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096,
                       1827, 2192, 2557, 2922, 3288, 3653)
+# An EC2 instance type (c7i.xlarge) or family (c7i), as Batch takes them.
+INSTANCE_TYPE = re.compile(r"[a-z][a-z0-9-]*(\.[a-z0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,13 @@ class Settings:
     log_retention_days: int
     keep_images: int
     force_destroy: bool
+    # AWS Batch, for many runs at once (cross-validation folds and seeds; batch.py)
+    batch_spot: bool
+    batch_max_vcpus: int
+    batch_vcpus: int
+    batch_memory_mib: int
+    batch_instance_types: tuple[str, ...]
+    batch_attempts: int
 
     @property
     def tags(self) -> dict[str, str]:
@@ -53,6 +63,33 @@ def load() -> Settings:
         # false keeps a bucket with run artifacts (and a repository with images) from being
         # deleted by `pulumi destroy`; set true first to remove everything.
         force_destroy=cfg.get_bool("forceDestroy", False),
+        # --- AWS Batch: one job per fold (and seed) of a cross-validation, DESIGN.md section 5.
+        # The workload: the ~1 M parameter hybrid model on CREMA-D-sized features (7,442 clips),
+        # which `make bench` measures at about 230 clips/s on 2 vCPUs: ~32 s an epoch, ~25 min
+        # for a 50-epoch fold. Spot: a reclaimed instance costs a fold at most the epoch since
+        # its last checkpoint (the retry resumes from S3), for typically under half the price.
+        batch_spot=cfg.get_bool("batchSpot", True),
+        # The cost cap: Batch never runs more vCPUs than this at once. 16 = 8 two-vCPU folds in
+        # parallel (a 5-fold x 3-seed run in two waves), about $0.71/h on demand at c7i prices
+        # ($0.045 per vCPU-hour in us-east-1), typically $0.25-0.35/h on spot.
+        batch_max_vcpus=cfg.get_int("batchMaxVcpus", 16),
+        # Per job. A 1 M parameter model at batch 24 gains little past 2 threads (the bench runs
+        # on 2), and 2 per job runs twice as many folds at once as 4 would.
+        batch_vcpus=cfg.get_int("batchVcpus", 2),
+        # Per job, a hard limit (a job above it is killed). The features pooled when loaded
+        # (~100 KB a clip, ~0.75 GB for CREMA-D) + torch and the model (~0.6 GB) + activations
+        # (~0.15 GB, bench) is ~1.5 GB; 3584 MiB leaves room and still packs two jobs into the
+        # ~7.5 GiB an 8 GiB instance gives ECS (c7i.xlarge: 2 jobs, c7i.2xlarge: 4).
+        batch_memory_mib=cfg.get_int("batchMemoryMib", 3584),
+        # Comma-separated. Several current CPU types (same price per vCPU) so that spot finds
+        # capacity; xlarge and 2xlarge only, whose memory fits whole jobs (a .large's ~3.7 GiB
+        # for ECS would be one tight job) and whose size Batch cannot overshoot by much.
+        batch_instance_types=tuple(t.strip() for t in (cfg.get("batchInstanceTypes") or
+                                   "c7i.xlarge,c7i.2xlarge,c6i.xlarge,c6i.2xlarge,m7i.xlarge")
+                                   .split(",")),
+        # Attempts per job (the first run counts as one): a job is retried only when its host
+        # was reclaimed (batch.py), so 3 rides out two spot interruptions of one fold.
+        batch_attempts=cfg.get_int("batchAttempts", 3),
     )
     _check(settings)
     return settings
@@ -67,6 +104,21 @@ def _check(s: Settings) -> None:
                        ("keepImages", s.keep_images)):
         if value < 1:
             problems.append(f"{key}={value}: must be 1 or more")
+    for key, value in (("batchMaxVcpus", s.batch_max_vcpus), ("batchVcpus", s.batch_vcpus)):
+        if value < 1:
+            problems.append(f"{key}={value}: must be 1 or more")
+    if s.batch_vcpus > s.batch_max_vcpus >= 1:
+        problems.append(f"batchVcpus={s.batch_vcpus} is more than batchMaxVcpus={s.batch_max_vcpus}: "
+                        "no job could ever start")
+    if s.batch_memory_mib < 1024:
+        problems.append(f"batchMemoryMib={s.batch_memory_mib}: must be 1024 or more (the trainer "
+                        "needs about 0.6 GB before it loads any data)")
+    if not 1 <= s.batch_attempts <= 10:
+        problems.append(f"batchAttempts={s.batch_attempts}: AWS Batch allows 1 to 10 attempts")
+    bad_types = [t for t in s.batch_instance_types if not INSTANCE_TYPE.fullmatch(t)]
+    if bad_types or not s.batch_instance_types:
+        problems.append(f"batchInstanceTypes={','.join(s.batch_instance_types)!r}: give EC2 "
+                        "instance types or families separated by commas, e.g. c7i.xlarge,c6i.xlarge")
     if s.log_retention_days not in LOG_RETENTION_DAYS:
         problems.append(f"logRetentionDays={s.log_retention_days}: CloudWatch accepts one of "
                         f"{', '.join(map(str, LOG_RETENTION_DAYS))}")

@@ -45,11 +45,16 @@ INFRA_MODULES = sorted(p.stem for p in INFRA.glob("*.py") if p.stem != "__main__
 ACCOUNT, REGION, AMI = "123456789012", "us-east-1", "ami-0a1b2c3d4e5f67890"
 EXPORTS = {"bucket", "repository_url", "instance_id", "log_group", "region", "idle_minutes",
            "max_run_hours"}
+# The AWS Batch part of the stack (tests/test_infra_batch.py checks its resources and exports).
+BATCH_EXPORTS = {"batch_job_queue", "batch_job_definition", "batch_job_definition_name",
+                 "batch_compute_environment", "batch_max_vcpus", "batch_vcpus", "batch_memory_mib"}
 
 BUCKET = "aws:s3/bucket:Bucket"
 INSTANCE = "aws:ec2/instance:Instance"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+# The single instance's role, profile and policy, among the Batch ones of the same types.
+INSTANCE_ROLE, INSTANCE_PROFILE, INSTANCE_POLICY = "ave-instance-role", "ave-instance-profile", "ave-instance-policy"
 
 INVOKES = {
     "aws:ec2/getAmi:getAmi": {
@@ -62,6 +67,8 @@ INVOKES = {
     "aws:index/getPartition:getPartition": {
         "id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com", "reverseDnsSuffix": "com.amazonaws",
     },
+    "aws:ec2/getVpc:getVpc": {"id": "vpc-0default", "default": True, "cidrBlock": "172.31.0.0/16"},
+    "aws:ec2/getSubnets:getSubnets": {"id": REGION, "ids": ["subnet-0a", "subnet-0b", "subnet-0c"]},
 }
 
 
@@ -90,6 +97,16 @@ def computed_state(typ: str, name: str) -> dict:
         return {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:role/{physical}"}
     if typ == "aws:iam/instanceProfile:InstanceProfile":
         return {"name": physical, "arn": f"arn:aws:iam::{ACCOUNT}:instance-profile/{physical}"}
+    if typ == "aws:ec2/launchTemplate:LaunchTemplate":
+        return {"arn": f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0{name}", "latestVersion": 1}
+    if typ == "aws:batch/computeEnvironment:ComputeEnvironment":
+        return {"name": physical, "arn": f"arn:aws:batch:{REGION}:{ACCOUNT}:compute-environment/{physical}",
+                "ecsClusterArn": f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/AWSBatch-{physical}-4f1e"}
+    if typ == "aws:batch/jobQueue:JobQueue":
+        return {"name": physical, "arn": f"arn:aws:batch:{REGION}:{ACCOUNT}:job-queue/{physical}"}
+    if typ == "aws:batch/jobDefinition:JobDefinition":
+        return {"name": physical, "revision": 1,
+                "arn": f"arn:aws:batch:{REGION}:{ACCOUNT}:job-definition/{physical}:1"}
     return {}
 
 
@@ -134,13 +151,14 @@ class Stack:
     def of_type(self, typ: str) -> list[Resource]:
         return [r for r in self.resources if r.type == typ]
 
-    def one(self, typ: str) -> Resource:
-        found = self.of_type(typ)
-        assert len(found) == 1, f"expected one {typ}, found {[r.name for r in found]}"
+    def one(self, typ: str, name: str | None = None) -> Resource:
+        """The one resource of `typ` (of that logical name, if given)."""
+        found = [r for r in self.of_type(typ) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {typ} {name or ''}, found {[r.name for r in found]}"
         return found[0]
 
-    def policy(self, typ: str) -> dict:
-        return json.loads(self.one(typ).inputs["policy"])
+    def policy(self, typ: str, name: str | None = None) -> dict:
+        return json.loads(self.one(typ, name).inputs["policy"])
 
 
 @pytest.fixture(scope="module")
@@ -280,11 +298,11 @@ def taggable(typ: str) -> bool:
 # ---- exports and config ------------------------------------------------------------------------
 
 def test_exports_are_exactly_what_the_operator_reads(stack):
-    assert set(stack.exports) == EXPORTS
+    assert set(stack.exports) == EXPORTS | BATCH_EXPORTS
     bucket = stack.one(BUCKET).state["bucket"]
     repo = stack.one("aws:ecr/repository:Repository").state
     log_group = stack.one("aws:cloudwatch/logGroup:LogGroup").state["name"]
-    assert stack.exports == {
+    assert {k: v for k, v in stack.exports.items() if k in EXPORTS} == {
         "bucket": bucket,
         "repository_url": repo["repositoryUrl"],
         "instance_id": "ave-trainer-id",
@@ -302,7 +320,9 @@ def test_pulumi_yaml_defaults_are_the_programs_defaults(deploy, stack):
         value = entry["default"] if isinstance(entry, dict) else entry
         config[key] = str(value).lower() if isinstance(value, bool) else str(value)  # as `config set`
     assert set(config) == {"aws:region", "instanceType", "spot", "rootVolumeGb", "idleMinutes",
-                           "maxRunHours", "logRetentionDays", "keepImages", "forceDestroy"}
+                           "maxRunHours", "logRetentionDays", "keepImages", "forceDestroy",
+                           "batchSpot", "batchMaxVcpus", "batchVcpus", "batchMemoryMib",
+                           "batchInstanceTypes", "batchAttempts"}
     with_yaml = deploy(config)
     assert {(r.type, r.name): r.inputs for r in with_yaml.resources} == \
         {(r.type, r.name): r.inputs for r in stack.resources}
@@ -391,8 +411,8 @@ def test_on_demand_by_default_and_persistent_stopping_spot_when_asked(deploy, st
 
 
 def test_instance_gets_the_stack_role(stack):
-    profile = stack.one("aws:iam/instanceProfile:InstanceProfile")
-    role = stack.one("aws:iam/role:Role")
+    profile = stack.one("aws:iam/instanceProfile:InstanceProfile", INSTANCE_PROFILE)
+    role = stack.one("aws:iam/role:Role", INSTANCE_ROLE)
     assert stack.one(INSTANCE).inputs["iamInstanceProfile"] == profile.state["name"]
     assert profile.inputs["role"] == role.state["name"]
     trust = json.loads(role.inputs["assumeRolePolicy"])
@@ -533,10 +553,10 @@ def stack_arns(stack: Stack) -> dict[str, str]:
 
 
 def test_role_grants_only_this_stacks_resources(stack):
-    (policy,) = stack.of_type(ROLE_POLICY)
-    assert policy.inputs["role"] == f"{stack.one('aws:iam/role:Role').name}-id"
-    assert grant_problems(stack.policy(ROLE_POLICY), **stack_arns(stack)) == []
-    granted = {a for s in stack.policy(ROLE_POLICY)["Statement"] for a in as_list(s["Action"])}
+    policy = stack.one(ROLE_POLICY, INSTANCE_POLICY)
+    assert policy.inputs["role"] == f"{INSTANCE_ROLE}-id"
+    assert grant_problems(stack.policy(ROLE_POLICY, INSTANCE_POLICY), **stack_arns(stack)) == []
+    granted = {a for s in stack.policy(ROLE_POLICY, INSTANCE_POLICY)["Statement"] for a in as_list(s["Action"])}
     # What the run needs: its data and run directory, its image, its logs, and the SSM agent's
     # calls that let `make deploy` start it through Run Command.
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "ecr:GetAuthorizationToken",
@@ -545,7 +565,7 @@ def test_role_grants_only_this_stacks_resources(stack):
 
 
 def test_the_grant_check_catches_a_wildcard(stack):
-    policy = stack.policy(ROLE_POLICY)
+    policy = stack.policy(ROLE_POLICY, INSTANCE_POLICY)
     arn = stack_arns(stack)["bucket_arn"]
     policy["Statement"] += [
         {"Sid": "AnyObject", "Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"},
@@ -567,7 +587,7 @@ def test_the_grant_check_catches_a_wildcard(stack):
 def test_runs_write_only_their_run_directories(stack):
     """A run may read the data set and write under runs/, but never overwrite or delete the data
     set (or write anywhere else in the bucket)."""
-    policy, arn = stack.policy(ROLE_POLICY), stack_arns(stack)["bucket_arn"]
+    policy, arn = stack.policy(ROLE_POLICY, INSTANCE_POLICY), stack_arns(stack)["bucket_arn"]
     assert allows(policy, "s3:GetObject", f"{arn}/data/demo/1001_DFA_ANG_XX.npz")
     assert allows(policy, "s3:GetObject", f"{arn}/runs/r1/checkpoints/last.pt")  # resume
     assert allows(policy, "s3:PutObject", f"{arn}/runs/r1/checkpoints/last.pt")
@@ -584,8 +604,8 @@ def test_no_managed_policy_and_no_ssm_parameters(stack):
     account): only the inline policy, which grants the SSM agent's calls and no parameter."""
     assert stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") == []
     assert stack.of_type("aws:iam/policyAttachment:PolicyAttachment") == []
-    assert "managedPolicyArns" not in stack.one("aws:iam/role:Role").inputs
-    policy = stack.policy(ROLE_POLICY)
+    assert "managedPolicyArns" not in stack.one("aws:iam/role:Role", INSTANCE_ROLE).inputs
+    policy = stack.policy(ROLE_POLICY, INSTANCE_POLICY)
     parameter = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/db-password"
     for action in ("ssm:GetParameter", "ssm:GetParameters", "ssm:GetParametersByPath",
                    "ssm:SendCommand", "ssm:StartSession", "kms:Decrypt",
@@ -603,7 +623,7 @@ def test_instance_cannot_stop_instances_through_iam(stack):
     stop any instance is left that a container could use on others."""
     assert re.search(r"^\s*shutdown\b", bootstrap_text(), re.MULTILINE)
     assert "stop-instances" not in bootstrap_text()
-    assert not allows(stack.policy(ROLE_POLICY), "ec2:StopInstances",
+    assert not allows(stack.policy(ROLE_POLICY, INSTANCE_POLICY), "ec2:StopInstances",
                       f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0")
 
 

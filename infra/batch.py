@@ -157,8 +157,9 @@ def container_properties(cfg: Settings, *, image: str, job_role_arn: str, execut
     environment = {
         "AWS_REGION": cfg.region, "AWS_DEFAULT_REGION": cfg.region,  # as bootstrap.sh gives them
         # Batch's vCPUs are CPU shares, not a CPU set: the container sees every vCPU of the
-        # instance, so the libraries' thread pools are held to the job's share here. (The
-        # trainer's own torch threads default to every core: the ops side passes --threads.)
+        # instance, so the libraries' thread pools are held to the job's share here. The
+        # trainer's torch threads default to every core it sees, so a submit should also pass
+        # `--threads` equal to the exported batch_vcpus.
         "OMP_NUM_THREADS": str(cfg.batch_vcpus),
     }
     if cfg.batch_spot:
@@ -178,13 +179,13 @@ def container_properties(cfg: Settings, *, image: str, job_role_arn: str, execut
                         "awslogs-stream-prefix": BATCH_LOG_PREFIX},
         },
         "user": IMAGE_USER,  # never root, even if an image forgot its USER
-        "privileged": False,
-        # Not read-only: the trainer writes the s3:// data set's cache under ~/.cache/av-emotion
-        # (hundreds of MB for CREMA-D) and stages its run directory in /tmp (tempfile). On Batch
-        # a writable place would be a host volume, which ECS makes owned by root (uid 10001
-        # could not write it), or a tmpfs, which counts against the job's memory. The image's
-        # code is root-owned, so the non-root user cannot change it either way.
-        "readonlyRootFilesystem": False,
+        # Not privileged, and not read-only: both left at Batch's default, false, rather than
+        # stated (an explicit false may read back differently and show as a change on every
+        # `pulumi up`). Not read-only because the trainer writes the s3:// data set's cache under
+        # ~/.cache/av-emotion (hundreds of MB for CREMA-D) and stages its run directory in /tmp
+        # (tempfile). On Batch a writable place would be a host volume, which ECS makes owned by
+        # root (uid 10001 could not write it), or a tmpfs, which counts against the job's
+        # memory. The image's code is root-owned, so the non-root user cannot change it anyway.
         # tini as PID 1 (as bootstrap.sh's `docker run --init`): SIGTERM reaches the trainer
         # even before it installs its handler; 1 GiB of /dev/shm as there (--shm-size 1g).
         "linuxParameters": {"initProcessEnabled": True, "sharedMemorySize": 1024},

@@ -70,22 +70,23 @@ def load() -> Settings:
         # its last checkpoint (the retry resumes from S3), for typically under half the price.
         batch_spot=cfg.get_bool("batchSpot", True),
         # The cost cap: Batch never runs more vCPUs than this at once. 16 = 8 two-vCPU folds in
-        # parallel (a 5-fold x 3-seed run in two waves), about $0.71/h on demand at c7i prices
-        # ($0.045 per vCPU-hour in us-east-1), typically $0.25-0.35/h on spot.
+        # parallel (a 5-fold x 3-seed run in two waves); with the types below about $0.70-0.80/h
+        # on demand ($0.043-0.050 per vCPU-hour in us-east-1), typically under half on spot.
         batch_max_vcpus=cfg.get_int("batchMaxVcpus", 16),
         # Per job. A 1 M parameter model at batch 24 gains little past 2 threads (the bench runs
         # on 2), and 2 per job runs twice as many folds at once as 4 would.
         batch_vcpus=cfg.get_int("batchVcpus", 2),
-        # Per job, a hard limit (a job above it is killed). The features pooled when loaded
-        # (~100 KB a clip, ~0.75 GB for CREMA-D) + torch and the model (~0.6 GB) + activations
-        # (~0.15 GB, bench) is ~1.5 GB; 3584 MiB leaves room and still packs two jobs into the
-        # ~7.5 GiB an 8 GiB instance gives ECS (c7i.xlarge: 2 jobs, c7i.2xlarge: 4).
-        batch_memory_mib=cfg.get_int("batchMemoryMib", 3584),
-        # Comma-separated. Several current CPU types (same price per vCPU) so that spot finds
-        # capacity; xlarge and 2xlarge only, whose memory fits whole jobs (a .large's ~3.7 GiB
-        # for ECS would be one tight job) and whose size Batch cannot overshoot by much.
+        # Per job, a hard limit: a job above it is killed, and not retried. The trainer loads
+        # every clip as float32 (~250 KB a clip at the bench's CREMA-D shapes, ~1.9 GB for 7,442
+        # clips), then pools and standardises copies (~0.8 GB each), beside torch and the model
+        # (~0.6 GB): a peak of perhaps 4 GB, estimated, not measured. 7168 MiB leaves room, and
+        # two such jobs still fill the ~15.5 GiB a 16 GiB, 4-vCPU instance gives ECS.
+        batch_memory_mib=cfg.get_int("batchMemoryMib", 7168),
+        # Comma-separated. General-purpose types (4 GiB per vCPU, so 2-vCPU jobs of 7 GiB pack
+        # with no vCPU left idle), Intel and AMD, so that spot finds capacity; xlarge and 2xlarge
+        # only, so that Batch cannot overshoot the queue with one huge instance.
         batch_instance_types=tuple(t.strip() for t in (cfg.get("batchInstanceTypes") or
-                                   "c7i.xlarge,c7i.2xlarge,c6i.xlarge,c6i.2xlarge,m7i.xlarge")
+                                   "m7i.xlarge,m7i.2xlarge,m6i.xlarge,m6i.2xlarge,m6a.xlarge,m6a.2xlarge")
                                    .split(",")),
         # Attempts per job (the first run counts as one): a job is retried only when its host
         # was reclaimed (batch.py), so 3 rides out two spot interruptions of one fold.

@@ -79,7 +79,9 @@ def compute_environment(cfg: Settings, *, template: aws.ec2.LaunchTemplate,
         "ave-batch-compute",
         type="MANAGED",
         state="ENABLED",
-        # No service_role: Batch acts through its service-linked role (iam.py says why).
+        # No service_role: Batch acts through its service-linked role (iam.py says why); its
+        # in-place infrastructure updates (update_policy below) also need that role, and one
+        # of the two allocation strategies used here.
         compute_resources={
             "type": "SPOT" if cfg.batch_spot else "EC2",
             # Spot: the pools least likely to be reclaimed, among the cheaper ones (no spot fleet

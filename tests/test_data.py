@@ -1,5 +1,6 @@
 """Clip discovery, names, manifests and every kind of unusable clip (DESIGN.md section 2)."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -163,3 +164,35 @@ def test_float64_features_are_read_as_float32(tmp_path):
     p = write_clip(Path(tmp_path) / "1001_DFA_ANG_XX.npz", dtype=np.float64)
     c = load_dataset(tmp_path).clips[0]
     np.testing.assert_allclose(c.audio, np.load(p)["audio_features"], rtol=1e-6)
+
+
+def _extracted(settings: dict) -> np.ndarray:
+    from trainer.data import EXTRACTOR, clip_params_json
+
+    return clip_params_json({"extractor": EXTRACTOR, "version": "0.3.0", "settings": settings,
+                             "audio": {"name": "logmel"}, "video": {"name": "mediapipe"}})
+
+
+def test_extraction_params_are_kept_and_clips_of_other_settings_skipped(tmp_path):
+    # Same widths, other settings: the features mean other things, so the odd clip is skipped
+    # with its reason, and the data set's extraction is the common one (a checkpoint keeps it).
+    common = {"audio": "logmel", "video": "mediapipe", "video_rate": 15.0}
+    for i, name in enumerate(("1001_DFA_ANG_XX", "1002_DFA_HAP_XX", "1003_DFA_SAD_XX")):
+        write_clip(tmp_path / f"{name}.npz", seed=i, params=_extracted(common))
+    write_clip(tmp_path / "1004_DFA_NEU_XX.npz", params=_extracted(dict(common, video_rate=30.0)))
+    write_clip(tmp_path / "1005_DFA_FEA_XX.npz")  # no params: not made by extract
+    ds = load_dataset(tmp_path)
+    assert ds.extraction["settings"] == common
+    assert sorted(c.path for c in ds.clips) == ["1001_DFA_ANG_XX.npz", "1002_DFA_HAP_XX.npz",
+                                                 "1003_DFA_SAD_XX.npz"]
+    reasons = {s["path"]: s["reason"] for s in ds.skipped}
+    assert "video_rate\": 30.0" in reasons["1004_DFA_NEU_XX.npz"]
+    assert "not made by trainer extract" in reasons["1005_DFA_FEA_XX.npz"]
+
+
+def test_data_not_made_by_extract_has_no_extraction(tmp_path):
+    write_clip(tmp_path / "1001_DFA_ANG_XX.npz",
+               params=np.array(json.dumps({"source": "trainer.demo"})))
+    write_clip(tmp_path / "1002_DFA_HAP_XX.npz", params=np.array("not json"))
+    ds = load_dataset(tmp_path)
+    assert ds.extraction is None and len(ds.clips) == 2 and ds.skipped == []

@@ -53,6 +53,10 @@ class Dataset:
     clips: list[Clip]
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
     excluded: Counter = field(default_factory=Counter)  # RAVDESS calm/surprised, counted
+    # How ``trainer extract`` made the clips (their ``params``: extractor, version, settings),
+    # or None when they were not made by it. A checkpoint keeps it, so that ``predict`` on a
+    # raw clip extracts exactly as the training data were extracted.
+    extraction: dict | None = None
 
     @property
     def audio_dim(self) -> int:
@@ -89,6 +93,7 @@ def parse_name(stem: str) -> tuple[str, str] | str | None:
 
 
 SPLIT_VALUES = ("train", "val", "test")  # a manifest's split column: all empty, or these
+FOLD_VALUE = re.compile(r"fold[1-9][0-9]*")  # or, for cv, folds: fold1, fold2, ...
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -124,12 +129,14 @@ def _check_split_column(path: Path, rows: list[dict]) -> None:
     values = [(row.get("split") or "").strip() for row in rows]
     if not any(values):
         return  # no split column, or empty on every row: the split is computed
+    # ``cv`` reads fold1..foldK instead (trainer.folds.manifest_folds): all folds, or none
+    folds = all(FOLD_VALUE.fullmatch(v) for v in values)
     for row, value in zip(rows, values):
-        if value not in SPLIT_VALUES:
+        if not (FOLD_VALUE.fullmatch(value) if folds else value in SPLIT_VALUES):
             shown = repr(value) if value else "empty"
             raise DataError(f"manifest {path} line {row['line']}: split is {shown}; use one of "
-                            f"{'/'.join(SPLIT_VALUES)} on every row, or leave the column empty "
-                            "on every row for a computed split")
+                            f"{'/'.join(SPLIT_VALUES)} on every row (or fold1..foldK for cv), "
+                            "or leave the column empty on every row for a computed split")
 
 
 def _timestamps(z, key: str, n: int, duration: float) -> np.ndarray:
@@ -166,6 +173,51 @@ def read_clip(path: Path, audio_fps: float = 100.0) -> tuple[np.ndarray, ...] | 
             return a.astype(np.float32), v.astype(np.float32), at, vt
     except Exception as e:  # a broken zip, a truncated file, a pickle: all mean unusable
         return f"unreadable: {type(e).__name__}: {str(e)[:120]}"
+
+
+EXTRACTOR = "trainer.extract"  # the ``params["extractor"]`` of clip files ``extract`` wrote
+
+
+def read_extraction(path: Path) -> dict | None:
+    """The ``params`` of a clip file written by ``trainer extract`` (extractor, version,
+    settings, audio and video extractor info), or None for a clip made otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "params" not in z.files:
+                return None
+            params = json.loads(str(z["params"]))
+    except Exception:  # unreadable params: not ours (read_clip reports a broken file)
+        return None
+    if isinstance(params, dict) and params.get("extractor") == EXTRACTOR \
+            and isinstance(params.get("settings"), dict):
+        return params
+    return None
+
+
+def _extraction_key(params: dict | None) -> str | None:
+    return None if params is None else json.dumps(params["settings"], sort_keys=True)
+
+
+def _keep_one_extraction(clips: list[Clip], extraction: list[dict | None],
+                         skipped: list[dict]) -> tuple[list[Clip], dict | None]:
+    """Keep the clips made with the data set's most common extraction settings (clips not made
+    by ``extract`` count as one kind): features of other settings mean other things even at
+    the same width. The others are skipped with a reason, like a clip of another width."""
+    keys = [_extraction_key(p) for p in extraction]
+    if not keys:
+        return clips, None
+    common = Counter(keys).most_common(1)[0][0]
+    kept, chosen = [], None
+    for c, k, p in zip(clips, keys, extraction):
+        if k == common:
+            kept.append(c)
+            chosen = chosen or p
+        else:
+            skipped.append({"path": c.path, "reason": (
+                "not made by trainer extract, unlike the rest of the data set" if k is None else
+                f"extracted with settings {k} unlike the rest of the data set's "
+                f"{common or '(not made by trainer extract)'}")})
+    return kept, chosen
 
 
 def _entries(root: Path) -> tuple[list[tuple[Path, str | None, str | None, str | None]], Path]:
@@ -215,7 +267,7 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
     entries, base = _entries(root)
     if not entries:
         raise DataError(f"no clip files (*.npz) under {root}")
-    clips, skipped, excluded = [], [], Counter()
+    clips, skipped, excluded, extraction = [], [], Counter(), []
     it = progress(entries) if progress else entries
     for path, label, speaker, split in it:
         rel = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
@@ -241,12 +293,14 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
             continue
         a, v, at, vt = got
         clips.append(Clip(rel, LABELS.index(label), speaker, a, v, at, vt, split))
+        extraction.append(read_extraction(path))
+    clips, params = _keep_one_extraction(clips, extraction, skipped)
     clips = _drop_odd_widths(clips, skipped)
     if not clips:
         raise DataError(f"no usable clips under {root}: {len(skipped)} skipped "
                         f"({_top_reason(skipped)})" + (f", {sum(excluded.values())} excluded "
                                                         "(RAVDESS calm/surprised)" if excluded else ""))
-    return Dataset(str(root), clips, skipped, excluded)
+    return Dataset(str(root), clips, skipped, excluded, params)
 
 
 def _drop_odd_widths(clips: list[Clip], skipped: list[dict]) -> list[Clip]:

@@ -36,6 +36,9 @@ clean:
 ## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
 ## local Docker engine with a moto S3. DATA=folder ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
 ## KEEP=1 (destroy: download every run first) YES=1 (destroy: no question).
+## FOLDS=5 (deploy: 5-fold cross-validation as one AWS Batch array job) SEEDS=0,1,2 (with FOLDS:
+## seeds per fold; only when given here, else deploy.yaml's seeds, "0": ablation's default above
+## is not deploy's) FOLD=3 (logs: that fold of an array run).
 BACKEND ?=
 DATA    ?=
 ARGS    ?=
@@ -43,6 +46,8 @@ REPLACE ?=
 FOLLOW  ?=
 KEEP    ?=
 YES     ?=
+FOLDS   ?=
+FOLD    ?=
 on       = $(filter 1 y yes true,$(1))
 OPS      = $(if $(BACKEND),--backend $(BACKEND))
 ONE_RUN  = $(OPS) $(if $(RUN),--run $(RUN))
@@ -50,13 +55,13 @@ ONE_RUN  = $(OPS) $(if $(RUN),--run $(RUN))
 .PHONY: deploy status logs monitor results destroy
 
 deploy: $(STAMP)
-	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace)
+	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace) $(if $(FOLDS),--folds $(FOLDS) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)))
 
 status: $(STAMP)
 	$(PY) -m trainer status $(ONE_RUN)
 
 logs: $(STAMP)
-	$(PY) -m trainer logs $(ONE_RUN) $(if $(call on,$(FOLLOW)),--follow)
+	$(PY) -m trainer logs $(ONE_RUN) $(if $(call on,$(FOLLOW)),--follow) $(if $(FOLD),--fold $(FOLD))
 
 monitor: $(STAMP)
 	$(PY) -m trainer monitor $(ONE_RUN)

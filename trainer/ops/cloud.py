@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from botocore.exceptions import ClientError
 
-from trainer.ops import OpsError, aws, image, pricing, stack
+from trainer.ops import OpsError, aws, batch, image, pricing, stack
 from trainer.ops.settings import REPO, Settings
 
 BOOTSTRAP = "/usr/local/sbin/ave-bootstrap"  # where bootstrap.sh's setup mode installs itself
@@ -174,6 +174,17 @@ def log_events(logs, group: str, stream: str, tail: int = 50, follow: bool = Fal
     return lines()
 
 
+def child_log_lines(out: dict, record: dict, kid: dict, tail: int = 50, follow: bool = False,
+                    done=None):
+    """An array child's CloudWatch stream (Batch's logStreamName, in the group its job
+    definition names), as ``log_events``; None before the child has one."""
+    if not kid.get("log_stream"):
+        return None
+    group = batch.log_group(batch.client(out), record["definition"])
+    return log_events(aws.client("logs", out["region"]), group, kid["log_stream"], tail, follow,
+                      done)
+
+
 def cancel_spot_requests(ec2, instance_id: str) -> list[str]:
     """Cancel the persistent spot request behind ``instance_id`` (a known provider bug leaves it
     open after destroy, and it would start a new instance). The ids cancelled."""
@@ -261,6 +272,14 @@ class AwsBackend:
         echo(f"    SSM command {cid}: {BOOTSTRAP} stop (SIGTERM; up to 120 s for the checkpoint)")
         wait_command(ssm, cid, out["instance_id"], timeout=400)
         return None
+
+    def stop_children(self, out: dict, record: dict, kids: list[dict], echo=print) -> list[int]:
+        """terminate_job: SIGTERM to a running child (its checkpoint), the queued never start."""
+        return batch.terminate(batch.client(out), record, kids, "make deploy REPLACE=1")
+
+    def child_log_lines(self, out: dict, record: dict, kid: dict, tail: int = 50,
+                        follow: bool = False, done=None):
+        return child_log_lines(out, record, kid, tail, follow, done)
 
     def log_lines(self, out: dict, run_id: str, tail: int = 50, follow: bool = False,
                   done=None):

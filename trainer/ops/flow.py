@@ -2,6 +2,7 @@
 
     python -m trainer deploy --data demo-data --args="--epochs 30"
     python -m trainer deploy --replace      # the run going is stopped after its checkpoint
+    python -m trainer deploy --folds 5 --seeds 0,1,2   # cv as one AWS Batch array job (arrays.py)
     python -m trainer destroy --keep-runs   # every run to results/ first, then pulumi destroy
 
 Each step says what it does; a failure names the step and what to do about it.
@@ -77,15 +78,33 @@ def host_facts(backend, out: dict, run_id: str | None, say=print) -> dict | None
 
 
 def going_run(backend, out: dict) -> str | None:
-    """The run going on this stack: one being started (SSM command, container), or the newest
-    run whose status.json has a non-final state and a fresh heartbeat."""
+    """The run going on this stack: one being started (SSM command, container), the newest
+    run if it is an array with a child queued or running, or the newest run whose status.json
+    has a non-final state and a fresh heartbeat. (Every deploy refuses while a run goes, so
+    only the newest can.)"""
+    from trainer.ops import arrays
+
     active = backend.active_run(out)
     if active:
         return active
     newest = runs.latest(out["bucket"])
-    if newest and runs.is_going(runs.status(out["bucket"], newest)):
-        return newest
-    return None
+    if not newest:
+        return None
+    array_going = arrays.going(out["bucket"], out, newest)
+    if array_going is not None:
+        return newest if array_going else None
+    return newest if runs.is_going(runs.status(out["bucket"], newest)) else None
+
+
+def stop_going(backend, out: dict, run_id: str, echo=print) -> None:
+    """Stop ``run_id``, an array (each running fold after its checkpoint) or a single run."""
+    from trainer.ops import arrays, batch
+
+    record = batch.read_record(out["bucket"], run_id)
+    if record is not None:
+        arrays.stop_array(backend, out, run_id, record, echo=echo)
+    else:
+        stop_run(backend, out, run_id, echo=echo)
 
 
 def check_data(data: str) -> None:
@@ -216,11 +235,14 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     and nothing is built, made or uploaded. With ``replace``, the run going is stopped (and its
     checkpoint waited for) before anything else changes, `pulumi up` included."""
     from trainer.cli import check_train_args
+    from trainer.ops import arrays
 
     try:
         train_args = shlex.split(settings.args)
     except ValueError as e:  # an unclosed quote
         raise OpsError(f"ARGS {settings.args!r} cannot be split into flags: {e}") from None
+    folds, seeds = (arrays.check(settings.folds, settings.seeds, train_args)
+                    if str(settings.folds).strip() else (None, None))
     check_data(settings.data)
     try:
         check_train_args(train_args)
@@ -236,7 +258,7 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
         going = going_run(backend, current) if current else None
         echo(f"    run {going} is going" if going else "    none")
         if going and replace:  # before pulumi up, which may restart the instance
-            stop_run(backend, current, going, echo=echo)
+            stop_going(backend, current, going, echo=echo)
     if going and not replace:
         raise OpsError(f"run {going} is going on this stack; wait for it to end (make status), "
                        "or replace it: make deploy REPLACE=1 (it is stopped after a checkpoint; "
@@ -250,6 +272,17 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
         image_ref = backend.prepare_image(out, run_id, image, echo=echo)
     with step(f"uploading the data set ({settings.data})"):
         data_uri = upload_data(out["bucket"], settings.data, echo=echo)
+    if folds:
+        with step("registering the job definition revision and submitting the array job"):
+            arrays.submit_array(backend, out, run_id, image_ref, data_uri, folds, seeds,
+                                train_args, echo=echo)
+        with step("checking the children"):
+            from trainer.ops import batch
+
+            kids = batch.children(batch.client(out), batch.read_record(out["bucket"], run_id))
+            echo(f"    {', '.join(f'{n} {s.lower()}' for s, n in batch.counts(kids).items())}")
+        _next_steps(settings, out, run_id, echo, fold=True)
+        return run_id
     with step("starting the instance and waiting for SSM" if aws_side else "checking the host",
               hint="make deploy again retries" if aws_side else ""):
         backend.ensure_host(out, echo=echo)
@@ -259,17 +292,25 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
             raise OpsError(f"run {going} is going (an interrupted run resumes when the instance "
                            "starts); make deploy REPLACE=1 replaces it")
         if going:
-            stop_run(backend, out, going, echo=echo)
+            stop_going(backend, out, going, echo=echo)
     with step(f"starting run {run_id}"):
         backend.start_run(out, run_id, image_ref, ["--data", data_uri, *train_args], echo=echo)
-    b = "" if settings.backend == "aws" else f" BACKEND={settings.backend}"
-    echo(f"\nrun {run_id} started: {runs.run_uri(out['bucket'], run_id)}\nnext:\n"
-         f"  make status{b}              state, epoch, best, ETA, cost\n"
-         f"  make logs{b} FOLLOW=1       its log, live\n"
-         f"  make monitor{b}             a menu of the above, metrics per epoch, time to go\n"
-         f"  make results{b}             results/{run_id}/summary.md (also while it runs)\n"
-         f"run id: {run_id}")
+    _next_steps(settings, out, run_id, echo)
     return run_id
+
+
+def _next_steps(settings: Settings, out: dict, run_id: str, echo, fold: bool = False) -> None:
+    b = "" if settings.backend == "aws" else f" BACKEND={settings.backend}"
+    what = "each fold's Batch state, epoch, best, ETA" if fold else "state, epoch, best, ETA, cost"
+    results = "cv.json and summary.md over the folds" if fold else "summary.md"
+    logs = f"make logs{b}{' FOLD=1' if fold else ''} FOLLOW=1"
+    echo(f"\nrun {run_id} started: {runs.run_uri(out['bucket'], run_id)}\nnext:\n"
+         f"  make status{b}              {what}\n"
+         f"  {logs:<25}  its log, live\n"
+         f"  make monitor{b}             a menu of the above, metrics per epoch, time to go\n"
+         f"  make results{b}             results/{run_id}/{'' if fold else 'summary.md'}"
+         f"{': ' + results if fold else ''} (also while it runs)\n"
+         f"run id: {run_id}")
 
 
 def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read=input,
@@ -311,6 +352,11 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
                 report.fetch(out["bucket"], run_id, Path(settings.results_dir))
     with step("pulumi destroy" if backend.name == "aws" else "stopping the local stand-in",
               hint="run make destroy again; the stack is left as `pulumi destroy` left it"):
+        if out.get("batch_job_definition_name"):  # deploy's revisions are not Pulumi's
+            from trainer.ops import batch
+
+            gone = batch.deregister_revisions(batch.client(out), out["batch_job_definition_name"])
+            echo(f"    {len(gone)} job definition revision(s) of the runs deregistered")
         backend.destroy(out, echo=echo)
     echo("destroyed")
     return 0

@@ -9,6 +9,17 @@ in memory: it lasts as long as the server); ``destroy`` stops it and removes the
 Each run is a container ``ave-STACK-RUN_ID`` on the host's network, started as bootstrap.sh
 starts one on the instance; its output (docker logs) stands in for CloudWatch Logs, and it is
 kept after it exits so that its logs stay readable.
+
+Many runs at once (``make deploy BACKEND=local FOLDS=3``): the stand-in stack also holds, in
+moto, what infra/batch.py makes on AWS (a compute environment, a job queue, a template job
+definition), and deploy goes through the AWS code path (trainer/ops/batch.py). moto's Batch runs
+each child as a container ``JOBNAME-JOBID`` on this engine, on the host's network (the server
+runs with MOTO_DOCKER_NETWORK_MODE=host), from the image id the revision names (never pulled).
+The template's environment points the children at the moto server with moto's test keys (no
+secret: moto accepts any). moto lacks AWS_BATCH_JOB_ARRAY_INDEX (``cv --task auto`` reads the
+index from AWS_BATCH_JOB_ID, ``PARENT:INDEX``), retries, and a SIGTERM on terminate_job (it
+SIGKILLs): ``stop_children`` sends SIGTERM itself first. moto removes a child's container when
+it ends, after copying its output to its CloudWatch Logs (group /aws/batch/job).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from trainer.ops import OpsError, image
+from trainer.ops import OpsError, batch, image
 from trainer.ops.pricing import Price
 from trainer.ops.runs import run_uri
 from trainer.ops.settings import Settings
@@ -85,6 +96,7 @@ class LocalBackend:
         port = _free_port()
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env["MOTO_DOCKER_NETWORK_MODE"] = "host"  # Batch children: the engine has no bridge
         with open(self.state_path.parent / "moto.log", "ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                                      str(port)], stdout=log, stderr=subprocess.STDOUT,
@@ -122,9 +134,55 @@ class LocalBackend:
             s3 = client()
             if state["bucket"] not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
                 s3.create_bucket(Bucket=state["bucket"])
+            if "batch" not in state:
+                state["batch"] = self._make_batch(state)
+                self.write_state(state)
         return {"bucket": state["bucket"], "region": state["region"], "stack": state["stack"],
                 "endpoint": state["endpoint"], "instance_id": None, "repository_url": None,
-                "log_group": None}
+                "log_group": None, **state.get("batch", {})}
+
+    def _make_batch(self, state: dict) -> dict:
+        """In moto, what infra/batch.py makes on AWS; the same output names."""
+        from trainer.ops import aws
+
+        region, name = state["region"], f"ave-{state['stack']}"
+        iam, client = aws.client("iam", region), aws.client("batch", region)
+        try:
+            trust = {"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"Service": "batch.amazonaws.com"}}]}
+            role = iam.create_role(RoleName=f"{name}-batch",
+                                   AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            role = iam.get_role(RoleName=f"{name}-batch")["Role"]["Arn"]
+        # UNMANAGED: moto would otherwise "launch" EC2 instances of its own; it runs the jobs on
+        # the Docker engine either way.
+        found = client.describe_compute_environments(computeEnvironments=[f"{name}-compute"])
+        env = (found["computeEnvironments"][0]["computeEnvironmentArn"]
+               if found["computeEnvironments"] else client.create_compute_environment(
+                   computeEnvironmentName=f"{name}-compute", type="UNMANAGED", state="ENABLED",
+                   serviceRole=role)["computeEnvironmentArn"])
+        found = client.describe_job_queues(jobQueues=[f"{name}-queue"])["jobQueues"]
+        queue = found[0]["jobQueueArn"] if found else client.create_job_queue(
+            jobQueueName=f"{name}-queue", state="ENABLED", priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}])["jobQueueArn"]
+        environment = dict(CREDENTIALS, AWS_ENDPOINT_URL=state["endpoint"],
+                           AWS_DEFAULT_REGION=region, AWS_REGION=region, OMP_NUM_THREADS="1")
+        definition = client.register_job_definition(
+            jobDefinitionName=f"{name}-trainer", type="container",
+            containerProperties={"image": self.settings.image, "command": ["--help"],
+                                 "resourceRequirements": [{"type": "VCPU", "value": "1"},
+                                                          {"type": "MEMORY", "value": "2048"}],
+                                 "environment": [{"name": k, "value": v}
+                                                 for k, v in sorted(environment.items())]},
+            # As on AWS (moto stores it and never retries).
+            retryStrategy={"attempts": 2, "evaluateOnExit": [
+                {"action": "RETRY", "onStatusReason": "Host EC2*"},
+                {"action": "EXIT", "onStatusReason": "*"}]})
+        return {"batch_job_queue": queue, "batch_job_definition": definition["jobDefinitionArn"],
+                "batch_job_definition_name": definition["jobDefinitionName"],
+                "batch_compute_environment": env, "batch_max_vcpus": os.cpu_count() or 1,
+                "batch_vcpus": 1, "batch_memory_mib": 2048}
 
     def deployed(self) -> dict | None:
         """The outputs if the stand-in is up, else None (nothing deployed, nothing running)."""
@@ -153,12 +211,14 @@ class LocalBackend:
             except Exception:
                 raise OpsError(f"no image {given!r} on the local engine (docker images)") from None
             echo(f"    using the image {given}")
-            return given
+            return client.images.get(given).id
         wheel = image.find_wheel(self.settings.torch_wheels)
         echo(f"    docker build -t {self.settings.image} (torch: "
              f"{wheel or 'the PyTorch CPU index'})")
         image.build(client, self.settings.image, wheel=wheel, echo=echo)
-        return self.settings.image
+        # Its id, as the digest on AWS: the run gets this very image, not a tag a later build
+        # moves (and moto's Batch runs an id without trying a registry).
+        return client.images.get(self.settings.image).id
 
     def ensure_host(self, out: dict, echo=print) -> None:
         echo("    the local Docker engine is the instance")
@@ -184,6 +244,55 @@ class LocalBackend:
             c.reload()
             return c.attrs["State"]["ExitCode"]
         return None
+
+    # ------------------------------------------------------- array children (moto's Batch)
+    def _child_container(self, record: dict, kid: dict):
+        """The container moto runs for a child (``JOBNAME-JOBID``, ':' as '-'), or None."""
+        if not kid.get("job_id"):
+            return None
+        name = f"{record['job_name']}-{kid['job_id'].replace(':', '-')}"
+        found = image.engine().containers.list(all=True, filters={"name": f"^{name}$"})
+        return found[0] if found else None
+
+    def stop_children(self, out: dict, record: dict, kids: list[dict], echo=print) -> list[int]:
+        """terminate_job for the queued children; SIGTERM to each running child's container
+        (moto's terminate_job would SIGKILL it), all at once, each waited for up to 120 s;
+        then terminate_job for what is left, as on AWS. The indexes ended."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        client, reason = batch.client(out), "make deploy REPLACE=1"
+        waiting = [k for k in kids if k["status"] in ("SUBMITTED", "PENDING", "RUNNABLE")]
+        ended = batch.terminate(client, {**record, "size": 1}, waiting, reason)
+        running = [(k, c) for k in kids if k["status"] in ("STARTING", "RUNNING")
+                   and (c := self._child_container(record, k)) is not None]
+        with ThreadPoolExecutor(max_workers=max(len(running), 1)) as pool:
+            list(pool.map(lambda kc: kc[1].stop(timeout=STOP_SECONDS), running))
+        # moto, seeing a container exit, copies its output to CloudWatch and marks the child;
+        # a terminate_job meanwhile would make it kill the exited container and skip the copy.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = batch.children(client, record)
+            if all(now[k["index"]]["status"] in batch.FINAL for k, _ in running):
+                break
+            time.sleep(0.5)
+        return sorted(set(ended + [k["index"] for k, _ in running]
+                          + batch.terminate(client, record, batch.children(client, record),
+                                            reason)))
+
+    def child_log_lines(self, out: dict, record: dict, kid: dict, tail: int = 50,
+                        follow: bool = False, done=None):
+        """A child's output: its container's while moto runs it, else moto's CloudWatch copy."""
+        try:
+            c = self._child_container(record, kid)
+        except OpsError:
+            c = None
+        if c is not None:
+            if not follow:
+                return iter(c.logs(tail=tail).decode(errors="replace").splitlines())
+            return _lines(c.logs(stream=True, follow=True, tail=tail))
+        from trainer.ops.cloud import child_log_lines
+
+        return child_log_lines(out, record, kid, tail, follow, done)
 
     def log_lines(self, out: dict, run_id: str, tail: int = 50, follow: bool = False,
                   done=None):
@@ -232,6 +341,11 @@ class LocalBackend:
 
     def destroy(self, out: dict, echo=print) -> None:
         for c in self._containers(out):
+            c.remove(force=True)
+        # Array children (moto removes each when it ends; these were still going).
+        children = image.engine().containers.list(
+            all=True, filters={"name": f"^ave-{out['stack']}-"})
+        for c in children:
             c.remove(force=True)
         pid = (self.read_state() or {}).get("pid")
         try:  # only the server this state started: a pid can be reused

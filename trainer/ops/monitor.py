@@ -4,13 +4,15 @@
     python -m trainer monitor --run RUN_ID --backend local
 
 Each choice reads the run directory (and the host) afresh, and is also a plain command:
-1 and 2 are `make logs` (FOLLOW=1), 3 to 6 parts of `make status`. Reads stdin line by line,
+1 and 2 are `make logs` (FOLLOW=1), 3 to 6 parts of `make status`. On a cross-validation array
+(``make deploy FOLDS=5``), 6 and 5 are the whole array, one line per fold; 1, 2, 3 and 4 ask
+for a fold (and a seed, with several) and show that task. Reads stdin line by line,
 so it works in any terminal, over SSH, in `script`, and under a test driving a pseudo-terminal.
 """
 
 from __future__ import annotations
 
-from trainer.ops import OpsError, runs, views
+from trainer.ops import OpsError, arrays, batch, runs, views
 from trainer.ops.flow import host_facts
 
 MENU = """\
@@ -29,9 +31,65 @@ class Monitor:
         self.backend, self.out, self.run_id = backend, out, run_id
         self.read, self.write = read, write
         self.bucket = out["bucket"]
+        self.record = batch.read_record(self.bucket, run_id)
+        self.task: dict | None = None  # the task (fold row) the array choices look at
+
+    def rows(self) -> list[dict]:
+        return arrays.fold_rows(self.bucket, self.run_id, self.record,
+                                batch.children(batch.client(self.out), self.record))
+
+    def pick_task(self) -> dict | None:
+        """Ask for a fold (and a seed, with several seeds) of the array; its row, or None."""
+        rec = self.record
+        fold = self.read(f"fold (1-{rec['folds']})> ").strip()
+        seed = str(rec["seeds"][0])
+        if len(rec["seeds"]) > 1:
+            seed = self.read(f"seed ({','.join(map(str, rec['seeds']))})> ").strip()
+        for row in self.rows():
+            if str(row["fold"]) == fold and str(row["seed"]) == seed:
+                self.task = row
+                return row
+        self.write(f"no task fold {fold!r} seed {seed!r} in this run")
+        return None
 
     def status(self) -> dict | None:
+        if self.record is not None:
+            return self.task["status"] if self.task else None
         return runs.status(self.bucket, self.run_id)
+
+    def array_choice(self, choice: str) -> bool:
+        """The choices of an array run; False when ``choice`` is not one of them."""
+        show = lambda lines: self.write("\n".join(lines))  # noqa: E731
+        if choice in ("5", "6"):
+            rows = self.rows()
+            show(views.array_lines(self.run_id, self.record, rows, arrays.overall_eta(rows)))
+            return True
+        if choice not in ("1", "2", "3", "4"):
+            return False
+        row = self.pick_task()
+        if row is None:
+            return True
+        prefix = f"{self.run_id}/{row['dir']}"
+        if choice in ("1", "2"):
+            def done():
+                return batch.children(batch.client(self.out), self.record)[row["index"]][
+                    "status"] in batch.FINAL
+
+            lines = self.backend.child_log_lines(self.out, self.record, row["batch"], tail=40,
+                                                 follow=choice == "2", done=done)
+            if lines is None:
+                self.write(f"no live log for {row['dir']} yet (Batch: {row['batch']['status']})")
+                return True
+            try:
+                for line in lines:
+                    self.write(line)
+            except KeyboardInterrupt:
+                self.write("\n(stopped following)")
+        elif choice == "3":
+            show(views.resource_lines(row["status"]))
+        else:
+            show(views.metrics_lines(runs.metrics(self.bucket, prefix)))
+        return True
 
     def host(self) -> dict | None:
         return host_facts(self.backend, self.out, self.run_id, say=self.write)
@@ -57,6 +115,8 @@ class Monitor:
         show = lambda lines: self.write("\n".join(lines))  # noqa: E731
         if choice in ("q", "quit", "exit"):
             return False
+        if self.record is not None and self.array_choice(choice):
+            return True
         if choice == "1":
             self.logs(follow=False)
         elif choice == "2":
@@ -76,6 +136,7 @@ class Monitor:
             wanted = self.read("run id (Enter: the newest)> ").strip()
             try:
                 self.run_id = runs.resolve(self.bucket, wanted or None)
+                self.record, self.task = batch.read_record(self.bucket, self.run_id), None
             except OpsError as e:
                 self.write(f"error: {e}")
         elif choice:
@@ -84,10 +145,16 @@ class Monitor:
 
     def loop(self) -> int:
         while True:
-            st = self.status() or {}
-            self.write(f"\n== run {self.run_id} ({self.backend.name}): "
-                       f"{st.get('state', 'starting')}, epoch {st.get('epoch', 0)}/"
-                       f"{st.get('epochs_max', '?')} ==")
+            if self.record is not None:
+                kids = batch.children(batch.client(self.out), self.record)
+                tally = ", ".join(f"{n} {s.lower()}" for s, n in batch.counts(kids).items())
+                self.write(f"\n== run {self.run_id} ({self.backend.name}): cross-validation "
+                           f"array of {self.record['size']} task(s): {tally} ==")
+            else:
+                st = self.status() or {}
+                self.write(f"\n== run {self.run_id} ({self.backend.name}): "
+                           f"{st.get('state', 'starting')}, epoch {st.get('epoch', 0)}/"
+                           f"{st.get('epochs_max', '?')} ==")
             self.write(MENU)
             try:
                 choice = self.read("choice> ").strip().lower()

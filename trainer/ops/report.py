@@ -137,3 +137,67 @@ def _data_lines(summary: dict) -> list[str]:
     if data.get("excluded"):
         lines.append(f"Excluded by label (outside the label set): {data['excluded']}.")
     return lines
+
+
+# ------------------------------------------------ a cross-validation array (make deploy FOLDS=)
+def fetch_cv(bucket: str, run_id: str, dest_root: Path) -> Path:
+    """Download an array run (every fold) into ``dest_root/RUN_ID``, write the aggregate over the
+    folds that have ended (``trainer.cv.aggregate``: cv.json, cv.md, plots/cv_folds.png) and
+    summary.md (mean ± std, the per-fold table). Works while folds still run."""
+    from trainer.cv_report import aggregate
+    from trainer.storage import atomic_write_text
+
+    dest = Path(dest_root) / run_id
+    counts = runs.download(bucket, run_id, dest)
+    record = _read(dest / "batch.json") or {}
+    ended = sorted(p.parent.name for p in dest.glob("fold-*/summary.json"))
+    cv = aggregate(str(dest)) if ended else None
+    states = {p.parent.name: (_read(p) or {}) for p in dest.glob("fold-*/status.json")}
+    atomic_write_text(dest / "summary.md", cv_markdown(run_id, record, cv, states))
+    print(f"results/{run_id}: {counts['downloaded']} file(s) downloaded, {counts['unchanged']} "
+          f"unchanged; {len(ended)} of {record.get('size', '?')} task(s) ended: "
+          + ("cv.json and " if cv else "no cv.json yet; ") + "summary.md written")
+    return dest
+
+
+def _mean_std(value) -> str:
+    if isinstance(value, dict) and value.get("mean") is not None:
+        return f"{value['mean']:.4f} ± {value.get('std') or 0:.4f}"
+    return "-"
+
+
+def cv_markdown(run_id: str, record: dict, cv: dict | None, states: dict[str, dict]) -> str:
+    """summary.md of an array run: the summary over folds (mean ± std), then one row per task."""
+    size = record.get("size", len(states))
+    out = [f"# Cross-validation run {run_id}", "",
+           f"{record.get('folds', '?')} speaker folds x {len(record.get('seeds', [])) or '?'} "
+           f"seed(s) {record.get('seeds', '')} = {size} task(s), run as AWS Batch array job "
+           f"`{record.get('job_id', '?')}` (image `{record.get('image', '?')}`).", ""]
+    if not cv or not cv.get("folds"):
+        out += ["No task has ended yet: no test metrics. Run `make results` again later.", ""]
+    else:
+        s = cv.get("summary", {})
+        done = s.get("tasks_done", len(cv["folds"]))
+        out += [f"## Test metrics over {done} of {size} task(s): mean ± std", ""]
+        out += _table(["metric", "mean ± std"], [["accuracy", _mean_std(s.get("accuracy"))],
+                                                 ["macro-F1", _mean_std(s.get("macro_f1"))],
+                                                 ["UAR", _mean_std(s.get("uar"))]])
+        out += ["", "## Per fold", ""]
+        rows = []
+        for f in cv["folds"]:
+            t = f.get("test", {})
+            rows.append([f.get("dir", f.get("fold")), f.get("fold"), f.get("seed", "-"),
+                         ", ".join(f.get("test_speakers", [])) or "-",
+                         *(f"{t[k]:.4f}" if isinstance(t.get(k), (int, float)) else "-"
+                           for k in ("accuracy", "macro_f1", "uar"))])
+        out += _table(["task", "fold", "seed", "test speakers", "accuracy", "macro-F1", "UAR"],
+                      rows)
+        missing = sorted(set(states) - {str(f.get("dir")) for f in cv["folds"]})
+        if missing:
+            out += ["", "Not ended yet: " + ", ".join(
+                f"{d} ({states[d].get('state', '?')}, epoch {states[d].get('epoch', 0)})"
+                for d in missing) + "."]
+        out += ["", "cv.json has every figure (per class, the confusion matrix summed over folds); "
+                "cv.md and plots/cv_folds.png are the aggregate's own.", "",
+                "![per-fold metrics](plots/cv_folds.png)"]
+    return "\n".join(out).rstrip() + "\n"

@@ -2,6 +2,7 @@
 
     make deploy                          # everything from deploy.yaml
     make deploy DATA=data/crema ARGS='--epochs 30' BACKEND=local
+    make deploy FOLDS=5 SEEDS=0,1,2      # folds, seeds: cv as one AWS Batch array (batch.py)
     AVE_SETTINGS=other.yaml make deploy  # another settings file
 
 Precedence: a flag (or the Make variable that becomes one) > the settings file > ``DEFAULTS``.
@@ -25,6 +26,8 @@ DEFAULTS = {
     "stack": "dev",         # Pulumi stack name
     "data": "demo-data",    # folder of clip files, or an s3:// prefix in the stack's bucket
     "args": "",             # trainer train flags
+    "folds": "",            # "" a single run (one instance); K: K-fold cv as one AWS Batch array
+    "seeds": "0",           # with folds: the seeds of each fold ("0,1,2": 3 tasks per fold)
     "image": "av-emotion-trainer",  # local name of the image deploy builds
     "torch_wheels": ["wheels/torch-*+cpu-*.whl"],  # CPU torch wheel for the build (first match)
     "results_dir": "results",
@@ -39,6 +42,8 @@ class Settings:
     stack: str = DEFAULTS["stack"]
     data: str = DEFAULTS["data"]
     args: str = DEFAULTS["args"]
+    folds: str = DEFAULTS["folds"]
+    seeds: str = DEFAULTS["seeds"]
     image: str = DEFAULTS["image"]
     torch_wheels: list[str] = field(default_factory=lambda: list(DEFAULTS["torch_wheels"]))
     results_dir: str = DEFAULTS["results_dir"]
@@ -52,6 +57,9 @@ def check_types(values: dict, source) -> None:
     """Each setting of the file as the type its default has: text, or a list of globs. YAML reads
     ``args: 5`` as a number and ``args: [--epochs, 5]`` as a list; both would fail much later."""
     for name, value in values.items():
+        if name in ("folds", "seeds") and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = str(value)  # folds: 5, seeds: 0 (YAML numbers)
+            continue
         if name == "torch_wheels":
             ok = isinstance(value, str) or (isinstance(value, list)
                                             and all(isinstance(v, str) for v in value))

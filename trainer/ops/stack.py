@@ -19,7 +19,11 @@ from trainer.ops.settings import Settings
 OUTPUTS = ("bucket", "repository_url", "instance_id", "log_group", "region")
 # Read when there (deploy sends them to the instance); a stack last updated before they were
 # exported lacks them until its next `pulumi up`, which deploy runs first.
-OPTIONAL_OUTPUTS = ("idle_minutes", "max_run_hours")
+OPTIONAL_OUTPUTS = ("idle_minutes", "max_run_hours",
+                    # AWS Batch (infra/batch.py): many runs at once, `make deploy FOLDS=5`
+                    "batch_job_queue", "batch_job_definition", "batch_job_definition_name",
+                    "batch_compute_environment", "batch_max_vcpus", "batch_vcpus",
+                    "batch_memory_mib")
 INSTALL = ("install the Pulumi CLI (curl -fsSL https://get.pulumi.com | sh, or brew install "
            "pulumi), then `pulumi login` (or `pulumi login --local`)")
 

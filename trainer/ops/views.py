@@ -183,3 +183,42 @@ def eta_lines(st: dict | None, rows: list[dict], config: dict | None) -> list[st
 
 def utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+# ------------------------------------------------------ a cross-validation array (Batch)
+def fold_line(row: dict, now: float | None = None) -> str:
+    """One task of an array: Batch state, then the fold's own state, epoch, best and ETA."""
+    st, kid = row["status"] or {}, row["batch"]
+    age = runs.age_seconds(st, now) if st else None
+    state = st.get("state", "-")
+    if st and state not in runs.FINAL_STATES and (age is None or age > runs.FRESH_SECONDS):
+        state += f" (no heartbeat for {duration(age)})"
+    best = f"{st['best']:.4f}" if st.get("best") is not None else "-"
+    eta = duration(st.get("eta_seconds")) if st and st.get("state") not in runs.FINAL_STATES \
+        else "-"
+    extra = kid.get("reason") if kid["status"] == "FAILED" and kid.get("reason") else ""
+    if kid.get("attempts", 0) > 1:
+        extra = f"attempt {kid['attempts']}" + (f"; {extra}" if extra else "")
+    return (f"{row['dir']:<16} {kid['status']:<10} {state:<12} "
+            f"{st.get('epoch', 0):>3}/{st.get('epochs_max', '?'):<4} {best:>7} {eta:>8}"
+            + (f"  {extra}" if extra else ""))
+
+
+def array_lines(run_id: str, record: dict, rows: list[dict], eta: float | None,
+                now: float | None = None) -> list[str]:
+    """The answer of ``make status`` for an array run: the array, then one line per task."""
+    from trainer.ops import batch
+
+    kids = [r["batch"] for r in rows]
+    tally = ", ".join(f"{n} {s.lower()}" for s, n in batch.counts(kids).items())
+    done = sum(1 for r in rows if (r["status"] or {}).get("state") == "done")
+    lines = [f"run        {run_id} (cross-validation: {record['folds']} folds x "
+             f"{len(record['seeds'])} seed(s) = {record['size']} task(s))",
+             f"array      AWS Batch job {record['job_id']}: {batch.array_state(kids)} ({tally})",
+             f"done       {done} of {record['size']} task(s) with test metrics",
+             f"ETA        {duration(eta)}" + (" (estimate: queued folds start as running ones "
+                                               "end)" if any(k['status'] in batch.QUEUED
+                                                             for k in kids) else ""),
+             "",
+             f"{'task':<16} {'batch':<10} {'state':<12} {'epoch':>8} {'best':>7} {'ETA':>8}"]
+    return lines + [fold_line(r, now) for r in rows]

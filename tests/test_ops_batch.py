@@ -6,7 +6,10 @@ moto's Batch runs every child as a container on the local Docker engine, so this
 its own moto server with MOTO_DOCKER_NETWORK_MODE=host (the engine here has no bridge), as the
 local backend does. The children run a small image made here from the base image (a Python
 that prints its arguments and environment and, like the trainer, exits 143 on SIGTERM), so
-these tests take seconds; tests/test_ops_local_cv.py runs the trainer's own image end to end.
+these tests take seconds; the last test (slow) runs the trainer's own image end to end:
+`make deploy BACKEND=local FOLDS=2` with a long run, REPLACE=1 with FOLDS=3, status, logs,
+results, destroy, each as the user runs it (`python -m trainer VERB`; the Make variables map to
+those flags: test_make_deploy_passes_folds_and_only_given_seeds).
 Nothing in boto3 is patched. The template job definition is the local backend's stand-in for
 infra/batch.py's (LocalBackend.outputs(create=True)), so that code is exercised here too.
 """
@@ -322,3 +325,91 @@ def test_replace_waits_for_each_running_fold_to_checkpoint(stack, child_image):
                              wait=10, poll=0.2)
     assert [r["status"]["state"] for r in rows] == ["stopped", "stopped"]
     assert "    fold-1: stopped at epoch 3" in said
+
+
+# ---------------------------------------------------------------- end to end, BACKEND=local
+@pytest.mark.slow
+def test_deploy_folds_status_logs_replace_results_destroy(trainer_image, tmp_path):
+    import re
+
+    import boto3
+    from util import FAST, tiny_demo
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["AVE_STATE_DIR"] = str(tmp_path / ".ave")
+    env.pop("AVE_SETTINGS", None)
+    tiny_demo(tmp_path / "data", speakers=6, clips_per_speaker=8)
+
+    def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "trainer", *args, "--backend", "local"],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        if ok:
+            assert proc.returncode == 0, f"{args}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def deploy(*flags: str) -> str:
+        proc = cli("deploy", "--data", "data", "--image", trainer_image, *flags)
+        assert "[6/7] registering the job definition revision" in proc.stdout
+        return re.search(r"^run id: (\S+)$", proc.stdout, re.M).group(1)
+
+    long_run = "--epochs 1000 --patience 1000 " + " ".join(FAST)
+    r1 = deploy("--folds", "2", f"--args={long_run}")
+    try:
+        state = json.loads((tmp_path / ".ave/local.json").read_text())
+        s3 = boto3.client("s3", endpoint_url=state["endpoint"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+
+        def status(rid: str, where: str) -> dict:
+            try:
+                return json.loads(s3.get_object(Bucket=state["bucket"], Key=f"runs/{rid}/{where}/"
+                                                "status.json")["Body"].read())
+            except s3.exceptions.NoSuchKey:
+                return {}
+
+        record = json.loads(s3.get_object(Bucket=state["bucket"],
+                                          Key=f"runs/{r1}/batch.json")["Body"].read())
+        assert (record["size"], record["folds"], record["seeds"]) == (2, 2, [0])
+        wait_for("both folds' first epoch", lambda: all(
+            status(r1, f"fold-{k}").get("epoch", 0) >= 1 for k in (1, 2)), timeout=180)
+        shown = cli("status").stdout
+        assert f"run        {r1} (cross-validation: 2 folds x 1 seed(s) = 2 task(s))" in shown
+        assert re.search(r"^fold-1 +RUNNING +training", shown, re.M), shown
+        assert re.search(r"^fold-2 +RUNNING +training", shown, re.M), shown
+        assert "epoch=" in cli("logs", "--fold", "1", "--tail", "20").stdout  # the container's
+
+        refused = cli("deploy", "--data", "data", "--image", trainer_image, "--folds", "3",
+                      ok=False)
+        assert refused.returncode == 1 and f"error: run {r1} is going" in refused.stderr
+
+        r2 = deploy("--replace", "--folds", "3", "--args=--epochs 2 " + " ".join(FAST))
+        for k in (1, 2):  # each running fold checkpointed before the new array went in
+            assert status(r1, f"fold-{k}")["state"] == "stopped"
+            s3.head_object(Bucket=state["bucket"], Key=f"runs/{r1}/fold-{k}/checkpoints/last.pt")
+
+        wait_for("the 3 folds to end", lambda: "SUCCEEDED (3 succeeded)" in cli("status").stdout,
+                 timeout=240)
+        shown = cli("status").stdout
+        for k in (1, 2, 3):
+            assert re.search(rf"^fold-{k} +SUCCEEDED +done +2/2", shown, re.M), shown
+        assert "cv_task_end" in cli("logs", "--fold", "2").stdout  # moto's CloudWatch copy
+
+        cli("results")  # the newest run: r2
+        dest = tmp_path / "results" / r2
+        cv = json.loads((dest / "cv.json").read_text())
+        assert [f["fold"] for f in cv["folds"]] == [1, 2, 3]
+        md = (dest / "summary.md").read_text()
+        m = cv["summary"]["macro_f1"]
+        assert f"| macro-F1 | {m['mean']:.4f} ± {m['std']:.4f} |" in md
+        for f in cv["folds"]:
+            assert f"| {f['dir']} | {f['fold']} | 0 | {', '.join(f['test_speakers'])} |" in md
+        assert (dest / "plots/cv_folds.png").is_file()
+
+        cli("destroy", "--yes")
+        import docker
+
+        left = docker.from_env().containers.list(all=True,
+                                                 filters={"name": f"^ave-{state['stack']}-"})
+        assert left == []
+    finally:
+        if (tmp_path / ".ave/local.json").exists():  # a failure above: leave nothing running
+            cli("destroy", "--yes", ok=False)

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.ops.cli import add_ops_commands
 
     add_ops_commands(sub, COMMANDS)
+    from trainer.cv import add_cv_command  # stdlib-only at import, like the ops verbs
+
+    add_cv_command(sub, COMMANDS)
     return parser
 
 

@@ -17,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 from trainer.data import Clip
+from trainer.splits import best_of_shuffles
 
 
 def speaker_folds(clips: list[Clip], k: int | str, seed: int = 0) -> list[list[str]]:
@@ -68,21 +69,34 @@ def fold_split(clips: list[Clip], folds: list[list[str]], fold: int, seed: int =
                          "(training and validation)")
     # val_fraction of all speakers, as in a single split; at least one, and one left to train
     n_val = min(max(1, round(val_fraction * (len(rest) + len(test)))), len(rest) - 1)
-    by_speaker: dict[str, list[int]] = {}
-    for i, c in enumerate(clips):
-        by_speaker.setdefault(c.speaker, []).append(i)
-    classes = {c.label for c in clips}
-    rng = np.random.default_rng([seed, fold])
-    best, best_missing = None, None
-    for _ in range(tries):
-        order = [rest[i] for i in rng.permutation(len(rest))]
-        val = set(order[:n_val])
-        split = {"train": sorted(i for s in rest if s not in val for i in by_speaker[s]),
-                 "val": sorted(i for s in val for i in by_speaker[s]),
-                 "test": sorted(i for s in test for i in by_speaker[s])}
-        missing = sum(len(classes - {clips[i].label for i in split[k]}) for k in ("train", "val"))
-        if best is None or missing < best_missing:
-            best, best_missing = split, missing
-        if missing == 0:
-            break
-    return best
+    return best_of_shuffles(clips, rest, np.random.default_rng([seed, fold]), tries,
+                            lambda order: {"train": order[n_val:], "val": order[:n_val]},
+                            fixed={"test": sorted(test)})
+
+
+def manifest_folds(clips: list[Clip]) -> list[list[str]] | None:
+    """The folds a manifest's split column names (``fold1`` ... ``foldK``), or None if it
+    names none (``trainer.data`` has checked the column is all folds or all train/val/test).
+
+    Raises:
+        ValueError: folds not numbered 1..K with K >= 2, or a speaker in two folds (the
+            folds would not be speaker-independent).
+
+    Example:
+        >>> manifest_folds(clips)   # rows with split fold1, fold2, fold3
+        [['crema-d/1001', 'crema-d/1004'], ['crema-d/1002'], ['crema-d/1003']]
+    """
+    if not clips or not all(c.split and c.split.startswith("fold") for c in clips):
+        return None
+    of: dict[str, int] = {}
+    for c in clips:
+        n = int(c.split[len("fold"):])
+        if of.setdefault(c.speaker, n) != n:
+            raise ValueError(f"manifest: speaker {c.speaker} is in fold{of[c.speaker]} and "
+                             f"fold{n} ({c.path}); a speaker's clips must share one fold")
+    k = max(of.values())
+    absent = sorted(set(range(1, k + 1)) - set(of.values()))
+    if k < 2 or absent:
+        raise ValueError(f"manifest: the split column names folds {sorted(set(of.values()))}; "
+                         f"number them fold1..foldK with K >= 2 and none empty")
+    return [sorted(s for s, n in of.items() if n == i) for i in range(1, k + 1)]

@@ -40,23 +40,38 @@ def speaker_split(clips: list[Clip], seed: int, val_fraction: float = 0.15,
         raise ValueError(f"a speaker-independent split needs at least 3 speakers, the data "
                          f"has {len(speakers)}; use --split random (optimistic results)")
     n_tr, n_va, _ = _counts(len(speakers), val_fraction, test_fraction)
-    by_speaker: dict[str, list[int]] = {s: [] for s in speakers}
+    return best_of_shuffles(clips, speakers, np.random.default_rng(seed), tries, lambda order: {
+        "train": order[:n_tr], "val": order[n_tr:n_tr + n_va], "test": order[n_tr + n_va:]})
+
+
+def best_of_shuffles(clips: list[Clip], speakers: list[str], rng: np.random.Generator,
+                     tries: int, groups_of, fixed: dict[str, list[str]] | None = None
+                     ) -> dict[str, list[int]]:
+    """Clip indices per split from the best of ``tries`` seeded shuffles of ``speakers``.
+
+    ``groups_of(order)`` turns one shuffled order into speakers per split; the first draw that
+    puts every class in each of those splits is taken, else the one missing the fewest.
+    ``fixed`` splits (a fold's test speakers) are added as they are and not scored.
+
+    Example:
+        >>> best_of_shuffles(clips, ["a", "b", "c"], np.random.default_rng(0), 200,
+        ...                  lambda o: {"train": o[:2], "val": o[2:]})
+    """
+    by_speaker: dict[str, list[int]] = {}
     for i, c in enumerate(clips):
-        by_speaker[c.speaker].append(i)
+        by_speaker.setdefault(c.speaker, []).append(i)
     classes = {c.label for c in clips}
-    rng = np.random.default_rng(seed)
     best, best_missing = None, None
     for _ in range(tries):
-        order = [speakers[i] for i in rng.permutation(len(speakers))]
-        groups = {"train": order[:n_tr], "val": order[n_tr:n_tr + n_va],
-                  "test": order[n_tr + n_va:]}
-        split = {k: sorted(i for s in v for i in by_speaker[s]) for k, v in groups.items()}
+        groups = groups_of([speakers[i] for i in rng.permutation(len(speakers))])
+        split = {k: sorted(i for s in v for i in by_speaker.get(s, [])) for k, v in groups.items()}
         missing = sum(len(classes - {clips[i].label for i in idx}) for idx in split.values())
         if best is None or missing < best_missing:
             best, best_missing = split, missing
         if missing == 0:
             break
-    return best
+    return {**best, **{k: sorted(i for s in v for i in by_speaker.get(s, []))
+                       for k, v in (fixed or {}).items()}}
 
 
 def random_split(clips: list[Clip], seed: int, val_fraction: float = 0.15,
@@ -83,11 +98,42 @@ def manifest_split(clips: list[Clip]) -> dict[str, list[int]] | None:
     """
     if not any(c.split for c in clips):
         return None
+    if all(c.split and c.split.startswith("fold") for c in clips):
+        raise ValueError(f"the manifest's split column names folds ({clips[0].split}, ...): "
+                         "run `python -m trainer cv` on it, or give train/val/test for train")
     for c in clips:
         if c.split not in SPLITS:
             raise ValueError(f"clip {c.path}: split {c.split!r} is not one of "
                              f"{'/'.join(SPLITS)}; give every clip one, or none of them")
     return {k: [i for i, c in enumerate(clips) if c.split == k] for k in SPLITS}
+
+
+def given_split(clips: list[Clip], paths: dict[str, list[str]]) -> dict[str, list[int]]:
+    """Clip indices per split from clip paths per split, chosen outside (``cv``'s folds).
+
+    Raises:
+        ValueError: a split other than train/val/test, a path that is not a usable clip of the
+            data, or a clip in two splits.
+
+    Example:
+        >>> given_split(clips, {"train": ["a.npz"], "val": ["b.npz"], "test": ["c.npz"]})
+        {'train': [0], 'val': [1], 'test': [2]}
+    """
+    index = {c.path: i for i, c in enumerate(clips)}
+    out, seen = {}, set()
+    for k in SPLITS:
+        for p in paths.get(k, []):
+            if p not in index:
+                raise ValueError(f"the given split names {p}, which is not a usable clip of the "
+                                 "data (a changed data set?)")
+            if p in seen:
+                raise ValueError(f"the given split puts {p} in two splits")
+            seen.add(p)
+        out[k] = sorted(index[p] for p in paths.get(k, []))
+    if set(paths) - set(SPLITS):
+        raise ValueError(f"the given split has {sorted(set(paths) - set(SPLITS))}; only "
+                         f"{'/'.join(SPLITS)}")
+    return out
 
 
 def make_split(clips: list[Clip], kind: str, seed: int, val_fraction: float,

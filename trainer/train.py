@@ -37,7 +37,7 @@ from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
 from trainer.prepare import augment, prepare
-from trainer.splits import make_split
+from trainer.splits import given_split, make_split
 from trainer.spot import SpotWatcher
 from trainer.storage import RunDir, is_s3
 
@@ -136,8 +136,9 @@ class Status:
 class Training:
     """One training run. ``Training(cfg).run()`` returns the summary dict."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, split: dict[str, list[str]] | None = None):
         self.cfg = cfg
+        self.given_split = split  # clip paths per split, made outside (cv's folds), or None
         self.run_dir = RunDir(cfg.out)
         self.stop_signal: int | None = None
         self._saving = 0  # > 0 while a checkpoint is written or the run's uploads are awaited
@@ -178,7 +179,8 @@ class Training:
         for s in ds.skipped:
             log.warning("clip_skipped", path=s["path"], reason=s["reason"])
 
-        split = make_split(ds.clips, cfg.split, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+        split = (given_split(ds.clips, self.given_split) if self.given_split is not None else
+                 make_split(ds.clips, cfg.split, cfg.seed, cfg.val_fraction, cfg.test_fraction))
         if self.ckpt is not None and self.ckpt.get("split") != {
                 k: [ds.clips[i].path for i in v] for k, v in split.items()}:
             raise DataError("--resume: the data set differs from the one this run started on")
@@ -501,7 +503,8 @@ def versions() -> dict:
             "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one training to the end; the summary dict (also in summary.json)."""
-    return Training(cfg).run()
+def train(cfg: TrainConfig, split: dict[str, list[str]] | None = None) -> dict:
+    """Run one training to the end; the summary dict (also in summary.json). ``split``: clip
+    paths per split (train, val, test) chosen outside, e.g. by ``cv``; default: ``cfg.split``."""
+    return Training(cfg, split).run()
 

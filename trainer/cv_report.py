@@ -1,0 +1,201 @@
+"""The aggregate of a cross-validation run: ``cv.json``, ``cv.md`` and ``plots/cv_folds.png``.
+
+    python -m trainer cv --out runs/cv --aggregate          # from the fold-*/ folders present
+    >>> from trainer.cv_report import aggregate
+    >>> aggregate("s3://my-bucket/runs/cv1/")["summary"]["macro_f1"]
+    {'mean': 0.93, 'std': 0.021}
+
+Reads every ``fold-*/summary.json`` (and ``fold-*/cv-task.json``, the task's place in the plan)
+under a local folder or an ``s3://`` prefix, so it works on a run still going, on the folds a
+Batch array left in S3, and on a download of them (``make results``). The standard deviation
+is the sample one (n - 1): with 5 folds, the population one would understate the spread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+TASK_DIR = re.compile(r"fold-(\d+)(?:-seed-(\d+))?")
+METRICS = ("accuracy", "macro_f1", "uar")
+NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR"}
+
+
+def join(out: str, name: str) -> str:
+    """``out/name`` for a folder or an s3:// prefix."""
+    return out.rstrip("/") + "/" + name
+
+
+def _s3_key(uri: str) -> tuple[object, str, str]:
+    from trainer import s3
+
+    bucket, key = s3.parse_s3_uri(uri)
+    return s3.client(), bucket, key
+
+
+def has(uri: str) -> bool:
+    """Whether the file ``uri`` (a path or an s3:// URI) exists."""
+    if not uri.startswith("s3://"):
+        return Path(uri).is_file()
+    from botocore.exceptions import ClientError
+
+    client, bucket, key = _s3_key(uri)
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def read_json(uri: str) -> dict:
+    if not uri.startswith("s3://"):
+        return json.loads(Path(uri).read_text())
+    client, bucket, key = _s3_key(uri)
+    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def _task_files(out: str) -> dict[str, dict[str, str]]:
+    """{task dir: {file name: uri}} for the summary.json and cv-task.json files under ``out``."""
+    found: dict[str, dict[str, str]] = {}
+    wanted = ("summary.json", "cv-task.json")
+    if out.startswith("s3://"):
+        client, bucket, prefix = _s3_key(out)
+        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                       Prefix=prefix):
+            for obj in page.get("Contents", []):
+                parts = obj["Key"][len(prefix):].split("/")
+                if len(parts) == 2 and TASK_DIR.fullmatch(parts[0]) and parts[1] in wanted:
+                    found.setdefault(parts[0], {})[parts[1]] = f"s3://{bucket}/{obj['Key']}"
+    else:
+        for name in wanted:
+            for p in Path(out).glob(f"fold-*/{name}"):
+                if TASK_DIR.fullmatch(p.parent.name):
+                    found.setdefault(p.parent.name, {})[name] = str(p)
+    return found
+
+
+def _mean_std(values: list[float]) -> dict:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return {"mean": round(float(v.mean()), 6),
+            "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6)}
+
+
+def aggregate_dict(summaries: list[tuple[str, dict]], settings: dict | None = None) -> dict:
+    """The cv.json dict from (task dir name, its summary.json) pairs.
+
+    Args:
+        summaries: e.g. ``[("fold-1", {...}), ("fold-2", {...})]``; any order.
+        settings: the plan's settings (folds, seeds, tasks_total, train), when known.
+
+    Example:
+        >>> aggregate_dict([("fold-1", s1), ("fold-2", s2)])["summary"]["uar"]
+        {'mean': 0.9, 'std': 0.05}
+    """
+    settings = dict(settings or {})
+    rows = []
+    for name, s in summaries:
+        m = TASK_DIR.fullmatch(name)
+        if m is None:
+            raise ValueError(f"{name!r} is not a cv task directory (fold-K or fold-K-seed-S)")
+        seeds = settings.get("seeds") or [None]
+        seed = int(m.group(2)) if m.group(2) is not None else seeds[0]
+        t = s["test"]
+        rows.append({"fold": int(m.group(1)), "seed": seed, "dir": name,
+                     "test_speakers": s["data"]["test"]["speakers"],
+                     "test_clips": s["data"]["test"]["clips"],
+                     "best_epoch": s.get("validation", {}).get("best_epoch"),
+                     "test": {k: t[k] for k in (*METRICS, "per_class", "confusion_matrix")}})
+    rows.sort(key=lambda r: (r["fold"], -1 if r["seed"] is None else r["seed"]))
+    summary: dict = {}
+    if rows:
+        import numpy as np
+
+        summary = {k: _mean_std([r["test"][k] for r in rows]) for k in METRICS}
+        labels = list(rows[0]["test"]["per_class"])
+        summary["per_class_f1"] = {y: round(float(np.mean([r["test"]["per_class"][y]["f1"]
+                                                           for r in rows])), 6) for y in labels}
+        summary["labels"] = labels
+        summary["confusion_matrix"] = np.sum([r["test"]["confusion_matrix"] for r in rows],
+                                             axis=0).tolist()
+    summary["tasks_done"] = len(rows)
+    if settings.get("tasks_total") is not None:
+        summary["tasks_total"] = settings["tasks_total"]
+    return {"folds": rows, "summary": summary, "settings": settings}
+
+
+def markdown(cv: dict, title: str) -> str:
+    """cv.md: the mean ± std table, then one row per task."""
+    s, st = cv["summary"], cv["settings"]
+    total = s.get("tasks_total", "?")
+    lines = [f"# Cross-validation: {title}", "",
+             f"{st.get('folds', '?')} folds × seeds {st.get('seeds', '?')}: "
+             f"{s['tasks_done']} of {total} tasks done. Mean ± sample standard deviation "
+             "over the tasks' test sets.", "",
+             "| metric | mean ± std |", "|---|---|"]
+    for k in METRICS:
+        lines.append(f"| {NAMES[k]} | {s[k]['mean']:.3f} ± {s[k]['std']:.3f} |")
+    lines += ["", "| fold | seed | test speakers | test clips | best epoch | accuracy | "
+              "macro-F1 | UAR |", "|---|---|---|---|---|---|---|---|"]
+    for r in cv["folds"]:
+        t = r["test"]
+        lines.append(f"| {r['fold']} | {r['seed']} | {', '.join(r['test_speakers'])} | "
+                     f"{r['test_clips']} | {r['best_epoch']} | {t['accuracy']:.3f} | "
+                     f"{t['macro_f1']:.3f} | {t['uar']:.3f} |")
+    lines += ["", "Per-class F1, mean over tasks: " + ", ".join(
+        f"{y} {f:.3f}" for y, f in s["per_class_f1"].items()), ""]
+    return "\n".join(lines)
+
+
+def plot(cv: dict) -> bytes:
+    """Per-task accuracy, macro-F1 and UAR as grouped bars, with each mean as a dashed line."""
+    import numpy as np
+
+    from trainer.plots import _png, plt
+
+    rows = cv["folds"]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.8 * len(rows)), 3.8))
+    for j, k in enumerate(METRICS):
+        bars = ax.bar(x + (j - 1) * 0.27, [r["test"][k] for r in rows], 0.27, label=NAMES[k])
+        ax.axhline(cv["summary"][k]["mean"], color=bars.patches[0].get_facecolor(),
+                   linestyle="--", linewidth=1)
+    ax.set(xticks=x, xticklabels=[r["dir"] for r in rows], ylim=(0, 1), ylabel="test",
+           title="Per-fold test metrics (dashed: means)")
+    ax.tick_params(axis="x", labelrotation=30 if len(rows) > 6 else 0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    return _png(fig)
+
+
+def aggregate(out: str) -> dict:
+    """Read every ``fold-*/summary.json`` under ``out`` and (re)write ``cv.json``, ``cv.md``
+    and ``plots/cv_folds.png`` there; returns the cv.json dict.
+
+    Raises:
+        DataError: no finished task under ``out``.
+    """
+    from trainer.errors import DataError
+    from trainer.storage import RunDir
+
+    out = str(out)
+    files = _task_files(out)
+    done = sorted(d for d, f in files.items() if "summary.json" in f)
+    if not done:
+        raise DataError(f"no finished cv task (fold-*/summary.json) under {out}")
+    settings = {}
+    for d in sorted(files):  # the plan, from any task that recorded it
+        if "cv-task.json" in files[d]:
+            settings = read_json(files[d]["cv-task.json"]).get("settings", {})
+            break
+    cv = aggregate_dict([(d, read_json(files[d]["summary.json"])) for d in done], settings)
+    run = RunDir(out)
+    run.write_json("cv.json", cv)
+    run.write_text("cv.md", markdown(cv, out))
+    run.write_bytes("plots/cv_folds.png", plot(cv))
+    run.close()
+    return cv

@@ -1,4 +1,4 @@
-"""Many runs at once on AWS Batch (trainer/ops/batch.py, arrays.py), against a moto server over HTTP.
+"""Many runs at once on AWS Batch (trainer/ops/batch.py, arrays.py): a moto server over HTTP.
 
     .venv/bin/python -m pytest tests/test_ops_batch.py -q        # needs a Docker engine
 
@@ -17,6 +17,7 @@ infra/batch.py's (LocalBackend.outputs(create=True)), so that code is exercised 
 from __future__ import annotations
 
 import io
+import re
 import json
 import os
 import subprocess
@@ -240,7 +241,8 @@ def test_one_task_is_a_plain_job_with_the_index_variable(stack, child_image):
     backend, out = stack
     client = batch.client(out)
     definition = batch.register_revision(client, out["batch_job_definition"], child_image, "r1")
-    job_id = batch.submit(client, out["batch_job_queue"], definition, f"ave-{out['stack']}-one", ["cv"], 1)
+    job_id = batch.submit(client, out["batch_job_queue"], definition, f"ave-{out['stack']}-one",
+                          ["cv"], 1)
     job = client.describe_jobs(jobs=[job_id])["jobs"][0]
     assert "arrayProperties" not in job
     env = {e["name"]: e["value"] for e in job["container"]["environment"]}
@@ -413,3 +415,31 @@ def test_deploy_folds_status_logs_replace_results_destroy(trainer_image, tmp_pat
     finally:
         if (tmp_path / ".ave/local.json").exists():  # a failure above: leave nothing running
             cli("destroy", "--yes", ok=False)
+
+
+def test_monitor_shows_the_array_and_asks_for_a_fold(stack, child_image):
+    from trainer.ops.monitor import Monitor
+
+    backend, out = stack
+    run_id = runs.new_run_id()
+    record = arrays.submit_array(backend, out, run_id, child_image, "s3://b/d/", 2, [0, 1], [],
+                                 echo=lambda s: None)
+    client = batch.client(out)
+    wait_for("running children", lambda: all(k["status"] == "RUNNING"
+                                             for k in batch.children(client, record)))
+    put_status(out["bucket"], run_id, "fold-2-seed-1", epoch=4)
+    # the array; logs of fold 2 seed 1; metrics of a fold that is not there
+    answers_ = iter(["6", "1", "2", "1", "4", "3", "1", "q"])
+    said: list[str] = []
+    monitor = Monitor(backend, out, run_id, read=lambda prompt: next(answers_),
+                      write=said.append)
+    wait_for("fold 2 seed 1's output", lambda: any(
+        ln.startswith("{") for ln in backend.child_log_lines(
+            out, record, batch.children(client, record)[3], tail=5) or []))
+    assert monitor.loop() == 0
+    text = "\n".join(said)
+    assert f"== run {run_id} (local): cross-validation array of 4 task(s): 4 running ==" in text
+    assert re.search(r"^fold-2-seed-1 +RUNNING +training +4/30", text, re.M), text
+    printed = json.loads(next(ln for ln in said if ln.startswith('{"argv"')))
+    assert printed["env"]["AWS_BATCH_JOB_ID"] == f"{record['job_id']}:3"
+    assert "no task fold '3' seed '1' in this run" in text

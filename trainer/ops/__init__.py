@@ -15,6 +15,8 @@ which imports nothing but argparse); the trainer in the container never does. Mo
 - ``aws``: every boto3 client (tests point AWS_ENDPOINT_URL at a moto server); ``stack``: the
   Pulumi Automation API; ``image``: Docker SDK build and ECR push; ``runs``: run directories in S3.
 - ``cloud`` and ``local``: the two backends (EC2 + SSM + CloudWatch, or Docker + moto).
+- ``batch``: AWS Batch calls (revision, array job, children, terminate); ``arrays``: a
+  cross-validation run as one array (``make deploy FOLDS=5``: inputs, folds, stopping it).
 - ``pricing``: hourly price; ``views``: text for the terminal; ``monitor``: the menu;
   ``report``: results/RUN_ID/summary.md.
 """

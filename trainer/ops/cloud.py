@@ -309,7 +309,10 @@ class AwsBackend:
                 f"ECR repository {out['repository_url']} and its images",
                 f"instance {out['instance_id']} and its disk; log group {out['log_group']} "
                 "(CloudWatch logs of every run)",
-                "the role, instance profile and security group"]
+                "the role, instance profile and security group"] + (
+                    ["AWS Batch: the compute environment, job queue and job definition (every "
+                     "run's revision), and any array job still going"]
+                    if out.get("batch_job_queue") else [])
 
     def destroy(self, out: dict, echo=print) -> None:
         ec2 = self._client("ec2", out)

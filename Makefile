@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-data
 RUN    ?=
 
-.PHONY: setup demo ablation test bench clean
+.PHONY: setup demo ablation cv test bench clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,13 @@ SEEDS    ?= 0,1,2
 VARIANTS ?= hybrid,late,audio,video,lstm
 ablation: $(STAMP)
 	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer.ablation --data $(DEMO) --out runs/ablation --seeds $(SEEDS) --variants $(VARIANTS)
+
+## Speaker k-fold cross-validation on this machine (README: Cross-validation). DATA=folder (default:
+## the demo data, made first) OUT=runs/cv FOLDS=5|loso (default: 5 on the demo data, else the
+## manifest's folds) SEEDS=0,1,2 (only when given here: cv's own default is 0) ARGS='cv and train flags, e.g. --parallel 2 --epochs 20 --resume'
+OUT ?= runs/cv
+cv: $(STAMP)
+	$(if $(DATA),,$(PY) -m trainer demo-data --out $(DEMO) && )$(PY) -m trainer cv --data '$(or $(DATA),$(DEMO))' --out '$(OUT)' $(if $(FOLDS),--folds $(FOLDS),$(if $(DATA),,--folds 5)) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -265,3 +265,27 @@ def test_aggregate_reads_and_writes_an_s3_prefix(five, s3_bucket, capsys):
     assert "5 tasks; macro-F1" in capsys.readouterr().out
     assert main(["cv", "--out", f"s3://{s3_bucket}/runs/none/", "--aggregate"]) == 1
     assert "no finished cv task" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_batch_child_writes_its_fold_to_s3_and_a_retry_of_a_done_task_is_a_no_op(
+        data, s3_bucket, monkeypatch, capsys):
+    import boto3
+
+    s3 = boto3.client("s3")
+    uri = f"s3://{s3_bucket}/runs/b1/"
+    monkeypatch.setenv("AWS_BATCH_JOB_ARRAY_INDEX", "2")
+    assert cv(data, uri, "--folds", "5", "--task", "auto") == 0
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]}
+    assert {"runs/b1/fold-3/summary.json", "runs/b1/fold-3/splits.csv",
+            "runs/b1/fold-3/cv-task.json", "runs/b1/fold-3/checkpoints/last.pt"} <= keys
+    assert all(k.startswith("runs/b1/fold-3/") for k in keys)  # nothing outside its directory
+    stamp = s3.head_object(Bucket=s3_bucket, Key="runs/b1/fold-3/summary.json")["LastModified"]
+    capsys.readouterr()
+    assert cv(data, uri, "--folds", "5", "--task", "auto") == 0  # a retry of a finished task
+    assert "state=done" in capsys.readouterr().err
+    assert s3.head_object(Bucket=s3_bucket, Key="runs/b1/fold-3/summary.json")[
+        "LastModified"] == stamp
+    doc = aggregate(uri)
+    assert [f["fold"] for f in doc["folds"]] == [3]
+    assert doc["summary"]["tasks_done"] == 1 and doc["summary"]["tasks_total"] == 5

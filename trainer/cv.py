@@ -33,6 +33,10 @@ from dataclasses import asdict, dataclass, replace
 
 import structlog
 
+# The contract's Python API (``trainer.cv.aggregate``); cv_report too imports only the standard
+# library at the top.
+from trainer.cv_report import aggregate, aggregate_dict  # noqa: F401, E402
+
 log = structlog.get_logger()
 
 # Train flags that mean nothing here or that cv sets itself, with why.
@@ -231,7 +235,7 @@ def run_parallel(cfg, args, tasks: list[Task], parallel: int) -> list[str]:
 def run_cv(cfg, args) -> int:
     """The verb: plan, then the tasks (one, all in turn, or in parallel), then the aggregate."""
     from trainer import logs
-    from trainer.cv_report import aggregate, join
+    from trainer.cv_report import join
     from trainer.data import load_dataset
     from trainer.errors import DataError
     from trainer.train import resolve_data

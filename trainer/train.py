@@ -251,6 +251,8 @@ class Training:
             "best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best,
             "history": self.history, "normalizer": self.normalizer.state_dict(),
             "prepare": dict(self.prepare),
+            # how the clips were extracted (None: not by ``extract``): predict on raw media
+            "extract": self.dataset.extraction,
             "labels": list(LABELS), "config": asdict(self.cfg),
             "split": {k: [self.dataset.clips[i].path for i in v] for k, v in self.split.items()},
             "versions": versions(),
@@ -423,6 +425,7 @@ class Training:
                 **{k: data_stats([ds.clips[i] for i in v]) for k, v in self.split.items()},
                 "skipped": ds.skipped, "excluded": dict(ds.excluded),
                 "audio_dim": ds.audio_dim, "video_dim": ds.video_dim,
+                "extraction": ds.extraction,
             },
             "epochs": self.epoch, "stopped_early": self.since_best >= cfg.patience,
             "timings": {"total_seconds": round(time.time() - self.t0, 2),

@@ -406,7 +406,10 @@ def test_deploy_folds_status_logs_replace_results_destroy(trainer_image, tmp_pat
             assert f"| {f['dir']} | {f['fold']} | 0 | {', '.join(f['test_speakers'])} |" in md
         assert (dest / "plots/cv_folds.png").is_file()
 
-        cli("destroy", "--yes")
+        cli("destroy", "--yes", "--keep-runs")  # the replaced array too, as an array
+        md = (tmp_path / "results" / r1 / "summary.md").read_text()
+        assert md.startswith(f"# Cross-validation run {r1}") and "No task has ended yet" in md
+        assert (tmp_path / "results" / r1 / "fold-2/checkpoints/last.pt").is_file()
         import docker
 
         left = docker.from_env().containers.list(all=True,

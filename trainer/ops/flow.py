@@ -280,7 +280,11 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
             from trainer.ops import batch
 
             kids = batch.children(batch.client(out), batch.read_record(out["bucket"], run_id))
-            echo(f"    {', '.join(f'{n} {s.lower()}' for s, n in batch.counts(kids).items())}")
+            if all(k["status"] == "UNKNOWN" for k in kids):  # AWS makes them a moment later
+                echo("    the children are not listed yet (Batch makes them as the array job "
+                     "leaves SUBMITTED): make status shows them")
+            else:
+                echo(f"    {', '.join(f'{n} {s.lower()}' for s, n in batch.counts(kids).items())}")
         _next_steps(settings, out, run_id, echo, fold=True)
         return run_id
     with step("starting the instance and waiting for SSM" if aws_side else "checking the host",
@@ -348,8 +352,12 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
     step = Steps(2 if keep_runs else 1, echo)
     if keep_runs:
         with step(f"downloading {len(run_ids)} run(s) to {settings.results_dir}/"):
+            from trainer.ops import batch
+
             for run_id in run_ids:
-                report.fetch(out["bucket"], run_id, Path(settings.results_dir))
+                fetch = (report.fetch_cv if batch.read_record(out["bucket"], run_id) is not None
+                         else report.fetch)  # an array: every fold and the aggregate
+                fetch(out["bucket"], run_id, Path(settings.results_dir))
     with step("pulumi destroy" if backend.name == "aws" else "stopping the local stand-in",
               hint="run make destroy again; the stack is left as `pulumi destroy` left it"):
         if out.get("batch_job_definition_name"):  # deploy's revisions are not Pulumi's

@@ -446,3 +446,29 @@ def test_monitor_shows_the_array_and_asks_for_a_fold(stack, child_image):
     printed = json.loads(next(ln for ln in said if ln.startswith('{"argv"')))
     assert printed["env"]["AWS_BATCH_JOB_ID"] == f"{record['job_id']}:3"
     assert "no task fold '3' seed '1' in this run" in text
+
+
+def test_results_download_every_fold_and_write_the_aggregate(stack, finished_run, tmp_path):
+    """Two finished folds (real run directories) and one still training: cv.json over the two,
+    summary.md with mean ± std, the per-fold table and the fold not ended yet."""
+    from trainer.ops.report import fetch_cv
+    from trainer.s3 import sync_up
+
+    _, out = stack
+    run_id = "20250101-120000-cd34"
+    for where in ("fold-1", "fold-2"):
+        sync_up(finished_run, f"s3://{out['bucket']}/runs/{run_id}/{where}/")
+    put_status(out["bucket"], run_id, "fold-3", epoch=7)
+    batch.write_record(out["bucket"], run_id, batch.new_record(
+        "P", "ave-x", 3, 3, [0], "q", "d:2", "sha256:" + "e" * 64))
+    dest = fetch_cv(out["bucket"], run_id, tmp_path / "results")
+    cv = json.loads((dest / "cv.json").read_text())
+    assert [f["dir"] for f in cv["folds"]] == ["fold-1", "fold-2"]
+    summary = json.loads((finished_run / "summary.json").read_text())
+    md = (dest / "summary.md").read_text()
+    assert "## Test metrics over 2 of 3 task(s): mean ± std" in md
+    assert f"| macro-F1 | {summary['test']['macro_f1']:.4f} ± 0.0000 |" in md
+    # The seed is "-": plain train runs here, without the cv-task.json a Batch child writes.
+    assert f"| fold-2 | 2 | - | {', '.join(summary['data']['test']['speakers'])} |" in md
+    assert "Not ended yet: fold-3 (training, epoch 7)." in md
+    assert (dest / "plots/cv_folds.png").is_file() and (dest / "fold-1/summary.json").is_file()

@@ -144,7 +144,7 @@ def fetch_cv(bucket: str, run_id: str, dest_root: Path) -> Path:
     """Download an array run (every fold) into ``dest_root/RUN_ID``, write the aggregate over the
     folds that have ended (``trainer.cv.aggregate``: cv.json, cv.md, plots/cv_folds.png) and
     summary.md (mean ± std, the per-fold table). Works while folds still run."""
-    from trainer.cv_report import aggregate
+    from trainer.cv import aggregate
     from trainer.storage import atomic_write_text
 
     dest = Path(dest_root) / run_id
@@ -186,7 +186,8 @@ def cv_markdown(run_id: str, record: dict, cv: dict | None, states: dict[str, di
         rows = []
         for f in cv["folds"]:
             t = f.get("test", {})
-            rows.append([f.get("dir", f.get("fold")), f.get("fold"), f.get("seed", "-"),
+            seed = "-" if f.get("seed") is None else f["seed"]  # unknown without cv-task.json
+            rows.append([f.get("dir", f.get("fold")), f.get("fold"), seed,
                          ", ".join(f.get("test_speakers", [])) or "-",
                          *(f"{t[k]:.4f}" if isinstance(t.get(k), (int, float)) else "-"
                            for k in ("accuracy", "macro_f1", "uar"))])

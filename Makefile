@@ -5,12 +5,12 @@ STAMP  := $(VENV)/.installed
 DEMO   ?= demo-data
 RUN    ?=
 
-.PHONY: setup demo ablation cv test bench clean
+.PHONY: setup demo ablation cv extract test bench clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export]' && touch $(STAMP)
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export,extract]' && touch $(STAMP)
 
 ## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
 demo: $(STAMP)
@@ -29,6 +29,12 @@ ablation: $(STAMP)
 OUT ?= runs/cv
 cv: $(STAMP)
 	$(if $(DATA),,$(PY) -m trainer demo-data --out $(DEMO) && )$(PY) -m trainer cv --data '$(or $(DATA),$(DEMO))' --out '$(OUT)' $(if $(FOLDS),--folds $(FOLDS),$(if $(DATA),,--folds 5)) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)) $(ARGS)
+
+## Raw media to clip files (README: Extract features). MEDIA=folder or s3:// prefix OUT=folder or
+## s3:// prefix (both required; cv's OUT default is not used) ARGS='extract flags, e.g. --video opencv --workers 2'
+MEDIA ?=
+extract: $(STAMP)
+	$(PY) -m trainer extract $(if $(MEDIA),--media '$(MEDIA)') $(if $(filter-out file,$(origin OUT)),--out '$(OUT)') $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cv import add_cv_command  # stdlib-only at import, like the ops verbs
 
     add_cv_command(sub, COMMANDS)
+    from trainer.extract.cli import add_extract_command  # argparse only at import, like cv's
+    add_extract_command(sub, COMMANDS)
     return parser
 
 

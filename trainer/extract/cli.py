@@ -1,0 +1,103 @@
+"""The ``extract`` verb of ``python -m trainer``: raw media to clip feature files.
+
+    python -m trainer extract --media media/crema --out data/crema          # make extract
+    python -m trainer extract --media media/ravdess --out data/ravdess --video opencv --workers 2
+    python -m trainer extract --media s3://B/media/crema/ --out s3://B/data/crema/
+
+This module imports only argparse at import time, because trainer/cli.py imports it for every
+verb; extraction's packages (PyAV, librosa, the face extractors) load when the verb runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Decode each clip (PyAV), resample its audio to 16 kHz mono and compute audio features at
+100 frames/s; pick video frames at --video-rate by their true times, find the face in each
+and compute face features; write one .npz per clip under --out, keeping the stem (and
+Actor_NN/), with timestamps in seconds and the settings in its params. A frame without a
+face is dropped, never zero-filled. Bad files are listed with their reason in
+OUT/extract.json; clips already extracted with the same settings are skipped (resume).
+
+Layouts: CREMA-D (VideoFlash/NAME.flv + AudioWAV/NAME.wav), RAVDESS (Actor_NN/01-*.mp4),
+or any folder of videos with sound (labels from --manifest path,label,speaker[,split]).
+
+Licences: --audio egemaps and egemaps-functionals need the optional opensmile package
+(audEERING's research-only licence): pip install 'av-emotion-trainer[egemaps]'.
+--audio egemaps-functionals repeats one vector per clip at 100 frames/s: it carries no time
+information (the original project's audio; for comparison only).
+
+Examples:
+  python -m trainer extract --media media/crema --out data/crema
+  python -m trainer extract --media media/ravdess --out data/ravdess --video opencv
+  python -m trainer extract --media media/crema --out data/crema-of --video openface \\
+      --openface-csv openface/crema
+  python -m trainer extract --media s3://B/media/crema/ --out s3://B/data/crema/"""
+
+
+def add_extract_command(sub, commands: dict) -> None:
+    """Register ``extract`` on the subparsers ``sub`` and its handler in ``commands``."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("extract", help="raw media (CREMA-D, RAVDESS, videos) to clip files",
+                       formatter_class=fmt, description=DESCRIPTION)
+    p.add_argument("--media", required=True, metavar="PATH",
+                   help="folder of media files, or s3://bucket/prefix (required)")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="folder for the clip files and extract.json, or s3://bucket/prefix "
+                   "(required)")
+    p.add_argument("--audio", default="logmel",
+                   choices=("logmel", "egemaps", "egemaps-functionals"),
+                   help="logmel (librosa), egemaps (25 eGeMAPSv02 LLDs, opensmile), "
+                   "egemaps-functionals (88 functionals repeated: no time information) "
+                   "(default: logmel)")
+    p.add_argument("--video", default="mediapipe",
+                   choices=("mediapipe", "opencv", "openface", "facenet"),
+                   help="mediapipe (face mesh geometry), opencv (bundled detectors), openface "
+                   "(read --openface-csv), facenet (512-d, needs --face-weights) "
+                   "(default: mediapipe)")
+    p.add_argument("--video-rate", type=float, default=15.0, metavar="FPS",
+                   help="video frames per second at most, picked by true times (default: 15)")
+    p.add_argument("--n-mels", type=int, default=64, metavar="N",
+                   help="log-mel bands (default: 64)")
+    p.add_argument("--min-face-frames", type=int, default=5, metavar="N",
+                   help="skip a clip with fewer frames with a face (default: 5)")
+    p.add_argument("--openface-csv", default=None, metavar="DIR",
+                   help="OpenFace FeatureExtraction CSVs, STEM.csv per clip (--video openface) "
+                   "(default: none)")
+    p.add_argument("--face-weights", default=None, metavar="FILE",
+                   help="face model weights (--video facenet) (default: none)")
+    p.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="worker processes (default: 0 = all cores)")
+    p.add_argument("--manifest", default=None, metavar="FILE",
+                   help="CSV path,label,speaker[,split] naming the media files (default: "
+                   "MEDIA/manifest.csv if present, else every file; labels from the names)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="local cache for s3:// media and output (default: ~/.cache/av-emotion)")
+    commands["extract"] = cmd_extract
+
+
+def cmd_extract(args) -> int:
+    import sys
+
+    from trainer import logs
+    from trainer.extract.run import ExtractSettings, extract
+
+    if args.workers < 0:
+        raise ValueError("--workers must be 0 (all cores) or more")
+    settings = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
+                               n_mels=args.n_mels, min_face_frames=args.min_face_frames,
+                               openface_csv=args.openface_csv, face_weights=args.face_weights)
+    logs.setup()
+    report = extract(args.media, args.out, settings, args.workers, args.manifest, args.cache_dir)
+    c = report["counts"]
+    rate = report["timing"]["media_seconds_per_second"]
+    print(f"extract: {c['written']} written, {c['already_done']} already done, "
+          f"{c['skipped']} skipped of {c['clips']} clips"
+          + (f"; {rate:.1f} s of media per second" if rate else "")
+          + f"  (report: {args.out.rstrip('/')}/extract.json)")
+    if c["written"] + c["already_done"] == 0:
+        top = report["skipped"][0]["reason"] if report["skipped"] else "no clips"
+        print(f"error: no clip extracted ({top}; see extract.json)", file=sys.stderr)
+        return 1
+    return 0

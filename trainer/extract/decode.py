@@ -1,0 +1,172 @@
+"""Decoding media with PyAV (its wheels bundle FFmpeg): audio as 16 kHz mono, video frames by
+their true presentation times.
+
+    wave = read_audio(Path("AudioWAV/1001_DFA_ANG_XX.wav"))         # float32, 16 kHz mono
+    for t, rgb in read_frames(Path("VideoFlash/1001_DFA_ANG_XX.flv"), rate=15):
+        ...                                                          # t in seconds, (H, W, 3)
+
+Every problem with a file (unreadable, truncated, a stream missing) is a ``MediaError`` whose
+message is the one-line reason ``extract`` reports for the clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from trainer.errors import MediaError
+
+# A file whose decoded stream ends this much before the length its header states is truncated
+# (an interrupted copy): FLV keeps decoding up to the cut without an error, so only this shows it.
+TRUNCATED_SHARE, TRUNCATED_SECONDS = 0.1, 0.25
+
+
+def _open(path: Path):
+    import av
+
+    if not Path(path).is_file():
+        raise MediaError(f"{path}: no such file")
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as e:  # InvalidDataError for a cut MP4 (its index is at the end)
+        raise MediaError(f"unreadable media ({_brief(e)})") from None
+
+
+def _brief(e: Exception) -> str:
+    """FFmpeg's message without the errno and the path, which the report already names."""
+    import av
+
+    if isinstance(e, av.error.FFmpegError) and e.strerror:
+        return e.strerror
+    return " ".join(str(e).split())[:160]
+
+
+def _stated_seconds(container, stream) -> float | None:
+    """The length the file's header states for ``stream`` (or the whole file), if any."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # in AV_TIME_BASE units
+    return None
+
+
+def _check_length(decoded: float, stated: float | None, what: str) -> None:
+    if stated and stated - decoded > max(TRUNCATED_SECONDS, TRUNCATED_SHARE * stated):
+        raise MediaError(f"truncated {what}: decoded {decoded:.2f} s of the {stated:.2f} s "
+                         "its header states")
+
+
+def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
+    """The first audio stream of ``path`` as float32 mono at ``sample_rate`` (FFmpeg's resampler
+    averages the channels).
+
+    Raises:
+        MediaError: unreadable or truncated file, no audio stream, no samples.
+
+    Example:
+        >>> read_audio(Path("Actor_01/01-01-05-01-01-01-01.mp4")).shape   # 3.5 s of speech
+        (56000,)
+    """
+    import av
+
+    container = _open(path)
+    try:
+        if not container.streams.audio:
+            raise MediaError("no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = []
+        try:
+            for frame in container.decode(stream):
+                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
+        except av.error.FFmpegError as e:
+            raise MediaError(f"corrupt audio ({_brief(e)})") from None
+        wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else \
+            np.zeros(0, np.float32)
+        if not len(wave):
+            raise MediaError("no audio samples")
+        if stream.codec_context.name != "pcm_s16le":  # a WAV's stated length is its file size
+            _check_length(len(wave) / sample_rate, _stated_seconds(container, stream), "audio")
+        return wave
+    finally:
+        container.close()
+
+
+class RateGrid:
+    """Picks frames at most ``rate`` per second by their times: a frame is taken when its time
+    reaches the next slot of the ``1 / rate`` grid.
+
+    Example:
+        >>> grid = RateGrid(15)
+        >>> [t for t in (0.0, 0.033, 0.067, 0.1, 0.133) if grid.take(t)]
+        [0.0, 0.067, 0.133]
+    """
+
+    def __init__(self, rate: float):
+        if not rate > 0:
+            raise ValueError(f"video rate must be positive, not {rate}")
+        self.step = 1.0 / rate
+        # Time bases round (FLV's to whole milliseconds: 0.133 for 2/15 s): a frame this close
+        # before its slot still takes it, or 30 fps at rate 15 would pick frames unevenly.
+        self.slack = 0.1 * self.step
+        self.next_slot = -np.inf
+
+    def take(self, t: float) -> bool:
+        if t < self.next_slot - self.slack:
+            return False
+        self.next_slot = (np.floor((t + self.slack) / self.step) + 1) * self.step
+        return True
+
+
+def at_rate(times: np.ndarray, rate: float) -> np.ndarray:
+    """Boolean mask of the ``times`` (seconds, ascending) that ``RateGrid(rate)`` keeps."""
+    grid = RateGrid(rate)
+    return np.array([grid.take(float(t)) for t in times], dtype=bool)
+
+
+def read_frames(path: Path, rate: float) -> Iterator[tuple[float, np.ndarray]]:
+    """RGB uint8 frames (H, W, 3) of the first video stream, at most ``rate`` per second.
+
+    Frames are picked by their presentation times (``RateGrid``): a 30 fps video at rate 15
+    gives every other frame, and a 25 fps one 15 frames a second at their own, uneven, times.
+    Only kept frames are converted to RGB (the costly part). Times are seconds from the
+    stream's start.
+
+    Raises:
+        MediaError: unreadable, corrupt or truncated file, no video stream, no frames.
+
+    Example:
+        >>> [round(t, 3) for t, _ in read_frames(Path("clip.flv"), rate=15)][:3]
+        [0.0, 0.067, 0.133]
+    """
+    import av
+
+    grid = RateGrid(rate)
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        stream = container.streams.video[0]
+        start = stream.start_time * stream.time_base if stream.start_time is not None else 0
+        last, kept = 0.0, 0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue  # no time: cannot be placed on the time axis
+                t = float(frame.pts * frame.time_base - start)
+                last = t
+                if not grid.take(t):
+                    continue
+                kept += 1
+                yield t, frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise MediaError(f"corrupt video ({_brief(e)})") from None
+        if not kept:
+            raise MediaError("no video frames")
+        frame_seconds = 1 / float(stream.average_rate) if stream.average_rate else 0.0
+        _check_length(last + frame_seconds, _stated_seconds(container, stream), "video")
+    finally:
+        container.close()

@@ -144,16 +144,20 @@ def test_tasks_alone_then_resume_runs_only_the_rest(data, tmp_path, monkeypatch)
 @pytest.mark.slow
 def test_parallel_runs_tasks_as_processes_with_a_line_each(data, tmp_path, capsys):
     out = tmp_path / "r"
+    settings = tmp_path / "settings.json"  # settings from a file reach the task processes too
+    settings.write_text(json.dumps({"data": str(data), "epochs": 2, "d_model": 16, "heads": 2,
+                                    "batch_size": 16}))
     # --threads 0 (all cores): each of the 2 processes gets half of them
-    assert cv(data, out, "--folds", "2", "--seeds", "0,1", "--parallel", "2", "--threads",
-              "0") == 0
+    assert main(["cv", "--config", str(settings), "--out", str(out), "--folds", "2", "--seeds",
+                 "0,1", "--parallel", "2", "--threads", "0"]) == 0
     err = capsys.readouterr().err
     assert err.count("cv_task_start") == 4 and err.count("cv_task_end") == 4
     dirs = ["fold-1-seed-0", "fold-1-seed-1", "fold-2-seed-0", "fold-2-seed-1"]
     for d in dirs:
         assert f"dir={d}" in err
-        threads = json.loads((out / d / "config.json").read_text())["threads"]
-        assert threads == max(1, (os.cpu_count() or 1) // 2)
+        config = json.loads((out / d / "config.json").read_text())
+        assert config["threads"] == max(1, (os.cpu_count() or 1) // 2)
+        assert (config["epochs"], config["d_model"], config["data"]) == (2, 16, str(data))
     doc = json.loads((out / "cv.json").read_text())
     assert [(f["fold"], f["seed"]) for f in doc["folds"]] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     # the same fold, another seed: the same test speakers, other validation speakers or weights

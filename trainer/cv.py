@@ -165,9 +165,9 @@ def _brief(summary: dict) -> dict:
     return {k: round(summary["test"][k], 4) for k in ("accuracy", "macro_f1", "uar")}
 
 
-def _child_command(config_file: str, args, index: int, threads: int) -> list[str]:
+def _child_command(config_file: str, cfg, args, index: int, threads: int) -> list[str]:
     cmd = [sys.executable, "-m", "trainer", "cv", "--config", config_file, "--data",
-           args.data, "--out", args.out, "--seeds", args.seeds, "--task", str(index),
+           cfg.data, "--out", cfg.out, "--seeds", args.seeds, "--task", str(index),
            "--threads", str(threads)]
     return cmd + (["--folds", str(args.folds)] if args.folds is not None else [])
 
@@ -197,7 +197,8 @@ def run_parallel(cfg, args, tasks: list[Task], parallel: int) -> list[str]:
                 while pending and len(running) < parallel and not stop:
                     t = pending.pop(0)
                     out_file = open(os.path.join(tmp, f"{t.dir}.log"), "w+b")
-                    proc = subprocess.Popen(_child_command(config_file, args, t.index, threads),
+                    proc = subprocess.Popen(_child_command(config_file, cfg, args, t.index,
+                                                           threads),
                                             stdout=out_file, stderr=subprocess.STDOUT,
                                             start_new_session=True)  # signals come from us
                     running[t.index] = (t, proc, out_file, time.monotonic())

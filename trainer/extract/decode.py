@@ -88,8 +88,13 @@ def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
             np.zeros(0, np.float32)
         if not len(wave):
             raise MediaError("no audio samples")
+        stated = _stated_seconds(container, stream)
         if stream.codec_context.name != "pcm_s16le":  # a WAV's stated length is its file size
-            _check_length(len(wave) / sample_rate, _stated_seconds(container, stream), "audio")
+            _check_length(len(wave) / sample_rate, stated, "audio")
+        if stated and len(wave) > stated * sample_rate:
+            # AAC pads its last 1024-sample frame: a 1.00 s track decodes to 1.02 s; the
+            # container's length is the true one, so the padding is cut
+            wave = wave[:int(round(stated * sample_rate))]
         return wave
     finally:
         container.close()

@@ -152,17 +152,18 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
             np.asarray(times, np.float64), info, seen)
 
 
-def _extract(clip: MediaClip, s: ExtractSettings) -> tuple[dict[str, np.ndarray], dict, float]:
-    """The clip file's arrays, the seconds spent per stage, and the clip's audio seconds."""
+def _extract(clip: MediaClip, s: ExtractSettings, timing: dict) -> dict[str, np.ndarray]:
+    """The clip file's arrays; adds the seconds spent per stage and the clip's audio seconds
+    (``media``) to ``timing`` as it goes, so that a clip skipped late still counts its work."""
     from trainer import __version__
     from trainer.data import EXTRACTOR, clip_params_json
     from trainer.extract.audio import audio_features
     from trainer.extract.decode import read_audio
 
-    timing = dict.fromkeys(STAGES, 0.0)
     t0 = time.perf_counter()
     wave = read_audio(clip.audio, s.sample_rate)
     t1 = time.perf_counter()
+    timing["media"] = len(wave) / s.sample_rate
     audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
     timing["decode_audio"], timing["audio_features"] = t1 - t0, time.perf_counter() - t1
     if s.video == "openface":
@@ -182,7 +183,7 @@ def _extract(clip: MediaClip, s: ExtractSettings) -> tuple[dict[str, np.ndarray]
     arrays = {"audio_features": audio, "video_features": video,
               "audio_timestamps": audio_t, "video_timestamps": video_t,
               "params": clip_params_json(params)}
-    return arrays, timing, len(wave) / s.sample_rate
+    return arrays
 
 
 def extract_clip(clip: MediaClip, s: ExtractSettings) -> dict[str, np.ndarray]:
@@ -197,7 +198,7 @@ def extract_clip(clip: MediaClip, s: ExtractSettings) -> dict[str, np.ndarray]:
         >>> arrays["audio_features"].shape, arrays["video_timestamps"][:2]
         ((348, 64), array([0.   , 0.067]))
     """
-    return _extract(clip, s)[0]
+    return _extract(clip, s, dict.fromkeys(STAGES, 0.0))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -216,19 +217,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
     """One clip in a worker: extract and write it, or say why not. Never raises for a bad file."""
+    timing = dict.fromkeys(STAGES, 0.0)
     try:
-        arrays, timing, seconds = _extract(clip, s)
+        arrays = _extract(clip, s, timing)
         t0 = time.perf_counter()
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         _atomic_write(out / f"{clip.rel}.npz", buf.getvalue())
         timing["write"] = time.perf_counter() - t0
-        return {"rel": clip.rel, "reason": None, "timing": timing, "seconds": seconds}
+        reason = None
     except MediaError as e:
         reason = str(e).splitlines()[0] if str(e) else "unreadable media"
     except Exception as e:  # a library's own error on odd input: reported, the run goes on
         reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    return {"rel": clip.rel, "reason": reason, "timing": {}, "seconds": 0.0}
+    return {"rel": clip.rel, "reason": reason, "seconds": timing.pop("media", 0.0),
+            "timing": timing}
 
 
 def _done(path: Path, settings: dict) -> bool:
@@ -323,7 +326,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     s.check()
     t_start = time.perf_counter()
     cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion").expanduser()
-    stage = dict.fromkeys(("s3_down", "find", *STAGES, "s3_up"), 0.0)
+    stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
     local_media = _local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)

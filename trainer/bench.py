@@ -11,8 +11,9 @@ memory (ru_maxrss) is its own. Measured: training throughput and its ratio, peak
 memory and its ratio, the hybrid's FLOP rate (torch.utils.flop_counter) against this machine's
 fp32 torch.mm rate, padding efficiency of bucketed against shuffled batches, data-pipeline
 overhead (real data path against batches collated beforehand), single-clip inference latency of
-the eager and the exported (ONNX Runtime, else TorchScript) model, and the projected epoch
-time for a CREMA-D-sized data set. Speed is read from the figures; nothing here asserts it.
+the eager and the exported (ONNX Runtime, else TorchScript) model, the projected epoch
+time for a CREMA-D-sized data set, and (full mode) a 2-process gloo DDP epoch against a
+1-process one (trainer.bench_ddp). Speed is read from the figures; nothing here asserts it.
 """
 
 from __future__ import annotations
@@ -107,40 +108,21 @@ def train_worker(name: str, preset: str, seed: int, threads: int,
                  overrides: dict | None = None) -> dict:
     """Train ``name`` on the workload; runs in its own process (see ``run``). With
     ``overrides`` (settings of a variant), throughput only."""
-    from trainer.losses import focal_loss
-
     p = PRESETS[preset]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     from trainer.config import TrainConfig
-    from trainer.prepare import augment
 
     overrides = overrides or {}
     cfg = TrainConfig(model=name, **overrides)
     clips = pooled(name, workload(p["clips"], seed, p.get("short", False)), **overrides)
     lengths = [c.audio.shape[0] for c in clips]
     batches = bucket_batches(lengths, p["batch_size"], seed, 0)
-
-    def load(idx, b):  # train.py's data path: collate, then the training masks
-        batch = collate([clips[i] for i in idx])
-        return augment(batch, np.random.default_rng([seed, 0, b, 1]), cfg.time_mask,
-                       cfg.feature_mask) if cfg.time_mask or cfg.feature_mask else batch
-
-    def trainer_step(model):
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                fused=True)  # as train.py
-
-        def step(batch):
-            loss = focal_loss(model(**batch), batch["label"], None, 2.0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-        return step
+    load = loader(clips, cfg, seed)
 
     # One step of a one-weight model first: it imports what every training step imports
     # (the optimiser alone brings 22 MB of Python modules), the same for both models.
-    trainer_step(Tiny())(collate(clips[:2]))
+    training_step(Tiny(), cfg)(collate(clips[:2]))
     rss_before = rss_mb()  # interpreter, torch, those modules and the clips
     try:
         heap = HeapPeak()
@@ -148,7 +130,7 @@ def train_worker(name: str, preset: str, seed: int, threads: int,
     except (OSError, AttributeError):  # not glibc: the RSS figure alone
         heap = None
     model = build(name, **overrides).train()
-    step = trainer_step(model)
+    step = training_step(model, cfg)
 
     def epoch():  # the real data path, as train.py's loop
         data_s, step_s = [], []
@@ -199,6 +181,36 @@ def train_worker(name: str, preset: str, seed: int, threads: int,
         out["matmul_fraction"] = fraction
         out["matmul_fractions"] = [f for f, _ in pairs]
     return out
+
+
+def loader(clips: list[Clip], cfg, seed: int, rank: int = 0):
+    """train.py's data path: ``load(idx, b)`` collates clips ``idx`` (batch ``b``), then applies
+    the training masks. ``rank``: a DDP process's own mask draws (trainer.bench_ddp)."""
+    from trainer.prepare import augment
+
+    def load(idx, b):
+        batch = collate([clips[i] for i in idx])
+        return augment(batch, np.random.default_rng([seed, rank, b, 1]), cfg.time_mask,
+                       cfg.feature_mask) if cfg.time_mask or cfg.feature_mask else batch
+    return load
+
+
+def training_step(model: torch.nn.Module, cfg):
+    """train.py's step for ``model`` (also a DistributedDataParallel wrapper): focal loss,
+    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, detached."""
+    from trainer.losses import focal_loss
+
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=True)  # as train.py
+
+    def step(batch):
+        loss = focal_loss(model(**batch), batch["label"], None, 2.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        return loss.detach()
+    return step
 
 
 class Tiny(torch.nn.Module):
@@ -313,6 +325,11 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
             variants[key] = {"settings": settings, "clips_per_second": v["clips_per_second"],
                              "relative_to_defaults": v["clips_per_second"]
                              / hybrid["clips_per_second"]}
+        # 1 process of 2 threads against 2 gloo DDP processes (issue 11); full mode only: its
+        # five processes would add more than --quick's CI budget allows, for figures of 8 clips
+        from trainer.bench_ddp import measure as ddp_measure
+
+        report["ddp"] = ddp_measure(preset, seed)
     report.update({
         "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
         **memory_ratios(hybrid, lstm),
@@ -413,6 +430,11 @@ def table(r: dict) -> str:
     for key, v in r.get("hybrid_variants", {}).items():
         rows.append((f"  hybrid, {key.replace('_', ' ')} (clips/s)", f"{v['clips_per_second']:.2f}",
                      "", f"{v['relative_to_defaults']:.2f}x the defaults' ({v['settings']})"))
+    for key, v in r.get("ddp", {}).get("variants", {}).items():  # trainer.bench_ddp
+        rows.append((f"  hybrid, {r['ddp']['world']}-process DDP, {key.replace('_', ' ')}",
+                     f"{v['ddp']['clips_per_second']:.2f}", "",
+                     f"{v['speedup']:.2f}x 1 process x {r['ddp']['world']} threads "
+                     f"({v['single']['clips_per_second']:.2f}), global batch {v['batch_global']}"))
     w = [max(len(str(x[i])) for x in rows + [("", "hybrid", "lstm", "")]) for i in range(4)]
     lines = [f"{'':{w[0]}}  {'hybrid':>{w[1]}}  {'lstm':>{w[2]}}  notes"]
     lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]

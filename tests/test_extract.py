@@ -315,6 +315,17 @@ def test_a_second_run_skips_clips_already_done_and_touches_nothing(extracted, me
     assert not list(out.rglob("*.tmp"))
 
 
+def test_other_settings_extract_again_over_the_old_files(media, tmp_path):
+    pytest.importorskip("trainer.extract.face")
+    from trainer.extract.run import ExtractSettings, extract
+
+    crema = media[0] / "crema"
+    extract(crema, tmp_path, ExtractSettings(video=FACE_KIND), workers=1)
+    report = extract(crema, tmp_path, ExtractSettings(video=FACE_KIND, n_mels=40), workers=1)
+    assert report["written"] == ["1001_DFA_ANG_XX.npz"] and report["already_done"] == []
+    assert _load(tmp_path / "1001_DFA_ANG_XX.npz")["audio_features"].shape[1] == 40
+
+
 def test_the_output_loads_as_a_data_set_with_label_and_speaker_from_the_name(extracted):
     from trainer.data import LABELS, load_dataset
 
@@ -336,6 +347,35 @@ def test_extract_clip_with_egemaps_gives_25_llds(media):
     assert json.loads(str(arrays["params"]))["settings"]["audio"] == "egemaps"
     with pytest.raises(MediaError, match="a face in 0 of 15 frames"):
         extract_clip(media_clip(media[1]["crema_no_face"]), ExtractSettings(video=FACE_KIND))
+
+
+def test_openface_csvs_are_read_instead_of_faces_at_the_video_rate(media, tmp_path, capsys):
+    from trainer.cli import main
+
+    csvs = tmp_path / "openface"
+    csvs.mkdir()
+    names = ["gaze_0_x", "gaze_0_y", "gaze_0_z", "pose_Rx", "pose_Ry", "pose_Rz", "AU01_r",
+             "AU12_r", "AU01_c", "AU12_c"]
+    lines = ["frame, face_id, timestamp, confidence, success, " + ", ".join(names)]
+    for i in range(30):  # 1 s at 30 fps; OpenFace lost the face from 1/3 s to 1/2 s
+        lost = 10 <= i < 15
+        lines.append(f"{i + 1}, 0, {i / 30:.3f}, {0.1 if lost else 0.95}, {0 if lost else 1}, "
+                     + ", ".join(f"{(i + k) / 100:.2f}" for k in range(len(names))))
+    (csvs / "1001_DFA_ANG_XX.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    assert main(["extract", "--media", str(media[0] / "crema"), "--out", str(out), "--video",
+                 "openface", "--openface-csv", str(csvs), "--workers", "1"]) == 0
+    z = _load(out / "1001_DFA_ANG_XX.npz")
+    v, vt = z["video_features"], z["video_timestamps"]
+    assert v.shape[1] == len(names) and 6 <= len(v) == len(vt) <= 15
+    cells = np.floor(vt * 15 + 0.1)  # the 1/15 s grid: at most one frame in each cell
+    assert np.all(np.diff(vt) > 0) and len(np.unique(cells)) == len(vt) and vt[-1] < 1.0
+    assert not ((vt > 0.32) & (vt < 0.48)).any()  # lost frames dropped, not zero-filled
+    np.testing.assert_allclose(v[:, 0], np.round(vt * 30) / 100, atol=1e-6)  # each row its own
+    reasons = {s["path"]: s["reason"] for s in json.loads((out / "extract.json").read_text())[
+        "skipped"]}
+    assert reasons["VideoFlash/1002_IEO_HAP_HI.flv"].startswith("no OpenFace CSV 1002_IEO_HAP_HI")
+    assert json.loads(str(z["params"]))["video"]["columns"] == names
 
 
 @pytest.mark.slow

@@ -128,9 +128,9 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
     from trainer.extract.face import make_face
 
     face = make_face(s.video, s.face_weights)  # fresh per clip: it tracks within one clip
+    frames = read_frames(clip.video, s.video_rate)
     feats, times, seen = [], [], 0
     try:
-        frames = read_frames(clip.video, s.video_rate)
         while True:
             t0 = time.perf_counter()
             got = next(frames, None)
@@ -147,6 +147,7 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
         info = dict(face.info)
         dim = face.dim
     finally:
+        frames.close()  # the container, also when the face extractor failed mid-clip
         face.close()
     return (np.stack(feats) if feats else np.zeros((0, dim), np.float32),
             np.asarray(times, np.float64), info, seen)

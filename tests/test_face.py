@@ -150,3 +150,13 @@ def test_facenet_without_its_packages_says_what_to_install(monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "facenet-pytorch" in msg and "torchvision" in msg
     assert "facenet" in FACE_KINDS
+
+
+@pytest.mark.parametrize("kind, module, install", [
+    ("mediapipe", "mediapipe.python.solutions", "pip install --no-deps mediapipe==0.10.21"),
+    ("opencv", "cv2", "pip install 'opencv-python-headless<5'")])
+def test_a_missing_package_says_what_to_install(monkeypatch, kind, module, install):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ValueError) as err:
+        make_face(kind)
+    assert install in str(err.value) and "\n" not in str(err.value)

@@ -158,6 +158,7 @@ class MediaPipeFace:
         self._first = True  # the landmark model first runs (and prints) on the first face
         self.info = {"name": "mediapipe", "package": "mediapipe", "version": _version("mediapipe"),
                      "model": "face_mesh (refine_landmarks: iris)", "dim": self.dim,
+                     "min_detection_confidence": 0.5, "min_tracking_confidence": 0.5,
                      "landmarks": len(self.landmarks),
                      "layout": "FACEMESH_CONTOURS (sorted) then iris 468-477; x, y, z each",
                      "normalised": "origin eye midpoint, scale inter-ocular distance, roll 0"}

@@ -252,7 +252,7 @@ class OpenCVFace:
         if top.size == 0:
             return None
         top, f = self._shrink(top, 120 / side)  # eyes of about 24 px: the cascade's 20 px window
-        eyes = self._eye_cascade.detectMultiScale(top, 1.05, 4,
+        eyes = self._eye_cascade.detectMultiScale(top, 1.1, 4,
                                                   minSize=(int(side * f * 0.12),) * 2,
                                                   maxSize=(int(side * f * 0.4),) * 2)
         if len(eyes) < 2:

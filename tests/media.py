@@ -161,7 +161,8 @@ def make_crema(root: Path, seconds: float = 1.0) -> dict[str, Path]:
     for key, stem, face in (("face", "1001_DFA_ANG_XX", True),
                             ("no_face", "1002_IEO_HAP_HI", False),
                             ("no_wav", "1003_TIE_SAD_XX", True)):
-        made[key] = write_video(root / "VideoFlash" / f"{stem}.flv", frames(n, face, seed=len(made)))
+        images = frames(n, face, seed=len(made))
+        made[key] = write_video(root / "VideoFlash" / f"{stem}.flv", images)
         if key != "no_wav":
             write_wav(root / "AudioWAV" / f"{stem}.wav", wave, sr)
     return made

@@ -253,7 +253,6 @@ def _load(path: Path) -> dict:
 @pytest.fixture(scope="module")
 def extracted(media, tmp_path_factory):
     """One run over both layouts (workers=1: in this process), as the tests below read it."""
-    pytest.importorskip("trainer.extract.face")  # the face helper's module (issue 10)
     from trainer.extract.run import ExtractSettings, extract
 
     root, made = media
@@ -316,7 +315,6 @@ def test_a_second_run_skips_clips_already_done_and_touches_nothing(extracted, me
 
 
 def test_other_settings_extract_again_over_the_old_files(media, tmp_path):
-    pytest.importorskip("trainer.extract.face")
     from trainer.extract.run import ExtractSettings, extract
 
     crema = media[0] / "crema"
@@ -337,7 +335,6 @@ def test_the_output_loads_as_a_data_set_with_label_and_speaker_from_the_name(ext
 
 
 def test_extract_clip_with_egemaps_gives_25_llds(media):
-    pytest.importorskip("trainer.extract.face")
     pytest.importorskip("opensmile")
     from trainer.extract.run import ExtractSettings, extract_clip
 
@@ -380,7 +377,6 @@ def test_openface_csvs_are_read_instead_of_faces_at_the_video_rate(media, tmp_pa
 
 @pytest.mark.slow
 def test_cli_with_two_workers_writes_and_prints_counts(media, tmp_path, capsys):
-    pytest.importorskip("trainer.extract.face")
     from trainer.cli import main
 
     out = tmp_path / "out"
@@ -395,7 +391,6 @@ def test_cli_with_two_workers_writes_and_prints_counts(media, tmp_path, capsys):
 @pytest.mark.slow
 def test_extract_between_s3_prefixes_and_resumes_from_what_s3_holds(media, tmp_path, s3_bucket,
                                                                      s3_client):
-    pytest.importorskip("trainer.extract.face")
     from trainer.extract.run import ExtractSettings, extract
     from trainer.s3 import sync_up
 
@@ -413,3 +408,64 @@ def test_extract_between_s3_prefixes_and_resumes_from_what_s3_holds(media, tmp_p
     again = extract(f"s3://{s3_bucket}/media/ravdess/", f"s3://{s3_bucket}/data/ravdess/",
                     settings, workers=1, cache_dir=tmp_path / "cache2")
     assert again["written"] == [] and again["already_done"] == first["written"]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_clip_loses_only_its_clip_and_the_run_goes_on(media, tmp_path):
+    import os
+    import signal
+    import threading
+    import time
+
+    from trainer.extract.run import ExtractSettings, extract
+
+    root = tmp_path / "media"
+    for i in range(4):  # four good CREMA-D clips
+        stem = f"10{i:02d}_DFA_ANG_XX"
+        for sub, ext in (("VideoFlash", "flv"), ("AudioWAV", "wav")):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            src = media[1]["crema_face"] if ext == "flv" else \
+                media[0] / "crema" / "AudioWAV" / "1001_DFA_ANG_XX.wav"
+            (root / sub / f"{stem}.{ext}").write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(
+        extract(root, out, ExtractSettings(video=FACE_KIND), workers=2)))
+    run.start()
+    killed = None
+    deadline = time.monotonic() + 60
+    while killed is None and time.monotonic() < deadline:  # as the kernel's OOM killer would
+        for marker in out.glob(".extract-worker-*"):
+            try:
+                rel = marker.read_text()  # written whole (a rename), so never empty
+                os.kill(int(marker.name.rsplit("-", 1)[1]), signal.SIGKILL)
+                killed = rel
+                break
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.01)
+    run.join(120)
+    assert killed and not run.is_alive()
+    assert sorted(result["written"]) == sorted(f"10{i:02d}_DFA_ANG_XX.npz" for i in range(4)
+                                               if f"10{i:02d}_DFA_ANG_XX" != killed)
+    assert result["skipped"] == [{"path": f"VideoFlash/{killed}.flv",
+                                  "reason": "its worker process died (out of memory, or a crash "
+                                            "in a native library)"}]
+    assert not list(out.glob(".extract-worker-*"))
+
+
+def test_settings_params_name_what_defines_the_features_and_round_trip(tmp_path):
+    from trainer.extract.run import ExtractSettings
+
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"weights")
+    s = ExtractSettings(audio="logmel", video="facenet", n_mels=40, min_face_frames=9,
+                        face_weights=str(weights))
+    p = s.params()
+    assert p == {"audio": "logmel", "video": "facenet", "video_rate": 15.0, "sample_rate": 16000,
+                 "n_mels": 40, "face_weights_sha256": p["face_weights_sha256"]}
+    assert str(tmp_path) not in json.dumps(p) and len(p["face_weights_sha256"]) == 64
+    back = ExtractSettings.from_params(p)
+    assert (back.audio, back.video, back.n_mels, back.face_weights) == ("logmel", "facenet", 40,
+                                                                        None)
+    assert "n_mels" not in ExtractSettings(audio="egemaps").params()  # not a setting of egemaps

@@ -137,14 +137,14 @@ def find_clips(media: Path, manifest: Path | None = None) -> tuple[list[MediaCli
     for c in list(clips):
         if c.rel in seen:
             clips.remove(c)
-            skipped.append({"path": _shown(c.video, media), "reason": "same output "
-                            f"{c.rel}.npz as {_shown(seen[c.rel].video, media)}"})
+            skipped.append({"path": display_path(c.video, media), "reason": "same output "
+                            f"{c.rel}.npz as {display_path(seen[c.rel].video, media)}"})
         else:
             seen[c.rel] = c
     return clips, sorted(skipped, key=lambda s: s["path"])
 
 
-def _shown(path: Path, root: Path) -> str:
+def display_path(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
@@ -157,19 +157,19 @@ def _walk(media: Path) -> tuple[list[MediaClip], list[dict]]:
         if ext in VIDEO_EXTENSIONS:
             got = _clip(path, media)
             if isinstance(got, str):
-                skipped.append({"path": _shown(path, media), "reason": got})
+                skipped.append({"path": display_path(path, media), "reason": got})
             else:
                 clips.append(got)
         elif ext in AUDIO_EXTENSIONS:
             audio.append(path)
         elif ext not in IGNORED_EXTENSIONS:
-            skipped.append({"path": _shown(path, media),
+            skipped.append({"path": display_path(path, media),
                             "reason": f"unsupported file type ({ext or 'no extension'})"})
     # An audio file is a clip's audio, or a copy of it (CREMA-D's AudioMP3), or reported.
     stems = {c.stem for c in clips} | {p.stem for p in files if p.suffix.lower() == ".flv"}
     for path in audio:
         if path.stem not in stems:
-            skipped.append({"path": _shown(path, media), "reason": _one_stream_reason(path)
+            skipped.append({"path": display_path(path, media), "reason": _one_stream_reason(path)
                             or "audio without a video of the same name"})
     return clips, skipped
 

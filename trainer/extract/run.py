@@ -17,11 +17,12 @@ import hashlib
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 import structlog
 
 from trainer.errors import MediaError
-from trainer.extract.clips import MediaClip, _shown, find_clips
+from trainer.extract.clips import MediaClip, display_path, find_clips
 
 log = structlog.get_logger()
 
@@ -216,9 +217,28 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+_MARKER: Path | None = None  # in a worker process: names the clip it is working on
+
+
+def _worker_init(out: Path) -> None:
+    """A worker's marker file names its clip while it works, so that when it dies (killed by
+    the kernel when out of memory, or a crash in native code) its clip is known. The pool ends
+    the other workers with SIGTERM then: those take their markers away."""
+    global _MARKER
+    _MARKER = out / f".extract-worker-{os.getpid()}"
+
+    def ended(signum, frame):
+        _MARKER.unlink(missing_ok=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, ended)
+
+
 def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
     """One clip in a worker: extract and write it, or say why not. Never raises for a bad file."""
     timing = dict.fromkeys(STAGES, 0.0)
+    if _MARKER is not None:
+        _atomic_write(_MARKER, clip.rel.encode())
     try:
         arrays = _extract(clip, s, timing)
         t0 = time.perf_counter()
@@ -231,6 +251,8 @@ def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
         reason = str(e).splitlines()[0] if str(e) else "unreadable media"
     except Exception as e:  # a library's own error on odd input: reported, the run goes on
         reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    if _MARKER is not None:
+        _MARKER.unlink(missing_ok=True)
     return {"rel": clip.rel, "reason": reason, "seconds": timing.pop("media", 0.0),
             "timing": timing}
 
@@ -257,22 +279,51 @@ def _progress(total: int):
 def _run(todo: list[MediaClip], s: ExtractSettings, out: Path, workers: int):
     """Yield each clip's result as it finishes: in this process for one worker, else in a pool
     of processes (spawned: a fresh interpreter, so no decoder or detector state or thread is
-    copied from this one)."""
+    copied from this one; a script calling ``extract`` with workers needs the usual
+    ``if __name__ == "__main__":``). A worker that dies takes only its own clip with it: that
+    clip is reported, the pool is made anew, and the rest go on."""
     if workers <= 1 or len(todo) <= 1:
         for clip in todo:
             yield _work(clip, s, out)
         return
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
-        futures = [pool.submit(_work, clip, s, out) for clip in todo]
-        try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        finally:  # Ctrl-C: drop what has not started; a clip being written stays atomic
-            for fut in futures:
-                fut.cancel()
+    queue, blind_breaks = list(todo), 0
+    for stale in out.glob(".extract-worker-*"):  # left by a run that was killed
+        stale.unlink(missing_ok=True)
+    while queue:
+        with ProcessPoolExecutor(min(workers, len(queue)), mp_context=ctx,
+                                 initializer=_worker_init, initargs=(out,)) as pool:
+            futures = {pool.submit(_work, clip, s, out): clip for clip in queue}
+            try:
+                for fut in as_completed(futures):
+                    result = fut.result()
+                    del futures[fut]
+                    yield result
+                queue = []
+            except BrokenProcessPool:
+                finished = [f for f in futures if f.done() and f.exception() is None]
+                for fut in finished:  # done before the break, not yet yielded
+                    yield futures.pop(fut).result()
+                queue = list(futures.values())
+            finally:  # Ctrl-C: drop what has not started; a clip being written stays atomic
+                for fut in futures:
+                    fut.cancel()
+        dead = {m.read_text() for m in out.glob(".extract-worker-*")}  # the pool has ended
+        for m in out.glob(".extract-worker-*"):
+            m.unlink(missing_ok=True)
+        for clip in [c for c in queue if c.rel in dead]:
+            queue.remove(clip)
+            yield {"rel": clip.rel, "reason": "its worker process died (out of memory, or a "
+                   "crash in a native library)", "seconds": 0.0, "timing": {}}
+        blind_breaks += bool(queue) and not dead
+        if blind_breaks > 2:  # workers die with no clip to blame: stop retrying them
+            for clip in queue:
+                yield {"rel": clip.rel, "reason": "not extracted: worker processes kept dying",
+                       "seconds": 0.0, "timing": {}}
+            return
 
 
 def _check_face(s: ExtractSettings) -> None:
@@ -359,7 +410,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
             if r["reason"] is None:
                 written.append(r["rel"])
             else:
-                skipped.append({"path": _shown(by_rel[r["rel"]].video, local_media),
+                skipped.append({"path": display_path(by_rel[r["rel"]].video, local_media),
                                 "reason": r["reason"]})
             if bar is not None:
                 bar.update()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.data import Clip
-from trainer.folds import fold_split, speaker_folds
+from trainer.folds import fold_split, manifest_folds, speaker_folds
 
 
 def dataset(speakers=10, seed=0):
@@ -62,3 +62,19 @@ def test_the_same_seed_gives_the_same_folds_and_split():
     assert speaker_folds(clips, 3, seed=4) == speaker_folds(clips, 3, seed=4)
     assert fold_split(clips, speaker_folds(clips, 3), 1, seed=2) == \
         fold_split(clips, speaker_folds(clips, 3), 1, seed=2)
+
+
+def test_a_manifests_folds_are_read_and_checked():
+    clips = dataset(6)
+    for c in clips:
+        c.split = f"fold{1 + int(c.speaker[-2:]) % 3}"
+    assert manifest_folds(clips) == [["spk/00", "spk/03"], ["spk/01", "spk/04"],
+                                     ["spk/02", "spk/05"]]
+    assert manifest_folds(dataset(4)) is None  # no split column
+    clips[0].split = "fold2" if clips[0].split != "fold2" else "fold3"
+    with pytest.raises(ValueError, match="is in fold.* and fold"):
+        manifest_folds(clips)
+    for c in clips:
+        c.split = "fold1" if c.speaker < "spk/03" else "fold3"
+    with pytest.raises(ValueError, match="number them fold1..foldK"):
+        manifest_folds(clips)

@@ -92,7 +92,8 @@ def ops_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     ("", ["--args=--epochs three"], "error: ARGS '--epochs three': training args: argument "
                                     "--epochs: invalid int value: 'three'"),
     ("data: listed\n", [], "error: DATA=listed: manifest listed/manifest.csv line 3: split is "
-                           "'tset'; use one of train/val/test on every row, or leave the column "
+                           "'tset'; use one of train/val/test on every row (or fold1..foldK for cv), "
+                           "or leave the column "
                            "empty on every row for a computed split"),
 ])
 def test_bad_deploy_input_is_one_line_before_anything_is_built_or_uploaded(

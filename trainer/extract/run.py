@@ -220,12 +220,24 @@ def _atomic_write(path: Path, data: bytes) -> None:
 _MARKER: Path | None = None  # in a worker process: names the clip it is working on
 
 
+def _one_core() -> None:
+    """Keep OpenCV (the face extractors use it) on this worker's own core. Its thread pool
+    otherwise spins beside the decoder: measured on 90 s of 480x360 video, decoding took 4.9 s
+    with it and 1.5 s without, and the face stage was no faster with it (10.7 s against 11.3)."""
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(1)
+
+
 def _worker_init(out: Path) -> None:
     """A worker's marker file names its clip while it works, so that when it dies (killed by
     the kernel when out of memory, or a crash in native code) its clip is known. The pool ends
     the other workers with SIGTERM then: those take their markers away."""
     global _MARKER
     _MARKER = out / f".extract-worker-{os.getpid()}"
+    _one_core()
 
     def ended(signum, frame):
         _MARKER.unlink(missing_ok=True)
@@ -283,6 +295,8 @@ def _run(todo: list[MediaClip], s: ExtractSettings, out: Path, workers: int):
     ``if __name__ == "__main__":``). A worker that dies takes only its own clip with it: that
     clip is reported, the pool is made anew, and the rest go on."""
     if workers <= 1 or len(todo) <= 1:
+        if s.video != "openface" and todo:
+            _one_core()
         for clip in todo:
             yield _work(clip, s, out)
         return

@@ -383,7 +383,7 @@ def test_cli_with_two_workers_writes_and_prints_counts(media, tmp_path, capsys):
     assert main(["extract", "--media", str(media[0] / "crema"), "--out", str(out),
                  "--video", FACE_KIND, "--workers", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "extract: 1 written, 0 already done, 2 skipped of 2 clips" in printed
+    assert "extract: 1 written, 0 already done, 2 skipped" in printed
     assert (out / "1001_DFA_ANG_XX.npz").is_file()
     assert json.loads((out / "extract.json").read_text())["workers"] == 2
 
@@ -469,3 +469,18 @@ def test_settings_params_name_what_defines_the_features_and_round_trip(tmp_path)
     assert (back.audio, back.video, back.n_mels, back.face_weights) == ("logmel", "facenet", 40,
                                                                         None)
     assert "n_mels" not in ExtractSettings(audio="egemaps").params()  # not a setting of egemaps
+
+
+def test_cli_exits_1_when_no_clip_could_be_extracted_and_still_writes_the_report(media, tmp_path,
+                                                                                  capsys):
+    from trainer.cli import main
+
+    folder = tmp_path / "media" / "VideoFlash"
+    folder.mkdir(parents=True)
+    (folder / "1003_TIE_SAD_XX.flv").write_bytes(media[1]["crema_no_wav"].read_bytes())
+    out = tmp_path / "out"
+    assert main(["extract", "--media", str(tmp_path / "media"), "--out", str(out),
+                 "--video", FACE_KIND]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: no clip extracted (FLV without its WAV")
+    assert json.loads((out / "extract.json").read_text())["counts"]["skipped"] == 1

@@ -93,7 +93,7 @@ def cmd_extract(args) -> int:
     c = report["counts"]
     rate = report["timing"]["media_seconds_per_second"]
     print(f"extract: {c['written']} written, {c['already_done']} already done, "
-          f"{c['skipped']} skipped of {c['clips']} clips"
+          f"{c['skipped']} skipped (bad files and clips, each with its reason)"
           + (f"; {rate:.1f} s of media per second" if rate else "")
           + f"  (report: {args.out.rstrip('/')}/extract.json)")
     if c["written"] + c["already_done"] == 0:

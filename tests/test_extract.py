@@ -90,6 +90,27 @@ def test_a_manifest_names_the_clips_of_any_folder_and_reports_missing_files(tmp_
     assert skipped == [{"path": "gone.mp4", "reason": "manifest line 3: no such file"}]
 
 
+def test_a_manifest_folder_extracts_to_clip_files_with_their_own_manifest(tmp_path, media):
+    from trainer.data import LABELS, load_dataset
+    from trainer.extract.run import ExtractSettings, extract
+
+    folder = tmp_path / "videos"
+    (folder / "day1").mkdir(parents=True)
+    for name in ("take one", "take two"):
+        (folder / "day1" / f"{name}.mp4").write_bytes(media[1]["ravdess_face"].read_bytes())
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text(f"path,label,speaker\n{folder}/day1/take one.mp4,SAD,alice\n"
+                        f"{folder}/day1/take two.mp4,NEU,bob\n")
+    report = extract(folder, tmp_path / "out", ExtractSettings(video=FACE_KIND), workers=1,
+                     manifest=manifest)
+    assert report["written"] == ["day1/take one.npz", "day1/take two.npz"]
+    assert (tmp_path / "out" / "manifest.csv").read_text().splitlines() == [
+        "path,label,speaker,split", "day1/take one.npz,SAD,alice,", "day1/take two.npz,NEU,bob,"]
+    ds = load_dataset(tmp_path / "out")
+    assert sorted((c.speaker, LABELS[c.label]) for c in ds.clips) == [("alice", "SAD"),
+                                                                     ("bob", "NEU")]
+
+
 def test_media_clip_of_one_file_finds_the_crema_wav_and_refuses_what_it_cannot_use(media):
     root, made = media
     clip = media_clip(made["crema_face"])

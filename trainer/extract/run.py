@@ -400,8 +400,8 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
         from trainer.errors import DataError
 
         raise DataError(f"no media files under {media}")
-    _check_face(s)
     stage["find"] = time.perf_counter() - t0
+    _check_face(s)
     local_out = _local_out(str(out), cache, stage)  # nothing is written before this point
     params = s.params()
     done = [c for c in clips if _done(local_out / f"{c.rel}.npz", params)]

@@ -138,6 +138,13 @@ def test_read_audio_resamples_to_16k_mono_and_keeps_the_speech(media):
     assert mp4.std() > 0.01
 
 
+def test_read_audio_averages_stereo_channels(tmp_path):
+    t = np.arange(44100) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    wave = read_audio(write_wav(tmp_path / "stereo.wav", np.stack([tone, tone], axis=1), 44100))
+    assert len(wave) == 16000 and np.abs(wave).max() == pytest.approx(0.5, abs=0.01)  # not +3 dB
+
+
 def test_read_frames_picks_frames_by_true_time_at_most_the_rate(media):
     _, made = media
     for path in (made["crema_face"], made["ravdess_face"]):  # FLV (1 ms time base), MP4

@@ -59,8 +59,9 @@ def _check_length(decoded: float, stated: float | None, what: str) -> None:
 
 
 def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
-    """The first audio stream of ``path`` as float32 mono at ``sample_rate`` (FFmpeg's resampler
-    averages the channels).
+    """The first audio stream of ``path`` as float32 mono at ``sample_rate``: resampled by
+    FFmpeg, then the channels averaged (FFmpeg's own downmix adds them at -3 dB each, which
+    would make a stereo file 3 dB louder than the same sound in mono).
 
     Raises:
         MediaError: unreadable or truncated file, no audio stream, no samples.
@@ -76,12 +77,12 @@ def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
         if not container.streams.audio:
             raise MediaError("no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)  # planar: (C, N)
         chunks = []
         try:
             for frame in container.decode(stream):
-                chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]  # flush
+                chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]  # flush
         except av.error.FFmpegError as e:
             raise MediaError(f"corrupt audio ({_brief(e)})") from None
         wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else \

@@ -438,6 +438,44 @@ def test_extract_between_s3_prefixes_and_resumes_from_what_s3_holds(media, tmp_p
     assert again["written"] == [] and again["already_done"] == first["written"]
 
 
+def _four_clips(media, root: Path) -> Path:
+    """Four good CREMA-D clips (copies of the face clip) under ``root``."""
+    for i in range(4):
+        stem = f"10{i:02d}_DFA_ANG_XX"
+        for sub, ext in (("VideoFlash", "flv"), ("AudioWAV", "wav")):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+            src = media[1]["crema_face"] if ext == "flv" else \
+                media[0] / "crema" / "AudioWAV" / "1001_DFA_ANG_XX.wav"
+            (root / sub / f"{stem}.{ext}").write_bytes(src.read_bytes())
+    return root
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_in_one_line_and_the_same_command_continues(media, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    root, out = _four_clips(media, tmp_path / "media"), tmp_path / "out"
+    cmd = [sys.executable, "-m", "trainer", "extract", "--media", str(root), "--out", str(out),
+           "--video", FACE_KIND, "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while not list(out.glob("*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == \
+        "stopped: run the same command again to continue where it stopped"
+    done = {p.name for p in out.glob("*.npz")}
+    assert 1 <= len(done) < 4 and not list(out.glob(".*.tmp"))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0
+    assert f"{4 - len(done)} written, {len(done)} already done, 0 skipped" in again.stdout
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_clip_loses_only_its_clip_and_the_run_goes_on(media, tmp_path):
     import os
@@ -447,14 +485,7 @@ def test_a_worker_killed_mid_clip_loses_only_its_clip_and_the_run_goes_on(media,
 
     from trainer.extract.run import ExtractSettings, extract
 
-    root = tmp_path / "media"
-    for i in range(4):  # four good CREMA-D clips
-        stem = f"10{i:02d}_DFA_ANG_XX"
-        for sub, ext in (("VideoFlash", "flv"), ("AudioWAV", "wav")):
-            (root / sub).mkdir(parents=True, exist_ok=True)
-            src = media[1]["crema_face"] if ext == "flv" else \
-                media[0] / "crema" / "AudioWAV" / "1001_DFA_ANG_XX.wav"
-            (root / sub / f"{stem}.{ext}").write_bytes(src.read_bytes())
+    root = _four_clips(media, tmp_path / "media")
     out = tmp_path / "out"
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(

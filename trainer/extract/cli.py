@@ -89,7 +89,13 @@ def cmd_extract(args) -> int:
                                n_mels=args.n_mels, min_face_frames=args.min_face_frames,
                                openface_csv=args.openface_csv, face_weights=args.face_weights)
     logs.setup()
-    report = extract(args.media, args.out, settings, args.workers, args.manifest, args.cache_dir)
+    try:
+        report = extract(args.media, args.out, settings, args.workers, args.manifest,
+                         args.cache_dir)
+    except KeyboardInterrupt:  # every clip file written so far is whole: a rerun resumes
+        print("stopped: run the same command again to continue where it stopped",
+              file=sys.stderr)
+        return 130
     c = report["counts"]
     rate = report["timing"]["media_seconds_per_second"]
     print(f"extract: {c['written']} written, {c['already_done']} already done, "

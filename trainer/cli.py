@@ -284,9 +284,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, never as a traceback."""
-    from trainer.errors import CheckpointError, DataError
+    from trainer.errors import CheckpointError, DataError, MediaError
 
-    errors: list[type[BaseException]] = [DataError, CheckpointError, ValueError,
+    errors: list[type[BaseException]] = [DataError, CheckpointError, MediaError, ValueError,
                                          FileNotFoundError, PermissionError, IsADirectoryError]
     s3 = sys.modules.get("trainer.s3")  # only a verb that loaded it can have raised its error
     if s3 is not None:

@@ -132,8 +132,60 @@ def evaluate(checkpoint: str | Path, data: str | Path, batch_size: int = 32) -> 
     return report
 
 
+# Raw media ``predict`` extracts itself (a CREMA-D .flv brings its .wav: trainer.extract.clips).
+MEDIA_SUFFIXES = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def extraction_of(t: Trained, what: str):
+    """The ``ExtractSettings`` the checkpoint's training data were extracted with.
+
+    Raises:
+        CheckpointError: the training data were not made by ``trainer extract``, or with
+            settings that need files of their own (OpenFace CSVs, FaceNet weights).
+    """
+    params = t.checkpoint.get("extract")
+    if not params:
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint's training data were not made by "
+            "`trainer extract` (their clip files carry no extraction params), so the same "
+            "features cannot be made from it: extract it as the training data were extracted "
+            "and predict on the .npz")
+    from trainer.extract.run import ExtractSettings
+
+    settings = ExtractSettings.from_params(params["settings"])
+    if settings.video == "openface":
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint was trained on OpenFace CSV features, "
+            "which OpenFace itself makes: run its FeatureExtraction on the clip, then "
+            "`trainer extract --video openface --openface-csv DIR` and predict on the .npz")
+    if settings.video == "facenet":
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint was trained on FaceNet features, whose "
+            "weights file predict is not given: extract the clip with `trainer extract --video "
+            "facenet --face-weights FILE` and predict on the .npz")
+    return settings
+
+
+def read_media(path: Path, settings) -> tuple[np.ndarray, ...] | str:
+    """(audio, video, audio_t, video_t) extracted from one raw clip, or the reason it cannot."""
+    from trainer.errors import MediaError
+    from trainer.extract.clips import media_clip
+    from trainer.extract.run import extract_clip
+
+    try:
+        z = extract_clip(media_clip(path), settings)
+    except MediaError as e:
+        return str(e)
+    return tuple(np.asarray(z[k], dtype=np.float32) for k in (
+        "audio_features", "video_features", "audio_timestamps", "video_timestamps"))
+
+
 def predict(checkpoint: str | Path, inputs: list[str]) -> list[dict]:
-    """Per clip: path, predicted label and probabilities, or the reason it could not be read."""
+    """Per clip: path, predicted label and probabilities, or the reason it could not be read.
+
+    An input may be a clip file (.npz), a folder of them, or a raw media clip (.mp4, or a
+    CREMA-D .flv with its .wav), which is extracted with the settings the checkpoint's
+    training data were extracted with."""
     t = load_trained(checkpoint)
     s = t.checkpoint["model_settings"]
     files: list[Path] = []
@@ -142,9 +194,16 @@ def predict(checkpoint: str | Path, inputs: list[str]) -> list[dict]:
         files += sorted(p.rglob("*.npz")) if p.is_dir() else [p]
     if not files:
         raise DataError("no clip files given")
+    media = [f for f in files if f.suffix.lower() in MEDIA_SUFFIXES]
+    settings = extraction_of(t, str(media[0])) if media else None
     results, clips, where = [], [], []
     for f in files:
-        got = read_clip(f) if f.exists() else "file not found"
+        if not f.exists():
+            got = "file not found"
+        elif f.suffix.lower() in MEDIA_SUFFIXES:
+            got = read_media(f, settings)
+        else:
+            got = read_clip(f)
         if not isinstance(got, str) and (got[0].shape[1], got[1].shape[1]) != (
                 s["audio_dim"], s["video_dim"]):
             got = f"feature widths {got[0].shape[1]}, {got[1].shape[1]}; the model takes " \

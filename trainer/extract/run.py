@@ -8,7 +8,8 @@ frames picked at ``video_rate`` by their true times, each through the face extra
 without a face is dropped (never zero-filled) and the kept frames keep their own times. A clip
 with fewer than ``min_face_frames`` face frames, or a bad file, is skipped with its reason in
 ``OUT/extract.json``; the run never stops for one. Clips already extracted with the same
-settings are skipped as done, so an interrupted run continues where it stopped.
+settings are skipped as done, so an interrupted run continues where it stopped. The worker
+processes live in trainer.extract.pool, the ``s3://`` staging in trainer.extract.staging.
 """
 
 from __future__ import annotations
@@ -17,13 +18,10 @@ import hashlib
 import io
 import json
 import os
-import signal
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,8 @@ import structlog
 
 from trainer.errors import MediaError
 from trainer.extract.clips import MediaClip, display_path, find_clips
+from trainer.extract.pool import atomic_write, run_clips
+from trainer.extract import staging
 
 log = structlog.get_logger()
 
@@ -203,68 +203,21 @@ def extract_clip(clip: MediaClip, s: ExtractSettings) -> dict[str, np.ndarray]:
     return _extract(clip, s, dict.fromkeys(STAGES, 0.0))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then a rename: a reader never sees half a clip file.
-    (trainer.storage's own would load torch into every worker for one function.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-_MARKER: Path | None = None  # in a worker process: names the clip it is working on
-
-
-def _one_core() -> None:
-    """Keep OpenCV (the face extractors use it) on this worker's own core. Its thread pool
-    otherwise spins beside the decoder: measured on 90 s of 480x360 video, decoding took 4.9 s
-    with it and 1.5 s without, and the face stage was no faster with it (10.7 s against 11.3)."""
-    try:
-        import cv2
-    except ImportError:
-        return
-    cv2.setNumThreads(1)
-
-
-def _worker_init(out: Path) -> None:
-    """A worker's marker file names its clip while it works, so that when it dies (killed by
-    the kernel when out of memory, or a crash in native code) its clip is known. The pool ends
-    the other workers with SIGTERM then: those take their markers away."""
-    global _MARKER
-    _MARKER = out / f".extract-worker-{os.getpid()}"
-    _one_core()
-
-    def ended(signum, frame):
-        _MARKER.unlink(missing_ok=True)
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, ended)
-
-
 def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
     """One clip in a worker: extract and write it, or say why not. Never raises for a bad file."""
     timing = dict.fromkeys(STAGES, 0.0)
-    if _MARKER is not None:
-        _atomic_write(_MARKER, clip.rel.encode())
     try:
         arrays = _extract(clip, s, timing)
         t0 = time.perf_counter()
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _atomic_write(out / f"{clip.rel}.npz", buf.getvalue())
+        atomic_write(out / f"{clip.rel}.npz", buf.getvalue())
         timing["write"] = time.perf_counter() - t0
         reason = None
     except MediaError as e:
         reason = str(e).splitlines()[0] if str(e) else "unreadable media"
     except Exception as e:  # a library's own error on odd input: reported, the run goes on
         reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
-    if _MARKER is not None:
-        _MARKER.unlink(missing_ok=True)
     return {"rel": clip.rel, "reason": reason, "seconds": timing.pop("media", 0.0),
             "timing": timing}
 
@@ -286,58 +239,6 @@ def _progress(total: int):
     from tqdm import tqdm
 
     return tqdm(total=total, desc="extract", unit="clip", dynamic_ncols=True)
-
-
-def _run(todo: list[MediaClip], s: ExtractSettings, out: Path, workers: int):
-    """Yield each clip's result as it finishes: in this process for one worker, else in a pool
-    of processes (spawned: a fresh interpreter, so no decoder or detector state or thread is
-    copied from this one; a script calling ``extract`` with workers needs the usual
-    ``if __name__ == "__main__":``). A worker that dies takes only its own clip with it: that
-    clip is reported, the pool is made anew, and the rest go on."""
-    if workers <= 1 or len(todo) <= 1:
-        if s.video != "openface" and todo:
-            _one_core()
-        for clip in todo:
-            yield _work(clip, s, out)
-        return
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
-
-    ctx = multiprocessing.get_context("spawn")
-    queue, blind_breaks = list(todo), 0
-    for stale in out.glob(".extract-worker-*"):  # left by a run that was killed
-        stale.unlink(missing_ok=True)
-    while queue:
-        with ProcessPoolExecutor(min(workers, len(queue)), mp_context=ctx,
-                                 initializer=_worker_init, initargs=(out,)) as pool:
-            futures = {pool.submit(_work, clip, s, out): clip for clip in queue}
-            try:
-                for fut in as_completed(futures):
-                    result = fut.result()
-                    del futures[fut]
-                    yield result
-                queue = []
-            except BrokenProcessPool:
-                finished = [f for f in futures if f.done() and f.exception() is None]
-                for fut in finished:  # done before the break, not yet yielded
-                    yield futures.pop(fut).result()
-                queue = list(futures.values())
-            finally:  # Ctrl-C: drop what has not started; a clip being written stays atomic
-                for fut in futures:
-                    fut.cancel()
-        dead = {m.read_text() for m in out.glob(".extract-worker-*")}  # the pool has ended
-        for m in out.glob(".extract-worker-*"):
-            m.unlink(missing_ok=True)
-        for clip in [c for c in queue if c.rel in dead]:
-            queue.remove(clip)
-            yield {"rel": clip.rel, "reason": "its worker process died (out of memory, or a "
-                   "crash in a native library)", "seconds": 0.0, "timing": {}}
-        blind_breaks += bool(queue) and not dead
-        if blind_breaks > 2:  # workers die with no clip to blame: stop retrying them
-            for clip in queue:
-                yield {"rel": clip.rel, "reason": "not extracted: worker processes kept dying",
-                       "seconds": 0.0, "timing": {}}
-            return
 
 
 def _check_face(s: ExtractSettings) -> None:
@@ -362,7 +263,7 @@ def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", "label", "speaker", "split"])
     w.writerows(rows)
-    _atomic_write(out / "manifest.csv", buf.getvalue().encode())
+    atomic_write(out / "manifest.csv", buf.getvalue().encode())
 
 
 def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None = None,
@@ -393,7 +294,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     t_start = time.perf_counter()
     cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion").expanduser()
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
-    local_media = _local_media(str(media), cache, stage)
+    local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)
     if not clips and not skipped:
@@ -402,7 +303,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
         raise DataError(f"no media files under {media}")
     stage["find"] = time.perf_counter() - t0
     _check_face(s)
-    local_out = _local_out(str(out), cache, stage)  # nothing is written before this point
+    local_out = staging.local_out(str(out), cache, stage)  # nothing is written before this point
     params = s.params()
     done = [c for c in clips if _done(local_out / f"{c.rel}.npz", params)]
     done_rel = {c.rel for c in done}
@@ -417,7 +318,9 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     bar, last_log = _progress(len(todo)), time.monotonic()
     t_work = time.perf_counter()
     try:
-        for i, r in enumerate(_run(todo, s, local_out, workers), 1):
+        results = run_clips(todo, partial(_work, s=s, out=local_out), local_out, workers,
+                            opencv=s.video != "openface")
+        for i, r in enumerate(results, 1):
             for k, v in r["timing"].items():
                 stage[k] += v
             media_seconds += r["seconds"]
@@ -454,59 +357,10 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
                    "note": "stage_seconds of clip stages are summed over workers"},
     }
     report["seconds"] = round(time.perf_counter() - t_start, 3)
-    _atomic_write(local_out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write(local_out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
     if str(out).startswith("s3://"):  # clips, manifest and report (its seconds exclude this)
         from trainer.s3 import sync_up
 
         sync_up(local_out, str(out))
     log.info("extract.done", **report["counts"], seconds=report["seconds"])
     return report
-
-
-def _local_media(media: str, cache: Path, stage: dict) -> Path:
-    """The media folder; an ``s3://`` prefix is synced down into the cache (only changes)."""
-    if not media.startswith("s3://"):
-        if not Path(media).is_dir():
-            raise FileNotFoundError(f"no media folder {media}")
-        return Path(media)
-    from trainer.s3 import sync_down
-
-    t0 = time.perf_counter()
-    local = sync_down(media, cache / "media")
-    stage["s3_down"] += time.perf_counter() - t0
-    return local
-
-
-def _local_out(out: str, cache: Path, stage: dict) -> Path:
-    """The output folder; for an ``s3://`` prefix, a staging folder in the cache holding what
-    an earlier run uploaded (so that resume counts it as done)."""
-    if not out.startswith("s3://"):
-        if Path(out).exists() and not Path(out).is_dir():
-            raise ValueError(f"--out {out} is a file, not a folder")
-        Path(out).mkdir(parents=True, exist_ok=True)
-        return Path(out)
-    from trainer.s3 import parse_s3_uri, sync_down
-
-    t0 = time.perf_counter()
-    bucket, prefix = parse_s3_uri(out)
-    local = cache / "out" / bucket / prefix
-    if _s3_has_objects(out):
-        local = sync_down(out, cache / "out")
-    local.mkdir(parents=True, exist_ok=True)
-    stage["s3_down"] += time.perf_counter() - t0
-    return local
-
-
-def _s3_has_objects(uri: str) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from trainer.s3 import _explain, _folder, client, parse_s3_uri, retry
-
-    bucket, prefix = parse_s3_uri(uri)
-    s3 = client()
-    try:
-        got = retry(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=_folder(prefix), MaxKeys=1),
-                    f"list {uri}")
-    except (BotoCoreError, ClientError) as e:
-        raise _explain(e, uri) from None
-    return got.get("KeyCount", 0) > 0

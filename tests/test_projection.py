@@ -77,6 +77,11 @@ def test_the_command_prints_the_table_and_bad_input_is_one_line(tmp_path, capsys
     assert main(["--bench", path, "--seeds", "1", "--epochs", "10"]) == 0
     out = capsys.readouterr().out
     assert "| m7i.xlarge | 5 x 1 = 5 | 10 |" in out and "Projected, not measured" in out
+    # a training rate given on the command line replaces bench.json's: twice the rate, less time
+    assert main(["--bench", path, "--seeds", "1", "--epochs", "10", "--overhead-minutes", "0",
+                 "--clips-per-second", "200"]) == 0
+    faster = capsys.readouterr().out
+    assert "200.0 training clips/s (given)" in faster and faster != out
     bad = [["--bench", str(tmp_path / "missing.json")],
            ["--bench", fake_bench(tmp_path, hybrid={})],
            ["--bench", path, "--instances", "x9.huge"],

@@ -3,7 +3,7 @@ Batch: a projection from the bench's measured training throughput, not a measure
 
     python -m trainer.projection                          # reads bench.json (make bench)
     python -m trainer.projection --bench bench.json --epochs 25,50 --seeds 1,3
-    python -m trainer.projection --instances c7i.xlarge --max-vcpus 32 --overhead-minutes 8
+    python -m trainer.projection --instances m7i.xlarge,c7i.xlarge --max-vcpus 32
 
 How (each assumption is an argument, and printed under the table):
 - A task (one fold, one seed) trains on the fold's training speakers for ``epochs`` epochs at
@@ -14,8 +14,9 @@ How (each assumption is an argument, and printed under the table):
   rate. On EC2 a vCPU is a hyperthread (c7i.large: 2 vCPUs = 1 core; c7i.xlarge: 4 vCPUs =
   2 cores), whereas the machine the bench ran on may give whole cores; ``--slowdown`` scales.
 - Jobs pack onto instances by vCPU (the stack's default, 2 vCPUs and 7 GiB per job, puts two
-  on an m7i.xlarge), so a task costs the instance price times its share of the vCPUs; at most
-  ``max_vcpus`` run at once (the stack's batchMaxVcpus), the rest wait for a slot.
+  on an m7i.xlarge; a c7i.xlarge's 8 GiB holds two only if a job needs under 4 GiB), so a task
+  costs the instance price times its share of the vCPUs; at most ``max_vcpus`` run at once
+  (the stack's batchMaxVcpus), the rest wait for a slot.
 - Prices: trainer.ops.pricing's built-in on-demand table (us-east-1); spot at 30 to 70 % less,
   the range that table's note gives. Compute only: S3, ECR and logs add cents.
 """
@@ -134,8 +135,9 @@ def table(rows: list[dict], bench: dict, overhead_minutes: float, slowdown: floa
     c = rows[0]["clips"]
     lines += [
         "",
-        f"Projected, not measured: bench ({bench['mode']} mode, {bench['cpu']}) "
-        f"{bench['train_clips_per_second']:.1f} training clips/s on {bench['vcpus']} threads = "
+        f"Projected, not measured: {bench['train_clips_per_second']:.1f} training clips/s "
+        + ("(given) " if bench.get("rate_given") else f"(bench, {bench['mode']} mode, "
+           f"{bench['cpu']}) ") + f"on {bench['vcpus']} threads = "
         f"one job of {bench['vcpus']} vCPUs, vCPU for vCPU"
         + (f", slowed {slowdown:g}x" if slowdown != 1 else "") + "; evaluation "
         f"{bench['eval_clips_per_second']:.1f} clips/s "
@@ -162,18 +164,22 @@ def main(argv: list[str] | None = None) -> int:
                     "(default: 1,3)")
     ap.add_argument("--epochs", type=ints, default=(25, 50), help="epochs per task, one row each "
                     "(default: 25,50: early stopping's typical end, assumed, and the maximum)")
-    ap.add_argument("--instances", default="m7i.xlarge,c7i.xlarge",
-                    help="EC2 types to price (default: m7i.xlarge,c7i.xlarge)")
+    ap.add_argument("--instances", default="m7i.xlarge", help="EC2 types to price, separated "
+                    "by commas (default: m7i.xlarge, the stack's first batchInstanceTypes)")
     ap.add_argument("--max-vcpus", type=int, default=16, help="Batch's cap (default: 16, the "
                     "stack's batchMaxVcpus)")
     ap.add_argument("--overhead-minutes", type=float, default=5.0, help="per task (default: 5)")
     ap.add_argument("--slowdown", type=float, default=1.0, help="an AWS vCPU against one of the "
                     "bench machine's (default: 1)")
+    ap.add_argument("--clips-per-second", type=float, default=0.0, help="training rate to use "
+                    "instead of bench.json's, e.g. a quieter run's (default: 0 = bench.json's)")
     ap.add_argument("--clips", type=int, default=CREMA_D["clips"], help="(default: 7442)")
     ap.add_argument("--speakers", type=int, default=CREMA_D["speakers"], help="(default: 91)")
     a = ap.parse_args(argv)
     try:
         bench = read_bench(a.bench)
+        if a.clips_per_second > 0:  # same threads, another run of the same workload
+            bench.update(train_clips_per_second=a.clips_per_second, rate_given=True)
         rows = project(bench, a.folds, a.seeds, a.epochs, tuple(a.instances.split(",")),
                        a.max_vcpus, a.overhead_minutes, a.slowdown, a.clips, a.speakers)
     except (ValueError, FileNotFoundError) as e:

@@ -13,7 +13,9 @@ fp32 torch.mm rate, padding efficiency of bucketed against shuffled batches, dat
 overhead (real data path against batches collated beforehand), single-clip inference latency of
 the eager and the exported (ONNX Runtime, else TorchScript) model, the projected epoch
 time for a CREMA-D-sized data set, and (full mode) a 2-process gloo DDP epoch against a
-1-process one (trainer.bench_ddp). Speed is read from the figures; nothing here asserts it.
+1-process one (trainer.bench_ddp), and extraction speed in media seconds per wall second
+(trainer.bench_extract; --quick: one short run per face kind). Speed is read from the figures;
+nothing here asserts it.
 """
 
 from __future__ import annotations
@@ -330,6 +332,10 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
         from trainer.bench_ddp import measure as ddp_measure
 
         report["ddp"] = ddp_measure(preset, seed)
+    if preset in ("full", "quick"):  # extraction speed (issue 10); quick: about 10 s
+        from trainer.bench_extract import measure as extract_measure
+
+        report["extract"] = extract_measure(preset, seed)
     report.update({
         "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
         **memory_ratios(hybrid, lstm),
@@ -440,6 +446,10 @@ def table(r: dict) -> str:
     lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]
     held = [f"{k} {'holds' if t['holds'] else 'MISSED'}" for k, t in r["targets"].items()]
     lines.append(f"targets ({r['mode']} mode): " + ", ".join(held))
+    if "extract" in r:  # trainer.bench_extract
+        from trainer.bench_extract import table as extract_table
+
+        lines.append(extract_table(r["extract"]))
     return "\n".join(lines)
 
 

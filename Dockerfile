@@ -34,21 +34,38 @@ RUN python3 -m venv /tmp/pip \
     && /tmp/pip/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --target /opt/app /src \
     && rm -rf /opt/app/bin /tmp/pip
 
-# --- deps: a venv at /opt/venv with CPU torch and the dependencies pyproject.toml lists --------
+# --- deps: a venv at /opt/venv with CPU torch, pyproject.toml's dependencies and its `extract` --
+# extra (so `extract --media s3://... --out s3://...` runs on the instance), and mediapipe.
 # Both this stage and the final one use one base, so the venv's python symlink points at the
 # same interpreter (/usr/local/bin/python3 in the official image, /usr/bin/python3 in the one
 # made here). `wheel[s]` copies the folder's files when it exists and nothing otherwise. torch
 # comes from the local wheel or the CPU index (alone, --no-deps), never from PyPI (whose Linux
 # torch is the CUDA build); the rest, torch's own dependencies included, from PyPI. Then what
 # training never uses is removed: C++ headers, C++ test binaries and protoc (about 180 MB).
+# mediapipe (--video mediapipe, extract's default) goes in after `pip check`, with --no-deps, as
+# `make setup` does: its metadata pins numpy<2 and protobuf<5, which it does not need at run
+# time (tests/test_face.py runs its face mesh on numpy 2), so pip check would refuse it. Its
+# wheel bundles its own EGL/GLES, and cv2 is the headless build: no libGL in the image (the
+# face mesh is run once at the end of the stage to prove it). The extractor's packages take the
+# image from about 1.0 to 1.8 GB, so the stage also strips the shared libraries' symbol tables
+# of libtorch and llvmlite (binutils, in this stage only: about 110 MB; not the libraries that
+# auditwheel patched with patchelf, which strip breaks, such as numpy's OpenBLAS), removes the
+# packages' own test suites (`tests/` folders, about 130 MB) and the mediapipe models of
+# solutions we never run (hands, pose, selfie, objectron: about 25 MB).
 FROM python:3.11-slim-bookworm AS deps
 # Where torch comes from when the context has no wheels/torch-*+cpu-*.whl.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# The last release with the face mesh `solutions` API and its models (pyproject.toml, extract).
+ARG MEDIAPIPE_VERSION=0.10.21
 COPY pyproject.toml wheel[s] /tmp/deps/
+# hadolint ignore=DL3008
 RUN set -eu; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends binutils; \
     python3 -m venv /opt/venv; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=120; \
     /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/deps/requirements.txt; \
+    /opt/venv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["optional-dependencies"]["extract"]))' >> /tmp/deps/requirements.txt; \
     wheel="$(find /tmp/deps -maxdepth 1 -name 'torch-*+cpu-*.whl' -print -quit)"; \
     if [ -n "$wheel" ]; then \
         echo "torch: local wheel $wheel"; \
@@ -60,10 +77,18 @@ RUN set -eu; \
         /opt/venv/bin/pip install --no-cache-dir -r /tmp/deps/requirements.txt; \
     fi; \
     /opt/venv/bin/pip check; \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps "mediapipe==$MEDIAPIPE_VERSION"; \
     /opt/venv/bin/python -c 'import torch; assert torch.version.cuda is None, torch.version.cuda'; \
     site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
     rm -rf "$site/torch/include" "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_* \
-        "$site"/torch/bin/protoc* /tmp/deps
+        "$site"/torch/bin/protoc* /tmp/deps; \
+    find "$site" -type d -name tests -prune -exec rm -rf {} +; \
+    for m in hand_landmark palm_detection pose_detection pose_landmark holistic_landmark \
+        selfie_segmentation objectron; do find "$site/mediapipe/modules/$m" -name '*.tflite' -delete; done; \
+    strip --strip-unneeded "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libtorch_python.so \
+        "$site"/llvmlite/binding/libllvmlite.so; \
+    /opt/venv/bin/python -c 'import av, cv2, librosa, torch, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000)'; \
+    rm -rf /var/lib/apt/lists/*
 
 # --- final: the venv and the package on a clean base, a non-root user -------------------------
 FROM python:3.11-slim-bookworm

@@ -22,7 +22,10 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-MAX_BYTES = 1_500_000_000
+# 1.6 GB: the extractor's packages (librosa with numba and llvmlite, OpenCV, PyAV with its own
+# FFmpeg, mediapipe) add about 0.5 GB to the 1.03 GB training image; the Dockerfile takes back
+# what it can (1.80 GB unstripped), leaving 1.54 GB.
+MAX_BYTES = 1_600_000_000
 NET = ["--network", "host"]
 
 
@@ -45,7 +48,7 @@ def run_in(image: str, *args: str, entrypoint: str | None = None, timeout: float
     return docker("run", "--rm", *NET, *ep, image, *args, timeout=timeout, check=check)
 
 
-def test_image_is_under_1_5_gb(image):
+def test_image_is_under_1_6_gb(image):
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
     print(f"\nimage size: {size / 1e9:.2f} GB")
     assert size < MAX_BYTES, f"{size / 1e9:.2f} GB"
@@ -148,3 +151,42 @@ def test_image_stops_on_sigterm_with_a_checkpoint_and_resumes(image, s3_data, s3
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert s3_json(s3_client, bucket, "runs/sig/status.json")["state"] == "done"
     assert "summary.json" in s3_keys(s3_client, bucket, "runs/sig/")
+
+
+def test_image_extracts_raw_media_between_s3_prefixes(image, moto_server, s3_bucket, s3_client,
+                                                      tmp_path):
+    """`docker run IMAGE extract --media s3://B/media/ --out s3://B/data/` as on the instance,
+    with the default face extractor (mediapipe's face mesh: its wheel's own EGL/GLES, no libGL
+    in the image) on real media: both layouts, with their bad files."""
+    import io
+
+    import numpy as np
+
+    from tests.media import make_crema, make_ravdess
+    from trainer.s3 import sync_up
+
+    make_crema(tmp_path / "media" / "crema")
+    make_ravdess(tmp_path / "media" / "ravdess")
+    sync_up(tmp_path / "media", f"s3://{s3_bucket}/media/")
+    aws = ["--env", f"AWS_ENDPOINT_URL={moto_server}", "--env", "AWS_ACCESS_KEY_ID=testing",
+           "--env", "AWS_SECRET_ACCESS_KEY=testing", "--env", "AWS_DEFAULT_REGION=us-east-1",
+           "--env", "AWS_EC2_METADATA_DISABLED=true"]
+    proc = docker("run", "--rm", *NET, *aws, image, "extract", "--media",
+                  f"s3://{s3_bucket}/media/", "--out", f"s3://{s3_bucket}/data/",
+                  "--workers", "1", timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 written" in proc.stdout, proc.stdout
+    written = {"crema/1001_DFA_ANG_XX.npz", "ravdess/Actor_01/01-01-03-01-01-01-01.npz"}
+    assert written <= s3_keys(s3_client, s3_bucket, "data/")
+    for rel in written:
+        body = s3_client.get_object(Bucket=s3_bucket, Key=f"data/{rel}")["Body"].read()
+        with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            params = json.loads(str(z["params"]))
+            assert z["audio_features"].shape[1] == 64 and len(z["video_features"]) >= 12
+        assert params["extractor"] == "trainer.extract"
+        assert params["settings"]["video"] == "mediapipe" and params["video"]["name"]
+    report = s3_json(s3_client, s3_bucket, "data/extract.json")
+    assert sorted(report["written"]) == sorted(written)
+    assert {s["path"] for s in report["skipped"]} == {
+        "crema/VideoFlash/1002_IEO_HAP_HI.flv", "crema/VideoFlash/1003_TIE_SAD_XX.flv",
+        "ravdess/Actor_01/02-01-03-01-01-01-01.mp4", "ravdess/Actor_02/01-01-04-01-01-01-02.mp4"}

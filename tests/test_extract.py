@@ -438,6 +438,42 @@ def test_extract_between_s3_prefixes_and_resumes_from_what_s3_holds(media, tmp_p
     assert again["written"] == [] and again["already_done"] == first["written"]
 
 
+@pytest.mark.slow
+def test_s3_output_goes_up_as_clips_finish_not_only_at_the_end(media, tmp_path, s3_bucket,
+                                                                 s3_client, monkeypatch):
+    """What a spot interruption mid-run loses is bounded: clip files reach S3 while the run
+    goes, before its extract.json (written last)."""
+    import threading
+    import time
+
+    from trainer.extract import staging
+    from trainer.extract.run import ExtractSettings, extract
+    from trainer.s3 import sync_up
+
+    monkeypatch.setattr(staging, "UPLOAD_SECONDS", 0.05)
+    sync_up(_four_clips(media, tmp_path / "crema"), f"s3://{s3_bucket}/media/crema/")
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            got = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="data/crema/")
+            seen.append({o["Key"].split("/")[-1] for o in got.get("Contents", [])})
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        report = extract(f"s3://{s3_bucket}/media/crema/", f"s3://{s3_bucket}/data/crema/",
+                         ExtractSettings(video=FACE_KIND), workers=1, cache_dir=tmp_path / "c")
+    finally:
+        done.set()
+        watcher.join()
+    assert report["counts"]["written"] == 4
+    early = [keys for keys in seen if "extract.json" not in keys]
+    assert any(0 < len(keys) < 4 for keys in early), seen  # some clips up, the run still going
+    assert not [k for keys in seen for k in keys if k.startswith(".")]  # no temp or marker file
+
+
 def _four_clips(media, root: Path) -> Path:
     """Four good CREMA-D clips (copies of the face clip) under ``root``."""
     for i in range(4):

@@ -317,7 +317,10 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     written, media_seconds = [], 0.0
     bar, last_log = _progress(len(todo)), time.monotonic()
     t_work = time.perf_counter()
+    uploader = staging.Uploader(local_out, str(out)) if str(out).startswith("s3://") else None
     try:
+        if uploader is not None:  # clip files go up as they finish, not only at the end
+            uploader.start()
         results = run_clips(todo, partial(_work, s=s, out=local_out), local_out, workers,
                             opencv=s.video != "openface")
         for i, r in enumerate(results, 1):
@@ -336,6 +339,8 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
                          skipped=len(skipped))
                 last_log = time.monotonic()
     finally:
+        if uploader is not None:
+            uploader.stop()
         if bar is not None:
             bar.close()
     work_seconds = time.perf_counter() - t_work

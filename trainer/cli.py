@@ -59,6 +59,9 @@ HELP = {
     "threads": "torch threads (0 = all cores)",
     "resume": "continue the run in --out from checkpoints/last.pt",
     "cache_dir": "local cache for s3:// data (default ~/.cache/av-emotion)",
+    "media": "raw media (folder or s3:// prefix) to extract into --data first; a rerun skips "
+             "clips already there, and data whose extract.json names these media is reused",
+    "extract_args": "extract flags for --media, e.g. '--video opencv --workers 2'",
 }
 
 
@@ -177,18 +180,20 @@ class _CheckParser(Parser):
         raise ValueError(f"training args: {message}")
 
 
-def check_train_args(argv: list[str]) -> None:
+def check_train_args(argv: list[str]):
     """Check ``trainer train`` flags here, before a deploy sends them to an instance.
 
     The same parsing and validation as ``train`` (flag names, value types, ranges, a ``--config``
     file, which must exist here), without loading data: ``--data`` and ``--out`` may be absent
-    or name places that do not exist here. Nothing is read but the config file.
+    or name places that do not exist here. Nothing is read but the config file. Returns the
+    resolved TrainConfig (deploy reads its ``extract_args``).
 
     Raises:
         ValueError: one line naming the first bad flag or value.
 
     Example:
-        >>> check_train_args(["--epochs", "30", "--model", "lstm"])     # fine: returns None
+        >>> check_train_args(["--epochs", "30", "--model", "lstm"]).epochs     # fine
+        30
         >>> check_train_args(["--epocs", "30"])
         Traceback (most recent call last):
         ValueError: training args: unrecognized arguments: --epocs 30
@@ -199,7 +204,8 @@ def check_train_args(argv: list[str]) -> None:
     _add_train_flags(p)
     args = p.parse_args([str(a) for a in argv])
     try:
-        resolve(args.config, **{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        return resolve(args.config,
+                       **{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     except ValueError as e:
         raise ValueError(f"training args: {e}") from None
 

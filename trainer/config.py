@@ -55,6 +55,8 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = all cores
     resume: bool = False  # continue from <out>/checkpoints/last.pt
     cache_dir: str = ""  # local cache for s3:// data (default ~/.cache/av-emotion)
+    media: str = ""  # raw media (folder or s3:// prefix) to extract into `data` first; "" = none
+    extract_args: str = ""  # extract flags for `media`, e.g. "--video opencv" (trainer.train_media)
 
 
 CHOICES = {"model": ("hybrid", "lstm"), "split": ("speaker", "random"),
@@ -175,6 +177,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.d_model % cfg.heads or cfg.d_model % 2:
         raise ValueError(f"d_model must be even and divisible by heads (d_model {cfg.d_model}, "
                          f"heads {cfg.heads})")
+    if cfg.extract_args and not cfg.media:
+        raise ValueError("extract_args needs media (the raw media to extract)")
+    if cfg.media:  # its flags checked here too, so that deploy refuses bad ones before the run
+        from trainer.train_media import parse_extract_args
+
+        parse_extract_args(cfg.extract_args)
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
             and cfg.val_fraction + cfg.test_fraction < 1):
         raise ValueError("val_fraction and test_fraction must be in (0, 1) and sum below 1")

@@ -170,6 +170,8 @@ class Training:
                         "figures")
 
         self.ckpt = read_checkpoint(run.path("checkpoints/last.pt")) if cfg.resume else None
+        if cfg.media:  # raw media: extracted into cfg.data first (trainer/train_media.py)
+            self._extract_media()
         data_path = resolve_data(cfg.data, cfg.cache_dir)
         ds = load_dataset(data_path, cfg.audio_fps,
                           progress=lambda it: progress_bar(it, desc="loading clips"))
@@ -225,6 +227,30 @@ class Training:
                  **{f"{k}_clips": len(v) for k, v in self.clips.items()},
                  **{f"{k}_speakers": len({c.speaker for c in v}) for k, v in self.clips.items()},
                  resumed_at_epoch=self.epoch if self.ckpt else None)
+
+    def _extract_media(self) -> None:
+        """Extraction in this run, with status ``extracting``. A stop signal ends it at once
+        (KeyboardInterrupt: ``extract`` keeps every clip file whole; those finished are sent
+        up); the run then ends as stopped, and a rerun or resume continues the extraction."""
+        from trainer.train_media import extract_media
+
+        self.epoch, self.step = 0, 0  # what a stop reports
+
+        def stop_now(signum, frame):
+            self._on_signal(signum, frame)
+            raise KeyboardInterrupt
+
+        old = {s: signal.signal(s, stop_now) for s in EXIT_STOPPED}
+        try:
+            extract_media(self.cfg.media, self.cfg.data, self.cfg.extract_args,
+                          self.cfg.cache_dir, status=self.status.update)
+        except KeyboardInterrupt:
+            raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal or signal.SIGINT),
+                                           1)) from None
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.status.update(state="starting", extract=None)
 
     def _restore(self, ckpt: dict) -> None:
         load_weights(self.model, ckpt["model"], self.run_dir.path("checkpoints/last.pt"))
@@ -466,10 +492,12 @@ class Training:
 
     def run(self) -> dict:
         """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""
-        if not is_s3(self.cfg.data):
+        if not is_s3(self.cfg.data) and not self.cfg.media:
             # A missing path or a malformed manifest: one line before the heartbeat, the log
             # or anything else is written (or uploaded, to an s3:// run directory).
             check_data(self.cfg.data)
+        if self.cfg.media and not is_s3(self.cfg.media) and not Path(self.cfg.media).is_dir():
+            raise FileNotFoundError(f"--media {self.cfg.media}: no such folder of media")
         old = {s: signal.signal(s, self._on_signal) for s in EXIT_STOPPED}
         try:
             self.setup()

@@ -47,7 +47,8 @@ clean:
 	rm -rf runs results $(DEMO) bench.json bench-quick.json .ave .pytest_cache
 
 ## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
-## local Docker engine with a moto S3. DATA=folder ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
+## local Docker engine with a moto S3. DATA=folder MEDIA=raw media folder (deploy: extracted on
+## the instance, then trained; README: make deploy) ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
 ## KEEP=1 (destroy: download every run first) YES=1 (destroy: no question).
 ## FOLDS=5 (deploy: 5-fold cross-validation as one AWS Batch array job) SEEDS=0,1,2 (with FOLDS:
 ## seeds per fold; only when given here, else deploy.yaml's seeds, "0": ablation's default above
@@ -68,7 +69,7 @@ ONE_RUN  = $(OPS) $(if $(RUN),--run $(RUN))
 .PHONY: deploy status logs monitor results destroy
 
 deploy: $(STAMP)
-	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace) $(if $(FOLDS),--folds $(FOLDS) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)))
+	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(MEDIA),--media '$(MEDIA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace) $(if $(FOLDS),--folds $(FOLDS) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)))
 
 status: $(STAMP)
 	$(PY) -m trainer status $(ONE_RUN)

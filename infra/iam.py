@@ -24,9 +24,12 @@ EC2_TRUST = {
     }],
 }
 
-# Where a run writes: its run directory, s3://BUCKET/runs/RUN_ID/ (scripts/bootstrap.sh). The data
-# set under data/ is the operator's upload, which runs only read.
+# Where a run writes: its run directory, s3://BUCKET/runs/RUN_ID/ (scripts/bootstrap.sh), and the
+# clip files it extracts from raw media (make deploy MEDIA=...: train --media writes them to
+# features/MEDIA-SETTINGS/, reused by later runs). The data set under data/ and the media under
+# media/ are the operator's uploads, which runs only read.
 RUN_PREFIX = "runs/"
+FEATURES_PREFIX = "features/"
 
 # The SSM agent's messaging: Run Command's delivery (ec2messages, and the newer channel of
 # ssmmessages). Neither service has resource-level permissions, so these take Resource "*"; they
@@ -80,6 +83,13 @@ def instance_policy(*, bucket_arn: str, repo_arn: str, log_group_arn: str,
                 "Effect": "Allow",
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 "Resource": f"{bucket_arn}/{RUN_PREFIX}*",
+            },
+            {
+                # Extracted features out (train --media), and only there: the same actions.
+                "Sid": "WriteFeatures",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
+                "Resource": f"{bucket_arn}/{FEATURES_PREFIX}*",
             },
             {
                 # GetAuthorizationToken is account-wide and has no resource-level permissions. The

@@ -231,7 +231,8 @@ UNSCOPABLE = {"ecr:GetAuthorizationToken",
               "ec2messages:GetEndpoint", "ec2messages:GetMessages", "ec2messages:SendReply"}
 # The SSM agent's registration and heartbeat, on EC2 instances of this account and region.
 SSM_AGENT = {"ssm:UpdateInstanceInformation"}
-# S3 actions that change objects: only ever under runs/, where the run directories live.
+# S3 actions that change objects: only ever under runs/, where the run directories live, and
+# features/, where train --media writes the clip files it extracts.
 S3_WRITES = {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:AbortMultipartUpload",
              "s3:ListMultipartUploadParts", "s3:PutObjectAcl", "s3:RestoreObject"}
 
@@ -254,7 +255,7 @@ def grant_problems(policy: dict, *, bucket_arn: str, repo_arn: str, log_group_ar
             if action in UNSCOPABLE:
                 allowed = {"*"}
             elif action in S3_WRITES:
-                allowed = {f"{bucket_arn}/runs/*"}
+                allowed = {f"{bucket_arn}/runs/*", f"{bucket_arn}/features/*"}
             elif service == "s3":
                 allowed = {bucket_arn, f"{bucket_arn}/*"}
             elif service == "ecr":
@@ -585,16 +586,21 @@ def test_the_grant_check_catches_a_wildcard(stack):
 
 
 def test_runs_write_only_their_run_directories(stack):
-    """A run may read the data set and write under runs/, but never overwrite or delete the data
-    set (or write anywhere else in the bucket)."""
+    """A run may read the data set and write under runs/ (and features/, what it extracts from
+    raw media), but never overwrite or delete the data set or the media (or write anywhere else
+    in the bucket)."""
     policy, arn = stack.policy(ROLE_POLICY, INSTANCE_POLICY), stack_arns(stack)["bucket_arn"]
     assert allows(policy, "s3:GetObject", f"{arn}/data/demo/1001_DFA_ANG_XX.npz")
     assert allows(policy, "s3:GetObject", f"{arn}/runs/r1/checkpoints/last.pt")  # resume
     assert allows(policy, "s3:PutObject", f"{arn}/runs/r1/checkpoints/last.pt")
     assert allows(policy, "s3:AbortMultipartUpload", f"{arn}/runs/r1/checkpoints/best.pt")
-    for key in ("data/demo/1001_DFA_ANG_XX.npz", "data/manifest.csv", "other.txt", "runsx/a"):
+    assert allows(policy, "s3:PutObject", f"{arn}/features/crema-0a1b-2c3d/1001_DFA_ANG_XX.npz")
+    assert allows(policy, "s3:GetObject", f"{arn}/media/crema-0a1b/VideoFlash/1001_DFA_ANG_XX.flv")
+    for key in ("data/demo/1001_DFA_ANG_XX.npz", "data/manifest.csv", "other.txt", "runsx/a",
+                "media/crema-0a1b/VideoFlash/1001_DFA_ANG_XX.flv", "featuresx/a"):
         assert not allows(policy, "s3:PutObject", f"{arn}/{key}"), key
-    for key in ("data/demo/1001_DFA_ANG_XX.npz", "runs/r1/summary.json"):
+    for key in ("data/demo/1001_DFA_ANG_XX.npz", "runs/r1/summary.json",
+                "features/crema-0a1b-2c3d/1001_DFA_ANG_XX.npz"):
         assert not allows(policy, "s3:DeleteObject", f"{arn}/{key}"), key
     assert not allows(policy, "s3:PutObject", "arn:aws:s3:::another-bucket/runs/r1/x")
 

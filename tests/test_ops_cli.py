@@ -91,6 +91,9 @@ def ops_cli(*args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
                            "--epocs 3"),
     ("", ["--args=--epochs three"], "error: ARGS '--epochs three': training args: argument "
                                     "--epochs: invalid int value: 'three'"),
+    ("", ["--media", "no-media"], "error: MEDIA=no-media is not a folder of media files "
+                                  "(CREMA-D's VideoFlash/ and AudioWAV/, RAVDESS's Actor_NN/, or "
+                                  "videos)"),
     ("data: listed\n", [], "error: DATA=listed: manifest listed/manifest.csv line 3: split is "
                            "'tset'; use one of train/val/test on every row (or fold1..foldK for cv), "
                            "or leave the column "
@@ -125,6 +128,8 @@ def test_the_repository_deploy_yaml_holds_every_default():
     ("deploy", ["BACKEND=local", "DATA=my clips", "ARGS=--epochs 5 --lr 1e-3", "REPLACE=1"],
      "deploy --backend local --data 'my clips' --args='--epochs 5 --lr 1e-3' --replace"),
     ("deploy", ["REPLACE=0"], "deploy"),
+    ("deploy", ["MEDIA=media/crema", "ARGS=--extract-args=--video=opencv"],
+     "deploy --media 'media/crema' --args='--extract-args=--video=opencv'"),
     ("status", ["RUN=20250101-120000-ab12"], "status --run 20250101-120000-ab12"),
     ("logs", ["FOLLOW=1", "BACKEND=aws"], "logs --backend aws --follow"),
     ("monitor", [], "monitor"),

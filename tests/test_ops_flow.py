@@ -116,3 +116,84 @@ def test_stop_run_returns_the_final_status(s3_bucket, s3_client):
     backend = Recorder(s3_bucket, s3_client, going="r1")
     st = flow.stop_run(backend, backend.out, "r1", echo=lambda s: None, wait=5, poll=0.1)
     assert st["state"] == "stopped"
+
+
+# --- MEDIA: raw media uploaded, extracted by the run (train --media), then trained on --------
+
+class StartRecorder(Recorder):
+    def start_run(self, out, run_id, image_ref, train_args, echo=print):
+        self.calls.append(f"start {image_ref}")
+        self.train_args = list(train_args)
+
+
+def deploy_media(backend, monkeypatch, media, args="--epochs 3", **kw):
+    monkeypatch.setattr(flow, "backend_for", lambda settings: backend)
+    lines = []
+    flow.deploy(load(backend="aws", media=media, args=args), echo=lines.append, **kw)
+    return lines
+
+
+@pytest.fixture
+def media(tmp_path):
+    (tmp_path / "crema" / "VideoFlash").mkdir(parents=True)
+    (tmp_path / "crema" / "AudioWAV").mkdir()
+    (tmp_path / "crema" / "VideoFlash" / "1001_DFA_ANG_XX.flv").write_bytes(b"flv")
+    (tmp_path / "crema" / "AudioWAV" / "1001_DFA_ANG_XX.wav").write_bytes(b"wav")
+    return tmp_path / "crema"
+
+
+def test_media_is_uploaded_once_and_the_run_extracts_into_a_reused_features_prefix(
+        s3_bucket, s3_client, monkeypatch, media):
+    backend = StartRecorder(s3_bucket, s3_client)
+    lines = deploy_media(backend, monkeypatch, str(media))
+    args = backend.train_args
+    media_uri, data_uri = args[args.index("--media") + 1], args[args.index("--data") + 1]
+    prefix = flow.data_prefix(media, kind="media")
+    assert prefix.startswith("media/crema-") and media_uri == f"s3://{s3_bucket}/{prefix}"
+    assert data_uri.startswith(f"s3://{s3_bucket}/features/{prefix.split('/')[1]}-")
+    assert args[-2:] == ["--epochs", "3"]
+    on_s3 = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket,
+                                                         Prefix="media/")["Contents"]}
+    assert on_s3 == {prefix + "VideoFlash/1001_DFA_ANG_XX.flv",
+                     prefix + "AudioWAV/1001_DFA_ANG_XX.wav"}
+    assert any("2 uploaded" in line for line in lines), lines
+
+    # The same media again: nothing sent, the same features prefix (so the run reuses them).
+    lines = deploy_media(backend, monkeypatch, str(media))
+    assert any("0 uploaded" in line and "2 already there" in line for line in lines), lines
+    assert backend.train_args[backend.train_args.index("--data") + 1] == data_uri
+    # Other extract settings: other features, from the same media.
+    deploy_media(backend, monkeypatch, str(media),
+                 args="--epochs 3 --extract-args '--video opencv'")
+    other = backend.train_args[backend.train_args.index("--data") + 1]
+    assert other != data_uri and other.startswith(data_uri.rsplit("-", 1)[0] + "-")
+
+
+@pytest.mark.parametrize("make, args, words", [
+    (None, "", "MEDIA=.* is not a folder of media files"),
+    ("empty", "", "holds no media files"),
+    ("text", "", "holds no media files"),
+    ("ok", "--data s3://x/y/", "--data is set by deploy with MEDIA"),
+    ("ok", "--extract-args '--video nope'", "extract args: .*invalid choice"),
+])
+def test_bad_media_is_one_line_before_anything_is_built_or_uploaded(s3_bucket, s3_client,
+                                                                    monkeypatch, tmp_path,
+                                                                    media, make, args, words):
+    folder = {None: tmp_path / "missing", "empty": tmp_path / "empty", "text": tmp_path / "text",
+              "ok": media}[make]
+    if make in ("empty", "text"):
+        folder.mkdir()
+    if make == "text":
+        (folder / "notes.txt").write_text("not media")
+    backend = StartRecorder(s3_bucket, s3_client)
+    with pytest.raises(OpsError, match=words) as err:
+        deploy_media(backend, monkeypatch, str(folder), args=args)
+    assert "\n" not in str(err.value)
+    assert backend.calls == []  # no step: nothing built, made or uploaded
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=s3_bucket)
+
+
+def test_media_with_folds_is_refused_in_one_line(s3_bucket, s3_client, monkeypatch, media):
+    monkeypatch.setattr(flow, "backend_for", lambda settings: StartRecorder(s3_bucket, s3_client))
+    with pytest.raises(OpsError, match="MEDIA goes with a single run"):
+        flow.deploy(load(backend="aws", media=str(media), folds="5"), echo=lambda s: None)

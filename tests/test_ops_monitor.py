@@ -102,3 +102,17 @@ def test_monitor_menu_shows_metrics_time_to_go_status_and_resources(local_stack,
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
+
+
+def test_status_shows_extraction_progress_while_a_run_extracts_its_media():
+    import time
+
+    from trainer.ops import runs, views
+
+    st = {"state": "extracting", "epoch": 0, "epochs_max": 30,
+          "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          "extract": {"clips_done": 120, "media_files": 7442, "uploaded": 96}}
+    lines = views.status_lines("r1", st)
+    assert "state      extracting" in lines[1] and "warning" not in " ".join(lines)
+    assert "extract    120 clip files of about 7442 media files, 96 in S3" in lines
+    assert runs.is_going(st) and "extracting" in runs.GOING_STATES

@@ -30,6 +30,7 @@ DESCRIPTIONS = {
                "Examples:\n  python -m trainer deploy\n  python -m trainer deploy --data "
                "data/crema --args=\"--epochs 30 --model lstm\"\n  python -m trainer deploy "
                "--replace\n  python -m trainer deploy --folds 5 --seeds 0,1,2\n"
+               "  python -m trainer deploy --media media/crema   # extracted on the instance\n"
                "  python -m trainer deploy --backend local --data demo-data"),
     "status": ("state, epoch, best metric, ETA, instance and cost of a run",
                "Examples:\n  python -m trainer status\n  python -m trainer status --run RUN_ID"),
@@ -74,6 +75,11 @@ def add_ops_commands(sub, commands: dict) -> None:
                    "stack's bucket (default: deploy.yaml's data, else demo-data)")
     p.add_argument("--args", default=None, metavar="'FLAGS'", help="trainer train flags, one "
                    "string: --args=\"--epochs 30\" (default: deploy.yaml's args, else none)")
+    p.add_argument("--media", default=None, metavar="FOLDER", help="raw media (CREMA-D, "
+                   "RAVDESS, videos): uploaded once, extracted on the instance into "
+                   "s3://BUCKET/features/ (reused by later runs), then trained on; replaces "
+                   "--data; extract flags go in --args=\"--extract-args '--video opencv'\" "
+                   "(default: deploy.yaml's media, else none)")
     p.add_argument("--replace", action="store_true", help="stop the run going (after its "
                    "checkpoint; its artifacts stay) and start this one (default: refuse)")
     p.add_argument("--image", default=None, metavar="TAG", help="use this local image instead of "
@@ -142,7 +148,7 @@ def cmd_deploy(args) -> int:
     from trainer.ops.flow import deploy
 
     settings = _settings(args, data=args.data, args=args.args, folds=args.folds,
-                         seeds=args.seeds)
+                         seeds=args.seeds, media=args.media)
     if args.seeds is not None and not str(settings.folds).strip():
         from trainer.ops import OpsError
 

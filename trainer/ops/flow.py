@@ -3,6 +3,7 @@
     python -m trainer deploy --data demo-data --args="--epochs 30"
     python -m trainer deploy --replace      # the run going is stopped after its checkpoint
     python -m trainer deploy --folds 5 --seeds 0,1,2   # cv as one AWS Batch array job (arrays.py)
+    python -m trainer deploy --media media/crema   # raw media: extracted by the run, then trained
     python -m trainer destroy --keep-runs   # every run to results/ first, then pulumi destroy
 
 Each step says what it does; a failure names the step and what to do about it.
@@ -134,6 +135,28 @@ def check_data(data: str) -> None:
             raise OpsError(f"DATA={data}: {e}") from None
 
 
+def check_media(media: str) -> None:
+    """What deploy can tell about MEDIA before it builds or uploads anything: a folder that
+    exists and holds media files (by their extensions; extract reports the bad ones on the
+    instance), or a well-formed s3:// prefix."""
+    from trainer.extract.clips import VIDEO_EXTENSIONS
+    from trainer.s3 import parse_s3_uri
+
+    if media.startswith("s3://"):
+        try:
+            parse_s3_uri(media)
+        except ValueError as e:
+            raise OpsError(f"MEDIA: {e}") from None
+        return
+    folder = Path(media).expanduser()
+    if not folder.is_dir():
+        raise OpsError(f"MEDIA={media} is not a folder of media files (CREMA-D's VideoFlash/ "
+                       "and AudioWAV/, RAVDESS's Actor_NN/, or videos)")
+    if not any(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() for p in folder.rglob("*")):
+        raise OpsError(f"MEDIA={media} holds no media files (no "
+                       f"{', '.join(sorted(VIDEO_EXTENSIONS))} under it)")
+
+
 def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
     """The files ``sync_up`` sends, as ``{relative path: (size, S3 ETag)}``."""
     from trainer.s3 import INDEX, _is_temp, local_etag
@@ -143,22 +166,22 @@ def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
             if path.is_file() and path.name != INDEX and not _is_temp(path.name)}
 
 
-def data_prefix(folder: Path, manifest: dict | None = None) -> str:
-    """``data/NAME-HASH/``: NAME is the folder's name, HASH (12 hex digits) is over every file's
-    path, size and MD5 (``_manifest``). Other content is another prefix, so an upload never
+def data_prefix(folder: Path, manifest: dict | None = None, kind: str = "data") -> str:
+    """``data/NAME-HASH/`` (``KIND/NAME-HASH/``: ``media/`` for raw media): NAME is the
+    folder's name, HASH (12 hex digits) is over every file's path, size and MD5 (``_manifest``). Other content is another prefix, so an upload never
     rewrites a data set that a run (going, or resumable later) reads, and two folders with the
     same name but other files never share one."""
     digest = hashlib.sha256()
     for rel, (size, etag) in sorted((manifest or _manifest(folder)).items()):
         digest.update(f"{rel}\0{size}\0{etag}\n".encode())
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.") or "data"
-    return f"data/{name}-{digest.hexdigest()[:12]}/"
+    return f"{kind}/{name}-{digest.hexdigest()[:12]}/"
 
 
 def _copy_unchanged(s3, bucket: str, prefix: str, manifest: dict) -> int:
     """Copy, inside S3, each file of ``manifest`` that an earlier upload of the same folder name
-    (``data/NAME-*/``) already holds with the same size and ETag: a changed data set sends only
-    what changed. The count copied."""
+    (``data/NAME-*/``, or ``media/NAME-*/``) already holds with the same size and ETag: a
+    changed data set sends only what changed. The count copied."""
     from trainer.s3 import _list
 
     family = prefix.rsplit("-", 1)[0] + "-"
@@ -184,7 +207,7 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
     content-addressed ``data/NAME-HASH/`` (``data_prefix``): the same files again send nothing,
     files an earlier upload of the folder holds are copied inside S3, and nothing already in
     the bucket is changed or removed."""
-    from trainer.s3 import _folder, client, parse_s3_uri, sync_up
+    from trainer.s3 import _folder, parse_s3_uri
 
     if data.startswith("s3://"):
         other, prefix = parse_s3_uri(data)
@@ -194,14 +217,51 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
                            f"s3://{bucket}/data/NAME/)")
         return f"s3://{bucket}/{_folder(prefix)}"
     check_data(data)
-    folder = Path(data).expanduser()
+    return _upload_folder(bucket, Path(data).expanduser(), "data", echo)
+
+
+def _upload_folder(bucket: str, folder: Path, kind: str, echo=print) -> str:
+    from trainer.s3 import client, sync_up
+
     manifest = _manifest(folder)
-    prefix = data_prefix(folder, manifest)
+    prefix = data_prefix(folder, manifest, kind)
     copied = _copy_unchanged(client(), bucket, prefix, manifest)
     counts = sync_up(folder, f"s3://{bucket}/{prefix}")
     echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {copied} copied from an "
          f"earlier upload, {counts['skipped'] - copied} already there")
     return f"s3://{bucket}/{prefix}"
+
+
+def upload_media(bucket: str, media: str, echo=print) -> str:
+    """Raw media as an s3:// prefix in the stack's bucket: a local folder goes to its own
+    content-addressed ``media/NAME-HASH/``, as ``upload_data`` does for clip files (the same
+    files again send nothing; a changed folder sends only what changed)."""
+    from trainer.s3 import _folder, parse_s3_uri
+
+    if media.startswith("s3://"):
+        other, prefix = parse_s3_uri(media)
+        if other != bucket:
+            raise OpsError(f"MEDIA {media} is outside the stack's bucket, which is all the "
+                           f"instance may read: give a local folder")
+        return f"s3://{bucket}/{_folder(prefix)}"
+    check_media(media)
+    return _upload_folder(bucket, Path(media).expanduser(), "media", echo)
+
+
+def features_uri(bucket: str, media_uri: str, extract_args: str) -> str:
+    """Where the run extracts ``media_uri`` to: ``features/MEDIA-SETTINGS/``, named by the
+    media's prefix (content-addressed for an uploaded folder) and the extract settings
+    (``train_media.settings_key``), so a later run with both the same finds the features there
+    and skips extraction."""
+    from trainer.s3 import parse_s3_uri
+    from trainer.train_media import settings_key
+
+    _, prefix = parse_s3_uri(media_uri)
+    parts = prefix.strip("/").split("/")
+    name = parts[-1] if parts[0] == "media" and len(parts) == 2 else \
+        f"{re.sub(r'[^A-Za-z0-9._-]+', '-', parts[-1])}-" \
+        f"{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+    return f"s3://{bucket}/features/{name}-{settings_key(extract_args)}/"
 
 
 def stop_run(backend, out: dict, run_id: str, echo=print, wait: float = 300,
@@ -243,9 +303,19 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
         raise OpsError(f"ARGS {settings.args!r} cannot be split into flags: {e}") from None
     folds, seeds = (arrays.check(settings.folds, settings.seeds, train_args)
                     if str(settings.folds).strip() else (None, None))
-    check_data(settings.data)
+    media = settings.media.strip()
+    if media:  # extracted by the run itself (train --media): one run, with --data set here
+        if folds:
+            raise OpsError("MEDIA goes with a single run: extract first (make deploy MEDIA=... "
+                           "once, or make extract), then FOLDS with DATA=s3://BUCKET/features/...")
+        set_here = [a.split("=")[0] for a in train_args if a.split("=")[0] in ("--data", "--media")]
+        if set_here:
+            raise OpsError(f"ARGS {settings.args!r}: {set_here[0]} is set by deploy with MEDIA")
+        check_media(media)
+    else:
+        check_data(settings.data)
     try:
-        check_train_args(train_args)
+        cfg = check_train_args(train_args + (["--media", "s3://checked/media/"] if media else []))
     except ValueError as e:
         raise OpsError(f"ARGS {settings.args!r}: {e}") from None
     backend = backend_for(settings)
@@ -270,8 +340,16 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     with step("building the image" + (" and pushing it to ECR" if aws_side else ""),
               hint="is the Docker engine up? (docker info)"):
         image_ref = backend.prepare_image(out, run_id, image, echo=echo)
-    with step(f"uploading the data set ({settings.data})"):
-        data_uri = upload_data(out["bucket"], settings.data, echo=echo)
+    media_args = []
+    if media:
+        with step(f"uploading the media ({media})"):
+            media_uri = upload_media(out["bucket"], media, echo=echo)
+            data_uri = features_uri(out["bucket"], media_uri, cfg.extract_args)
+            media_args = ["--media", media_uri]
+            echo(f"    the run extracts them into {data_uri} (skipped when already there)")
+    else:
+        with step(f"uploading the data set ({settings.data})"):
+            data_uri = upload_data(out["bucket"], settings.data, echo=echo)
     if folds:
         with step("registering the job definition revision and submitting the array job"):
             arrays.submit_array(backend, out, run_id, image_ref, data_uri, folds, seeds,
@@ -298,7 +376,8 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
         if going:
             stop_going(backend, out, going, echo=echo)
     with step(f"starting run {run_id}"):
-        backend.start_run(out, run_id, image_ref, ["--data", data_uri, *train_args], echo=echo)
+        backend.start_run(out, run_id, image_ref, ["--data", data_uri, *media_args, *train_args],
+                          echo=echo)
     _next_steps(settings, out, run_id, echo)
     return run_id
 

@@ -24,6 +24,9 @@ from botocore.exceptions import ClientError
 from trainer import s3 as s3lib
 from trainer.ops import OpsError
 
+# status.json's states (trainer/train.py): a run goes through these, then ends in a final one.
+# extracting: train --media (make deploy MEDIA=...) turning raw media into clip files first.
+GOING_STATES = ("starting", "extracting", "training", "evaluating")
 FINAL_STATES = ("done", "failed", "stopped")
 FRESH_SECONDS = 120  # status.json is rewritten every 15 s (30 s by contract): 4 missed beats
 ID_FORMAT = "%Y%m%d-%H%M%S"

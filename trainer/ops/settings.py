@@ -26,6 +26,7 @@ DEFAULTS = {
     "stack": "dev",         # Pulumi stack name
     "data": "demo-data",    # folder of clip files, or an s3:// prefix in the stack's bucket
     "args": "",             # trainer train flags
+    "media": "",            # raw media folder: uploaded, extracted on the instance into features/
     "folds": "",            # "" a single run (one instance); K: K-fold cv as one AWS Batch array
     "seeds": "0",           # with folds: the seeds of each fold ("0,1,2": 3 tasks per fold)
     "image": "av-emotion-trainer",  # local name of the image deploy builds
@@ -42,6 +43,7 @@ class Settings:
     stack: str = DEFAULTS["stack"]
     data: str = DEFAULTS["data"]
     args: str = DEFAULTS["args"]
+    media: str = DEFAULTS["media"]
     folds: str = DEFAULTS["folds"]
     seeds: str = DEFAULTS["seeds"]
     image: str = DEFAULTS["image"]

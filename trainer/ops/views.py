@@ -61,6 +61,10 @@ def status_lines(run_id: str, st: dict | None, host: dict | None = None,
         if st.get("state") not in runs.FINAL_STATES and (age is None or age > runs.FRESH_SECONDS):
             lines.append(f"warning    no heartbeat for {duration(age)}: the run is not running "
                          "(instance stopped or interrupted?); `make deploy` starts a new one")
+        if st.get("state") == "extracting" and st.get("extract"):
+            x = st["extract"]
+            lines.append(f"extract    {x.get('clips_done', 0)} clip files of about "
+                         f"{x.get('media_files', '?')} media files, {x.get('uploaded', 0)} in S3")
         lines.append(f"epoch      {st.get('epoch', 0)} / {st.get('epochs_max', '?')}")
         if st.get("best") is not None:
             lines.append(f"best       val macro-F1 {st['best']:.4f} at epoch "

@@ -27,11 +27,12 @@ def test_single_process_and_ddp_both_train_the_same_clips():
         assert all(len(e) == run["processes"] for e in run["losses"])
         assert all(math.isfinite(x) for e in run["losses"] for x in e)
         assert len(run["epochs_seconds"]) == r["timed_epochs"]
-        assert run["clips_per_second"] > 0
+        assert run["clips_per_second_best"] >= run["clips_per_second"] > 0
     # training moved the loss, and the all-reduce left both replicas with the same weights
     assert single["losses"][-1][0] < single["losses"][0][0]
     assert ddp["replicas_equal"] is True
-    assert v["speedup"] > 0 and len(v["speedup_per_pair"]) == r["timed_epochs"]
+    assert v["speedup"] > 0 and v["speedup_best"] > 0
+    assert len(v["speedup_per_pair"]) == r["timed_epochs"]
     assert r["speedup"] == v["speedup"] and r["eval_clips_per_second"] > 0
     assert "same_global_batch" in table(r)
 

@@ -440,7 +440,8 @@ def table(r: dict) -> str:
         rows.append((f"  hybrid, {r['ddp']['world']}-process DDP, {key.replace('_', ' ')}",
                      f"{v['ddp']['clips_per_second']:.2f}", "",
                      f"{v['speedup']:.2f}x 1 process x {r['ddp']['world']} threads "
-                     f"({v['single']['clips_per_second']:.2f}), global batch {v['batch_global']}"))
+                     f"({v['single']['clips_per_second']:.2f}), fastest epochs "
+                     f"{v['speedup_best']:.2f}x, global batch {v['batch_global']}"))
     w = [max(len(str(x[i])) for x in rows + [("", "hybrid", "lstm", "")]) for i in range(4)]
     lines = [f"{'':{w[0]}}  {'hybrid':>{w[1]}}  {'lstm':>{w[2]}}  notes"]
     lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]

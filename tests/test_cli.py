@@ -265,8 +265,12 @@ def test_bad_input_uploads_nothing_to_an_s3_run_directory(s3_bucket, s3_client, 
 ])
 def test_check_train_args_accepts_good_flags(argv):
     from trainer.cli import check_train_args
+    from trainer.config import TrainConfig
 
-    assert check_train_args(argv) is None
+    cfg = check_train_args(argv)  # the resolved settings, as train would run them
+    assert isinstance(cfg, TrainConfig)
+    if "--epochs" in argv:
+        assert (cfg.epochs, cfg.model, cfg.lr) == (30, "lstm", 1e-3)
 
 
 @pytest.mark.parametrize("argv, message", [

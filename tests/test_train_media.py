@@ -156,6 +156,7 @@ def test_a_stop_while_extracting_ends_as_stopped_and_the_rerun_continues(crema, 
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err.decode()[-2000:]
+    assert "continues the extraction" in err.decode().strip().splitlines()[-1]  # not --resume
     assert json.loads((out / "status.json").read_text())["state"] == "stopped"
     kept = {p.name for p in data.glob("*.npz")}
     assert 2 <= len(kept) < 16 and not (data / "extract.json").exists()

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.verb](args)
     except Stopped as e:
-        print(f"stopped: checkpoint saved; continue with --resume (exit {e.code})", file=sys.stderr)
+        print(f"stopped: {e.advice} (exit {e.code})", file=sys.stderr)
         return e.code
     except _user_errors() as e:
         if os.environ.get("TRAINER_DEBUG"):

@@ -15,9 +15,9 @@ class CheckpointError(Exception):
 class Stopped(Exception):
     """A run stopped by a signal after saving its checkpoint; carries the exit code."""
 
-    def __init__(self, code: int):
+    def __init__(self, code: int, advice: str = "checkpoint saved; continue with --resume"):
         super().__init__(f"stopped by signal, exit code {code}")
-        self.code = code
+        self.code, self.advice = code, advice
 
 
 class MediaError(Exception):

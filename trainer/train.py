@@ -245,8 +245,9 @@ class Training:
             extract_media(self.cfg.media, self.cfg.data, self.cfg.extract_args,
                           self.cfg.cache_dir, status=self.status.update)
         except KeyboardInterrupt:
-            raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal or signal.SIGINT),
-                                           1)) from None
+            raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal or signal.SIGINT), 1),
+                          "clip files extracted so far are kept; the same command (no "
+                          "--resume: no checkpoint yet) continues the extraction") from None
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

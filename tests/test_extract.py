@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.media import FPS, HEIGHT, WIDTH, frames, make_crema, make_ravdess, speech, \
-    truncate, write_video, write_wav
+    truncate, write_wav
 from trainer.errors import MediaError
 from trainer.extract.audio import audio_features
 from trainer.extract.clips import find_clips, media_clip

@@ -21,7 +21,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -45,6 +44,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
 from trainer.errors import DataError
+from trainer.storage import atomic_write_bytes
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -163,18 +163,6 @@ def _is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith((".tmp", ".part"))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _unsafe(rel: str) -> str | None:
     """Why the relative key ``rel`` cannot be a file under a folder, or None if it can.
 
@@ -290,7 +278,7 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
              to_download=len(todo), bytes=total)
 
     def save_index() -> None:
-        _write_atomic(index_path, json.dumps({"uri": uri, "files": index}).encode())
+        atomic_write_bytes(index_path, json.dumps({"uri": uri, "files": index}).encode())
 
     def download(rel: str, bar: tqdm) -> None:
         path = dest / rel

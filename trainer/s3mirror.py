@@ -19,6 +19,7 @@ from typing import Callable, TypeVar
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
+from trainer.storage import atomic_write_bytes
 from trainer import s3  # its helpers by attribute, so a test's patch of s3.retry reaches here
 
 log = structlog.get_logger()
@@ -175,7 +176,7 @@ class S3Mirror:
         except BotoCoreError as e:
             raise s3._explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
         path = self.local / name
-        s3._write_atomic(path, data)
+        atomic_write_bytes(path, data)
         st = path.stat()
         with self._cond:
             self._synced[name] = (st.st_mtime_ns, st.st_size)

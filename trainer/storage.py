@@ -21,8 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def is_s3(uri: str | os.PathLike) -> bool:
     return str(uri).startswith("s3://")
@@ -49,6 +47,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def torch_bytes(obj: Any) -> bytes:
+    import torch  # here, not at the top: extract's worker processes write files without torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()

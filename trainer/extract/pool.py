@@ -16,33 +16,15 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from trainer.extract.clips import MediaClip
+from trainer.storage import atomic_write_bytes as atomic_write
 
 MARKERS = ".extract-worker-*"
 DIED = "its worker process died (out of memory, or a crash in a native library)"
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then a rename: a reader never sees half a file.
-    (trainer.storage's own would load torch into every worker for one function.)
-
-    Example:
-        >>> atomic_write(Path("out/extract.json"), b"{}\\n")
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def lost(clip: MediaClip, reason: str) -> dict:

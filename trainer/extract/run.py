@@ -29,7 +29,8 @@ import structlog
 
 from trainer.errors import MediaError
 from trainer.extract.clips import MediaClip, display_path, find_clips
-from trainer.extract.pool import atomic_write, run_clips
+from trainer.extract.pool import run_clips
+from trainer.storage import atomic_write_bytes as atomic_write
 from trainer.extract import staging
 
 log = structlog.get_logger()

@@ -47,6 +47,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_environ():
+    """Every test leaves os.environ as it found it. The operator side run in-process points this
+    process's boto3 at the local stand-in by setting os.environ (LocalBackend.activate); left
+    there, it told a later test's subprocess that instance metadata is disabled."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory):
     """URL of a moto server running in its own process on 127.0.0.1."""

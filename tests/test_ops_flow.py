@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from trainer.ops import OpsError, flow
+from trainer.ops import OpsError, flow, upload
 from trainer.ops.settings import load
 
 
@@ -148,7 +148,7 @@ def test_media_is_uploaded_once_and_the_run_extracts_into_a_reused_features_pref
     lines = deploy_media(backend, monkeypatch, str(media))
     args = backend.train_args
     media_uri, data_uri = args[args.index("--media") + 1], args[args.index("--data") + 1]
-    prefix = flow.data_prefix(media, kind="media")
+    prefix = upload.data_prefix(media, kind="media")
     assert prefix.startswith("media/crema-") and media_uri == f"s3://{s3_bucket}/{prefix}"
     assert data_uri.startswith(f"s3://{s3_bucket}/features/{prefix.split('/')[1]}-")
     assert args[-2:] == ["--epochs", "3"]

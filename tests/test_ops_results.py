@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from trainer.ops import OpsError, runs, views
-from trainer.ops.flow import upload_data
+from trainer.ops.upload import upload_data
 from trainer.s3 import sync_up
 
 RUN = "20250101-120000-ab12"

@@ -11,7 +11,8 @@
 Only these verbs import this package (trainer/cli.py registers them through ``trainer.ops.cli``,
 which imports nothing but argparse); the trainer in the container never does. Modules:
 
-- ``cli``: the verbs, thin; ``settings``: deploy.yaml; ``flow``: the deploy and destroy steps.
+- ``cli``: the verbs, thin; ``settings``: deploy.yaml; ``flow``: the deploy and destroy steps;
+  ``upload``: DATA and MEDIA checked and uploaded to content-addressed prefixes.
 - ``aws``: every boto3 client (tests point AWS_ENDPOINT_URL at a moto server); ``stack``: the
   Pulumi Automation API; ``image``: Docker SDK build and ECR push; ``runs``: run directories in S3.
 - ``cloud`` and ``local``: the two backends (EC2 + SSM + CloudWatch, or Docker + moto).

@@ -1,0 +1,171 @@
+"""The data set and the raw media in the stack's bucket: what deploy checks about DATA and MEDIA
+before anything is built, and their content-addressed uploads (``data/NAME-HASH/``,
+``media/NAME-HASH/``, extracted features under ``features/``).
+
+    >>> upload_data(bucket, "demo-data")        # 's3://BUCKET/data/demo-data-0123456789ab/'
+    >>> upload_media(bucket, "media/crema")     # 's3://BUCKET/media/crema-.../'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from trainer.ops import OpsError
+
+
+def check_data(data: str) -> None:
+    """What deploy can tell about DATA before it builds or uploads anything: not empty (never
+    "the current folder", which would upload the whole checkout, .venv and .ave included), and
+    a folder that exists, with a well-formed manifest.csv if it has one, or a well-formed s3://
+    prefix (its bucket is checked at the upload)."""
+    from trainer.s3 import parse_s3_uri
+
+    if not data.strip():
+        raise OpsError("DATA is empty (deploy.yaml's data, or --data): give a folder of clip "
+                       "files or an s3:// prefix in the stack's bucket, e.g. data: demo-data")
+    if data.startswith("s3://"):
+        try:
+            parse_s3_uri(data)
+        except ValueError as e:
+            raise OpsError(f"DATA: {e}") from None
+    elif not Path(data).expanduser().is_dir():
+        raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
+                       f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
+    else:  # its manifest.csv, if any: a bad row would otherwise fail only on the instance
+        from trainer.data import DataError, check_data as check_clips
+
+        try:
+            check_clips(Path(data).expanduser())
+        except DataError as e:
+            raise OpsError(f"DATA={data}: {e}") from None
+
+
+def check_media(media: str) -> None:
+    """What deploy can tell about MEDIA before it builds or uploads anything: a folder that
+    exists and holds media files (by their extensions; extract reports the bad ones on the
+    instance), or a well-formed s3:// prefix."""
+    from trainer.extract.clips import VIDEO_EXTENSIONS
+    from trainer.s3 import parse_s3_uri
+
+    if media.startswith("s3://"):
+        try:
+            parse_s3_uri(media)
+        except ValueError as e:
+            raise OpsError(f"MEDIA: {e}") from None
+        return
+    folder = Path(media).expanduser()
+    if not folder.is_dir():
+        raise OpsError(f"MEDIA={media} is not a folder of media files (CREMA-D's VideoFlash/ "
+                       "and AudioWAV/, RAVDESS's Actor_NN/, or videos)")
+    if not any(p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file() for p in folder.rglob("*")):
+        raise OpsError(f"MEDIA={media} holds no media files (no "
+                       f"{', '.join(sorted(VIDEO_EXTENSIONS))} under it)")
+
+
+def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
+    """The files ``sync_up`` sends, as ``{relative path: (size, S3 ETag)}``."""
+    from trainer.s3 import INDEX, _is_temp, local_etag
+
+    return {path.relative_to(folder).as_posix(): (path.stat().st_size, local_etag(path))
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != INDEX and not _is_temp(path.name)}
+
+
+def data_prefix(folder: Path, manifest: dict | None = None, kind: str = "data") -> str:
+    """``data/NAME-HASH/`` (``KIND/NAME-HASH/``: ``media/`` for raw media): NAME is the
+    folder's name, HASH (12 hex digits) is over every file's path, size and MD5 (``_manifest``). Other content is another prefix, so an upload never
+    rewrites a data set that a run (going, or resumable later) reads, and two folders with the
+    same name but other files never share one."""
+    digest = hashlib.sha256()
+    for rel, (size, etag) in sorted((manifest or _manifest(folder)).items()):
+        digest.update(f"{rel}\0{size}\0{etag}\n".encode())
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.") or "data"
+    return f"{kind}/{name}-{digest.hexdigest()[:12]}/"
+
+
+def _copy_unchanged(s3, bucket: str, prefix: str, manifest: dict) -> int:
+    """Copy, inside S3, each file of ``manifest`` that an earlier upload of the same folder name
+    (``data/NAME-*/``, or ``media/NAME-*/``) already holds with the same size and ETag: a
+    changed data set sends only what changed. The count copied."""
+    from trainer.s3 import _list
+
+    family = prefix.rsplit("-", 1)[0] + "-"
+    there = _list(s3, bucket, prefix)
+    earlier: dict[tuple[str, int, str], str] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=family):
+        for obj in page.get("Contents", []):
+            _, sep, rel = obj["Key"][len(family):].partition("/")
+            if sep and rel and not obj["Key"].startswith(prefix):
+                earlier[(rel, obj["Size"], obj["ETag"].strip('"'))] = obj["Key"]
+    copied = 0
+    for rel, (size, etag) in manifest.items():
+        source = earlier.get((rel, size, etag))
+        if source and there.get(rel) != (size, etag):
+            s3.copy_object(Bucket=bucket, Key=prefix + rel,
+                           CopySource={"Bucket": bucket, "Key": source})
+            copied += 1
+    return copied
+
+
+def upload_data(bucket: str, data: str, echo=print) -> str:
+    """The data set as an s3:// prefix in the stack's bucket; a local folder goes to its own
+    content-addressed ``data/NAME-HASH/`` (``data_prefix``): the same files again send nothing,
+    files an earlier upload of the folder holds are copied inside S3, and nothing already in
+    the bucket is changed or removed."""
+    from trainer.s3 import _folder, parse_s3_uri
+
+    if data.startswith("s3://"):
+        other, prefix = parse_s3_uri(data)
+        if other != bucket:
+            raise OpsError(f"DATA {data} is outside the stack's bucket, which is all the instance "
+                           f"may read: give a local folder, or copy it first (aws s3 sync {data} "
+                           f"s3://{bucket}/data/NAME/)")
+        return f"s3://{bucket}/{_folder(prefix)}"
+    check_data(data)
+    return _upload_folder(bucket, Path(data).expanduser(), "data", echo)
+
+
+def _upload_folder(bucket: str, folder: Path, kind: str, echo=print) -> str:
+    from trainer.s3 import client, sync_up
+
+    manifest = _manifest(folder)
+    prefix = data_prefix(folder, manifest, kind)
+    copied = _copy_unchanged(client(), bucket, prefix, manifest)
+    counts = sync_up(folder, f"s3://{bucket}/{prefix}")
+    echo(f"    s3://{bucket}/{prefix}: {counts['uploaded']} uploaded, {copied} copied from an "
+         f"earlier upload, {counts['skipped'] - copied} already there")
+    return f"s3://{bucket}/{prefix}"
+
+
+def upload_media(bucket: str, media: str, echo=print) -> str:
+    """Raw media as an s3:// prefix in the stack's bucket: a local folder goes to its own
+    content-addressed ``media/NAME-HASH/``, as ``upload_data`` does for clip files (the same
+    files again send nothing; a changed folder sends only what changed)."""
+    from trainer.s3 import _folder, parse_s3_uri
+
+    if media.startswith("s3://"):
+        other, prefix = parse_s3_uri(media)
+        if other != bucket:
+            raise OpsError(f"MEDIA {media} is outside the stack's bucket, which is all the "
+                           f"instance may read: give a local folder")
+        return f"s3://{bucket}/{_folder(prefix)}"
+    check_media(media)
+    return _upload_folder(bucket, Path(media).expanduser(), "media", echo)
+
+
+def features_uri(bucket: str, media_uri: str, extract_args: str) -> str:
+    """Where the run extracts ``media_uri`` to: ``features/MEDIA-SETTINGS/``, named by the
+    media's prefix (content-addressed for an uploaded folder) and the extract settings
+    (``train_media.settings_key``), so a later run with both the same finds the features there
+    and skips extraction."""
+    from trainer.s3 import parse_s3_uri
+    from trainer.train_media import settings_key
+
+    _, prefix = parse_s3_uri(media_uri)
+    parts = prefix.strip("/").split("/")
+    name = parts[-1] if parts[0] == "media" and len(parts) == 2 else \
+        f"{re.sub(r'[^A-Za-z0-9._-]+', '-', parts[-1])}-" \
+        f"{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+    return f"s3://{bucket}/features/{name}-{settings_key(extract_args)}/"

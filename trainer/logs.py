@@ -6,7 +6,9 @@ Call ``setup(log_file)`` once per process; then ``structlog.get_logger().info("e
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -18,8 +20,28 @@ _shared = [
 ]
 
 
+@contextmanager
+def _signals_held():
+    """SIGTERM and SIGINT wait until the block ends. A stop handler that logs must not run in
+    the middle of configuring logging: ``setLevel`` walks the logger registry, and a logger the
+    handler creates changes it mid-walk (RuntimeError: dictionary changed size during
+    iteration, seen when a spot notice came during a run's setup)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    old = mask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT}) if mask else None
+    try:
+        yield
+    finally:
+        if mask:
+            mask(signal.SIG_SETMASK, old)
+
+
 def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Console handler (colours only on a terminal) and, if given, a JSON-lines file handler."""
+    with _signals_held():
+        _setup(log_file, level)
+
+
+def _setup(log_file: str | Path | None, level: int) -> None:
     structlog.configure(
         processors=_shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -1,27 +1,22 @@
-"""trainer/logs.py: a stop signal never runs its handler in the middle of logging's setup."""
+"""trainer/logs.py: levels take effect on loggers made before setup as well as after."""
 
-import os
-import signal
-import time
+import logging
 
 from trainer import logs
 
 
-def test_a_stop_signal_during_logging_setup_is_handled_once_setup_is_done(monkeypatch):
-    # train's stop handler logs; run inside setup it once broke logging's registry walk
-    # (RuntimeError: dictionary changed size during iteration) and the run died with a traceback.
-    events = []
-
-    def setup_that_gets_a_signal(log_file, level):
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # an unheld signal's handler runs here
-        events.append("setup done")
-
-    old = signal.signal(signal.SIGTERM, lambda *_: events.append("handler"))
-    try:
-        monkeypatch.setattr(logs, "_setup", setup_that_gets_a_signal)
-        logs.setup(None)
-        time.sleep(0.05)
-    finally:
-        signal.signal(signal.SIGTERM, old)
-    assert events == ["setup done", "handler"]
+def test_setup_levels_reach_loggers_that_cached_the_old_level(tmp_path):
+    # setup sets the levels without Logger.setLevel (whose registry walk a logging signal
+    # handler could break) and clears each logger's cached answer itself: a logger asked
+    # before setup must not keep its old answer.
+    early = logging.getLogger("trainer.test_logs.early")
+    logging.getLogger("botocore").setLevel(logging.DEBUG)
+    logging.getLogger().setLevel(logging.WARNING)  # (each setLevel clears every cache)
+    assert logging.getLogger("botocore").isEnabledFor(logging.DEBUG)
+    assert not early.isEnabledFor(logging.INFO)  # cached now: INFO off
+    logs.setup(tmp_path / "x.log")
+    assert early.isEnabledFor(logging.INFO)
+    assert not logging.getLogger("botocore").isEnabledFor(logging.INFO)
+    early.info("reaches the file")
+    logs.flush()
+    assert "reaches the file" in (tmp_path / "x.log").read_text()

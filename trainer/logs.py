@@ -6,9 +6,7 @@ Call ``setup(log_file)`` once per process; then ``structlog.get_logger().info("e
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -20,28 +18,8 @@ _shared = [
 ]
 
 
-@contextmanager
-def _signals_held():
-    """SIGTERM and SIGINT wait until the block ends. A stop handler that logs must not run in
-    the middle of configuring logging: ``setLevel`` walks the logger registry, and a logger the
-    handler creates changes it mid-walk (RuntimeError: dictionary changed size during
-    iteration, seen when a spot notice came during a run's setup)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    old = mask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT}) if mask else None
-    try:
-        yield
-    finally:
-        if mask:
-            mask(signal.SIG_SETMASK, old)
-
-
 def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
     """Console handler (colours only on a terminal) and, if given, a JSON-lines file handler."""
-    with _signals_held():
-        _setup(log_file, level)
-
-
-def _setup(log_file: str | Path | None, level: int) -> None:
     structlog.configure(
         processors=_shared + [structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -64,9 +42,23 @@ def _setup(log_file: str | Path | None, level: int) -> None:
         fh.setFormatter(structlog.stdlib.ProcessorFormatter(
             processor=structlog.processors.JSONRenderer(), foreign_pre_chain=_shared))
         root.addHandler(fh)
-    root.setLevel(level)
+    root.level = level
     for noisy in ("botocore", "boto3", "urllib3", "matplotlib", "PIL", "s3transfer"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).level = logging.WARNING
+    _clear_level_caches()
+
+
+def _clear_level_caches() -> None:
+    """What ``Logger.setLevel`` does after setting a level, on a snapshot of the registry.
+
+    setLevel walks ``loggerDict`` itself, and train's stop handler (a spot notice during setup)
+    logs, which can add a logger mid-walk: RuntimeError, a traceback instead of a checkpoint.
+    ``list()`` copies the registry in one step that no Python-level signal handler can split.
+    """
+    loggers = list(logging.Logger.manager.loggerDict.values()) + [logging.getLogger()]
+    for logger in loggers:
+        if isinstance(logger, logging.Logger):
+            logger._cache.clear()
 
 
 def _not_file_only(record: logging.LogRecord) -> bool:

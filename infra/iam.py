@@ -91,21 +91,7 @@ def instance_policy(*, bucket_arn: str, repo_arn: str, log_group_arn: str,
                 "Action": ["s3:PutObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"],
                 "Resource": f"{bucket_arn}/{FEATURES_PREFIX}*",
             },
-            {
-                # GetAuthorizationToken is account-wide and has no resource-level permissions. The
-                # token alone reads nothing; the pull below is scoped.
-                "Sid": "EcrLogin",
-                "Effect": "Allow",
-                "Action": "ecr:GetAuthorizationToken",
-                "Resource": "*",
-            },
-            {
-                "Sid": "EcrPull",
-                "Effect": "Allow",
-                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                           "ecr:BatchCheckLayerAvailability"],
-                "Resource": repo_arn,
-            },
+            *ecr_pull(repo_arn),
             {
                 "Sid": "WriteLogs",
                 "Effect": "Allow",
@@ -215,6 +201,27 @@ def batch_execution_role(cfg: Settings, *, repo: aws.ecr.Repository,
     return role
 
 
+def ecr_pull(repo_arn: str) -> list[dict]:
+    """The statements that pull the trainer image: the instance's and the Batch agent's."""
+    return [
+        {
+            # GetAuthorizationToken is account-wide and has no resource-level permissions. The
+            # token alone reads nothing; the pull below is scoped.
+            "Sid": "EcrLogin",
+            "Effect": "Allow",
+            "Action": "ecr:GetAuthorizationToken",
+            "Resource": "*",
+        },
+        {
+            "Sid": "EcrPull",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
+                       "ecr:BatchCheckLayerAvailability"],
+            "Resource": repo_arn,
+        },
+    ]
+
+
 def execution_policy(*, repo_arn: str, log_group_arn: str) -> dict:
     """What the ECS agent may do to start a job: pull the trainer image, and send the container's
     output to the log group (the agent hands the driver these credentials; agent 1.16 and later,
@@ -222,20 +229,7 @@ def execution_policy(*, repo_arn: str, log_group_arn: str) -> dict:
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {
-                # Account-wide, no resource-level permissions; the token alone reads nothing.
-                "Sid": "EcrLogin",
-                "Effect": "Allow",
-                "Action": "ecr:GetAuthorizationToken",
-                "Resource": "*",
-            },
-            {
-                "Sid": "EcrPull",
-                "Effect": "Allow",
-                "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer",
-                           "ecr:BatchCheckLayerAvailability"],
-                "Resource": repo_arn,
-            },
+            *ecr_pull(repo_arn),
             {
                 # The Batch jobs' streams only (prefix "batch"), not the single instance's runs.
                 "Sid": "WriteJobLogs",

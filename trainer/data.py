@@ -150,29 +150,40 @@ def _timestamps(z, key: str, n: int, duration: float) -> np.ndarray:
 
 def read_clip(path: Path, audio_fps: float = 100.0) -> tuple[np.ndarray, ...] | str:
     """(audio, video, audio_t, video_t) from one ``.npz``, or a reason it cannot be used."""
+    return read_clip_file(path, audio_fps)[0]
+
+
+def read_clip_file(path: Path, audio_fps: float = 100.0
+                   ) -> tuple[tuple[np.ndarray, ...] | str, dict | None]:
+    """``read_clip``'s answer and the file's extraction params (``read_extraction``), from one
+    opening of the file."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            for key in ("audio_features", "video_features"):
-                if key not in z.files:
-                    return f"missing {key}"
-            a = np.asarray(z["audio_features"])
-            v = np.asarray(z["video_features"])
-            for name, x in (("audio", a), ("video", v)):
-                if x.ndim != 2:
-                    return f"{name}_features has shape {x.shape}, expected [T, F]"
-                if x.shape[0] == 0 or x.shape[1] == 0:
-                    return f"{name}_features is empty"
-                if not np.issubdtype(x.dtype, np.number):
-                    return f"{name}_features is not numeric ({x.dtype})"
-                if not np.all(np.isfinite(x)):
-                    return f"{name}_features has non-finite values"
-            # Missing timestamps: both streams span the same clip, whose length the audio gives.
-            duration = a.shape[0] / audio_fps
-            at = _timestamps(z, "audio_timestamps", a.shape[0], duration)
-            vt = _timestamps(z, "video_timestamps", v.shape[0], duration)
-            return a.astype(np.float32), v.astype(np.float32), at, vt
+            return _arrays(z, audio_fps), _extraction(z)
     except Exception as e:  # a broken zip, a truncated file, a pickle: all mean unusable
-        return f"unreadable: {type(e).__name__}: {str(e)[:120]}"
+        return f"unreadable: {type(e).__name__}: {str(e)[:120]}", None
+
+
+def _arrays(z, audio_fps: float) -> tuple[np.ndarray, ...] | str:
+    for key in ("audio_features", "video_features"):
+        if key not in z.files:
+            return f"missing {key}"
+    a = np.asarray(z["audio_features"])
+    v = np.asarray(z["video_features"])
+    for name, x in (("audio", a), ("video", v)):
+        if x.ndim != 2:
+            return f"{name}_features has shape {x.shape}, expected [T, F]"
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            return f"{name}_features is empty"
+        if not np.issubdtype(x.dtype, np.number):
+            return f"{name}_features is not numeric ({x.dtype})"
+        if not np.all(np.isfinite(x)):
+            return f"{name}_features has non-finite values"
+    # Missing timestamps: both streams span the same clip, whose length the audio gives.
+    duration = a.shape[0] / audio_fps
+    at = _timestamps(z, "audio_timestamps", a.shape[0], duration)
+    vt = _timestamps(z, "video_timestamps", v.shape[0], duration)
+    return a.astype(np.float32), v.astype(np.float32), at, vt
 
 
 EXTRACTOR = "trainer.extract"  # the ``params["extractor"]`` of clip files ``extract`` wrote
@@ -183,10 +194,15 @@ def read_extraction(path: Path) -> dict | None:
     settings, audio and video extractor info), or None for a clip made otherwise."""
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "params" not in z.files:
-                return None
-            params = json.loads(str(z["params"]))
-    except Exception:  # unreadable params: not ours (read_clip reports a broken file)
+            return _extraction(z)
+    except Exception:  # unreadable: not ours (read_clip reports a broken file)
+        return None
+
+
+def _extraction(z) -> dict | None:
+    try:
+        params = json.loads(str(z["params"])) if "params" in z.files else None
+    except Exception:  # unreadable params: not ours
         return None
     if isinstance(params, dict) and params.get("extractor") == EXTRACTOR \
             and isinstance(params.get("settings"), dict):
@@ -287,13 +303,14 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
         if label not in LABELS:
             skipped.append({"path": rel, "reason": f"label {label!r} outside {' '.join(LABELS)}"})
             continue
-        got = read_clip(path, audio_fps) if path.exists() else "file not found"
+        got, params = (read_clip_file(path, audio_fps) if path.exists()
+                       else ("file not found", None))
         if isinstance(got, str):
             skipped.append({"path": rel, "reason": got})
             continue
         a, v, at, vt = got
         clips.append(Clip(rel, LABELS.index(label), speaker, a, v, at, vt, split))
-        extraction.append(read_extraction(path))
+        extraction.append(params)
     clips, params = _keep_one_extraction(clips, extraction, skipped)
     clips = _drop_odd_widths(clips, skipped)
     if not clips:

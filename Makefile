@@ -16,21 +16,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer train --data $(DEMO) --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
-## The README's demo table: hybrid, --fusion late, audio only, video only, lstm; seeds 0-2 (about
+## The demo ablation table (docs/training.md): hybrid, --fusion late, audio only, video only, lstm; seeds 0-2 (about
 ## an hour, most of it the lstm; continues where it stopped). SEEDS=0,1,2 VARIANTS=hybrid,late
 SEEDS    ?= 0,1,2
 VARIANTS ?= hybrid,late,audio,video,lstm
 ablation: $(STAMP)
-	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer.ablation --data $(DEMO) --out runs/ablation --seeds $(SEEDS) --variants $(VARIANTS)
+	$(PY) -m trainer demo-data --out $(DEMO) && $(PY) -m trainer.bench.ablation --data $(DEMO) --out runs/ablation --seeds $(SEEDS) --variants $(VARIANTS)
 
-## Speaker k-fold cross-validation on this machine (README: Cross-validation). DATA=folder (default:
+## Speaker k-fold cross-validation on this machine (docs/cross-validation.md). DATA=folder (default:
 ## the demo data, made first) OUT=runs/cv FOLDS=5|loso (default: 5 on the demo data, else the
 ## manifest's folds) SEEDS=0,1,2 (only when given here: cv's own default is 0) ARGS='cv and train flags, e.g. --parallel 2 --epochs 20 --resume'
 OUT ?= runs/cv
 cv: $(STAMP)
 	$(if $(DATA),,$(PY) -m trainer demo-data --out $(DEMO) && )$(PY) -m trainer cv --data '$(or $(DATA),$(DEMO))' --out '$(OUT)' $(if $(FOLDS),--folds $(FOLDS),$(if $(DATA),,--folds 5)) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)) $(ARGS)
 
-## Raw media to clip files (README: Extract features). MEDIA=folder or s3:// prefix OUT=folder or
+## Raw media to clip files (docs/data.md: Extract features). MEDIA=folder or s3:// prefix OUT=folder or
 ## s3:// prefix (both required; cv's OUT default is not used) ARGS='extract flags, e.g. --video opencv --workers 2'
 MEDIA ?=
 extract: $(STAMP)
@@ -48,7 +48,7 @@ clean:
 
 ## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
 ## local Docker engine with a moto S3. DATA=folder MEDIA=raw media folder (deploy: extracted on
-## the instance, then trained; README: make deploy) ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
+## the instance, then trained; docs/aws.md: make deploy) ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
 ## KEEP=1 (destroy: download every run first) YES=1 (destroy: no question).
 ## FOLDS=5 (deploy: 5-fold cross-validation as one AWS Batch array job) SEEDS=0,1,2 (with FOLDS:
 ## seeds per fold; only when given here, else deploy.yaml's seeds, "0": ablation's default above

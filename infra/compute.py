@@ -4,7 +4,7 @@ User data contract (read by scripts/bootstrap.sh, run with no arguments at first
 
     #!/bin/bash
     export AVE_BUCKET=... AVE_REGION=... AVE_REPO_URL=... AVE_LOG_GROUP=... AVE_MAX_RUN_HOURS=... AVE_IDLE_MINUTES=...
-    <the full text of scripts/bootstrap.sh>
+    <the full text of scripts/bootstrap-run.sh, then of scripts/bootstrap.sh>
 
 Names and numbers only: no secrets (the instance gets credentials from its role via IMDSv2).
 The text goes to EC2 gzipped (cloud-init unpacks gzip user data itself), because the script is
@@ -22,7 +22,10 @@ import pulumi_aws as aws
 
 from settings import Settings
 
-BOOTSTRAP = Path(__file__).resolve().parent.parent / "scripts" / "bootstrap.sh"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+# The bootstrap's two files, as one text in this order (bootstrap.sh says why); trainer/ops/cloud.py
+# sends the same text to an existing instance.
+BOOTSTRAP = (SCRIPTS / "bootstrap-run.sh", SCRIPTS / "bootstrap.sh")
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (counted before base64)
 
 
@@ -40,11 +43,12 @@ def user_data(cfg: Settings, script: str, *, bucket: aws.s3.Bucket, repo: aws.ec
 
 
 def read_bootstrap() -> str:
-    if not BOOTSTRAP.is_file():
-        raise pulumi.RunError(
-            f"{BOOTSTRAP} is missing: the instance's user data is built from scripts/bootstrap.sh; "
-            "restore it (git checkout scripts/bootstrap.sh) and run again")
-    return BOOTSTRAP.read_text()
+    for path in BOOTSTRAP:
+        if not path.is_file():
+            raise pulumi.RunError(
+                f"{path} is missing: the instance's user data is built from scripts/{path.name}; "
+                f"restore it (git checkout scripts/{path.name}) and run again")
+    return "".join(path.read_text() for path in BOOTSTRAP)
 
 
 def render_user_data(env: dict[str, object], script: str) -> str:
@@ -57,7 +61,7 @@ def encode_user_data(text: str) -> str:
     packed = gzip.compress(text.encode(), mtime=0)
     if len(packed) > USER_DATA_LIMIT:
         raise pulumi.RunError(f"user data is {len(packed)} bytes gzipped, over EC2's limit of "
-                              f"{USER_DATA_LIMIT}: shorten scripts/bootstrap.sh")
+                              f"{USER_DATA_LIMIT}: shorten scripts/bootstrap.sh or bootstrap-run.sh")
     return base64.b64encode(packed).decode()
 
 

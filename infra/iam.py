@@ -157,7 +157,7 @@ def batch_job_role(cfg: Settings, *, bucket: aws.s3.Bucket) -> aws.iam.Role:
 
 
 def job_policy(bucket_arn: str) -> dict:
-    """What a fold's trainer may do: S3 only (trainer/s3.py is its one AWS client). No logs: its
+    """What a fold's trainer may do: S3 only (trainer/store/s3.py is its one AWS client). No logs: its
     output reaches the log group through the awslogs driver, with the execution role."""
     return {
         "Version": "2012-10-17",

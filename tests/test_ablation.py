@@ -5,7 +5,7 @@ import json
 import pytest
 from util import FAST, tiny_demo
 
-from trainer.ablation import main
+from trainer.bench.ablation import main
 
 pytestmark = pytest.mark.slow
 

@@ -6,8 +6,8 @@ import pytest
 
 import torch
 
-from trainer.bench import TARGETS, memory_ratios, padding
-from trainer.measure import HeapPeak
+from trainer.bench.run import TARGETS, memory_ratios, padding
+from trainer.bench.measure import HeapPeak
 from trainer.cli import main
 
 pytestmark = pytest.mark.slow

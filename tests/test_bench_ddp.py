@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from trainer.bench_ddp import WORLD, measure, shards, table
+from trainer.bench.ddp import WORLD, measure, shards, table
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""trainer.bench_extract: its CREMA-D-shaped media, and a smoke-size report that adds up (no
+"""trainer.bench.extract_speed: its CREMA-D-shaped media, and a smoke-size report that adds up (no
 timing is asserted: speed is read from ``make bench``'s figures).
 
     .venv/bin/python -m pytest tests/test_bench_extract.py -q
@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from trainer.bench_extract import (FPS, HEIGHT, SAMPLE_RATE, TARGET, WIDTH, make_media,
+from trainer.bench.extract_speed import (FPS, HEIGHT, SAMPLE_RATE, TARGET, WIDTH, make_media,
                                    measure, steady, table, verdict)
 from trainer.extract.decode import read_audio
 

@@ -1,6 +1,6 @@
-"""scripts/bootstrap.sh, run for real through its directory hooks (AVE_ETC_DIR, AVE_STATE_DIR,
-AVE_RUNTIME_DIR, AVE_INSTALLED, AVE_UNIT_DIR), with `docker`, `aws`, `shutdown`, `systemctl`,
-`curl` and `dnf` stubbed on PATH.
+"""scripts/bootstrap.sh and bootstrap-run.sh, run for real through their directory hooks
+(AVE_ETC_DIR, AVE_STATE_DIR, AVE_RUNTIME_DIR, AVE_INSTALLED, AVE_UNIT_DIR), with `docker`, `aws`,
+`shutdown`, `systemctl`, `curl` and `dnf` stubbed on PATH.
 
     .venv/bin/python -m pytest tests/test_bootstrap.py -q
 
@@ -8,6 +8,8 @@ The docker stub keeps one container's state in a JSON file; `docker stop` ends i
 code the test sets (143 by default: the trainer saved its checkpoint), `docker wait` prints it.
 The aws stub answers `s3api head-object` from a folder standing in for the bucket. Every stub
 appends its command line to calls.log, so a test can say what was pulled, run and stopped.
+Most tests run the checkout's bootstrap.sh, which sources bootstrap-run.sh from beside it; the
+user data, deploy's update and the installed copy carry the two files as one text (`one_text`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bootstrap.sh"
+RUN_PART = ROOT / "scripts" / "bootstrap-run.sh"
 REPO_URL = "123456789012.dkr.ecr.us-east-1.amazonaws.com/ave-repo"
 DIGEST = REPO_URL + "@sha256:" + "a" * 64
 SETTINGS = {"AVE_BUCKET": "ave-bucket", "AVE_REGION": "us-east-1", "AVE_REPO_URL": REPO_URL,
@@ -218,6 +221,11 @@ def booted(box):
     return box
 
 
+def one_text() -> str:
+    """The two files as the instance gets them, bootstrap-run.sh first."""
+    return RUN_PART.read_text() + SCRIPT.read_text()
+
+
 def docker_runs(box: Box) -> list[list[str]]:
     return [line.split()[1:] for line in box.calls("docker run ")]
 
@@ -230,7 +238,7 @@ def test_first_boot_installs_the_watchdog_first_then_docker_and_resume(box):
     assert env.splitlines() == [f"{k}={v}" for k, v in SETTINGS.items()]
     assert oct((box.root / "etc" / "stack.env").stat().st_mode & 0o777) == "0o600"
     installed = (box.root / "sbin-ave").read_text()
-    assert installed == SCRIPT.read_text()
+    assert installed == one_text()
     units = {p.name for p in (box.root / "units").iterdir()}
     assert {"ave-resume.service", "ave-watch.service", "ave-watchdog.service",
             "ave-watchdog.timer"} <= units
@@ -239,6 +247,24 @@ def test_first_boot_installs_the_watchdog_first_then_docker_and_resume(box):
     assert first < calls.index("systemctl enable --now docker.service")
     assert "systemctl start --no-block ave-resume.service" in calls
     assert box.shutdowns() == [] and "set up" in proc.stdout
+
+
+def test_the_user_data_alone_boots_and_installs_a_copy_that_runs_alone(box):
+    """cloud-init runs the user data from a file with nothing beside it; the copy it installs
+    runs the units' modes with nothing beside it either."""
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in SETTINGS.items())
+    user_data = box.root / "part-001"
+    user_data.write_text(f"#!/bin/bash\nexport {exports}\n{one_text()}")
+    proc = box.ok(script=user_data)
+    assert "set up" in proc.stdout and box.shutdowns() == []
+    installed = box.root / "sbin-ave"
+    assert installed.read_text() == one_text()
+    assert installed.read_text().startswith("#!/usr/bin/env bash\n")
+    box.ok("run", "--image", DIGEST, "r1", script=installed)
+    assert box.record()["RUN_ID"] == "r1" and len(docker_runs(box)) == 1
+    (box.root / "exit-code").write_text("0")
+    box.ok("watch", script=installed)
+    assert box.record("last-run")["OUTCOME"] == "done" and len(box.shutdowns()) == 1
 
 
 def test_a_failed_first_boot_stops_the_instance_with_the_watchdog_already_on(box):
@@ -413,7 +439,7 @@ def test_a_run_already_past_max_run_hours_is_not_resumed(booted):
 
 def test_update_installs_the_new_script_and_settings_without_a_resume_or_a_stop(booted, tmp_path):
     new = tmp_path / "downloaded.sh"
-    new.write_text(SCRIPT.read_text().replace("# Exit status:", "# (a newer copy)\n# Exit status:"))
+    new.write_text(one_text().replace("# Exit status:", "# (a newer copy)\n# Exit status:"))
     booted.ok("update", script=new, env={"AVE_IDLE_MINUTES": "5", "AVE_MAX_RUN_HOURS": "3"})
     env = (booted.root / "etc" / "stack.env").read_text()
     assert "AVE_IDLE_MINUTES=5\n" in env and "AVE_MAX_RUN_HOURS=3\n" in env

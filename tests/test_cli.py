@@ -264,7 +264,7 @@ def test_bad_input_uploads_nothing_to_an_s3_run_directory(s3_bucket, s3_client, 
     ["--data", "s3://bucket/not/here/", "--out", "/nowhere/run"],  # neither is looked at
 ])
 def test_check_train_args_accepts_good_flags(argv):
-    from trainer.cli import check_train_args
+    from trainer.flags import check_train_args
     from trainer.config import TrainConfig
 
     cfg = check_train_args(argv)  # the resolved settings, as train would run them
@@ -285,7 +285,7 @@ def test_check_train_args_accepts_good_flags(argv):
     (["--config", "/no/such/c.yaml"], "config file /no/such/c.yaml does not exist"),
 ])
 def test_check_train_args_is_one_line_of_value_error(argv, message):
-    from trainer.cli import check_train_args
+    from trainer.flags import check_train_args
 
     with pytest.raises(ValueError) as e:
         check_train_args(argv)
@@ -294,7 +294,7 @@ def test_check_train_args_is_one_line_of_value_error(argv, message):
 
 
 def test_check_train_args_reads_the_config_file(tmp_path):
-    from trainer.cli import check_train_args
+    from trainer.flags import check_train_args
 
     (tmp_path / "c.yaml").write_text('epochs: "three"\n')
     with pytest.raises(ValueError, match="epochs must be an integer, not 'three'"):

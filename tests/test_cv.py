@@ -17,8 +17,8 @@ import pytest
 from util import FAST, tiny_demo
 
 from trainer.cli import main
-from trainer.cv import parse_seeds, plan, task_dir, task_from_env
-from trainer.cv_report import aggregate, aggregate_dict
+from trainer.cv.plan import parse_seeds, plan, task_dir, task_from_env
+from trainer.cv.report import aggregate, aggregate_dict
 from trainer.data import load_dataset
 
 TINY = [*FAST, "--epochs", "2", "--d-model", "16"]
@@ -197,10 +197,10 @@ def test_the_manifest_may_name_the_folds(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--folds", "11"], "11 folds need at least 11 speakers; the data has 10"),
-    (["--folds", "1"], "--folds must be an integer of at least 2 or 'loso'"),
-    (["--folds", "five"], "--folds must be an integer"),
-    (["--folds", "5", "--seeds", "0,x"], "--seeds must be non-negative integers"),
-    (["--folds", "5", "--seeds", "1,1"], "--seeds names a seed twice"),
+    (["--folds", "1"], "--folds 1: cross-validation needs 2 folds or more"),
+    (["--folds", "five"], "--folds 'five' is not a number of folds: give an integer of at least 2 or loso"),
+    (["--folds", "5", "--seeds", "0,x"], "--seeds '0,x' is not a list of whole numbers"),
+    (["--folds", "5", "--seeds", "1,1"], "--seeds '1,1': seeds must be distinct"),
     (["--folds", "5", "--task", "5"], "--task 5 is out of range: this cv has 5 tasks (0..4)"),
     (["--folds", "5", "--seeds", "0,1", "--task", "10"], "this cv has 10 tasks (0..9)"),
     (["--folds", "5", "--task", "auto"], "neither AWS_BATCH_JOB_ARRAY_INDEX"),

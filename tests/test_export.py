@@ -10,7 +10,7 @@ from trainer.batching import collate
 from trainer.cli import main
 from trainer.data import load_dataset
 from trainer.demo import make_demo_data
-from trainer.evaluate import load_trained
+from trainer.checkpoint import load_trained
 from trainer.export import INPUTS, load_exported
 from trainer.prepare import prepare
 

@@ -420,7 +420,7 @@ def test_cli_with_two_workers_writes_and_prints_counts(media, tmp_path, capsys):
 def test_extract_between_s3_prefixes_and_resumes_from_what_s3_holds(media, tmp_path, s3_bucket,
                                                                      s3_client):
     from trainer.extract.run import ExtractSettings, extract
-    from trainer.s3 import sync_up
+    from trainer.store.s3 import sync_up
 
     sync_up(media[0] / "ravdess", f"s3://{s3_bucket}/media/ravdess/")
     settings = ExtractSettings(video=FACE_KIND)
@@ -448,7 +448,7 @@ def test_s3_output_goes_up_as_clips_finish_not_only_at_the_end(media, tmp_path, 
 
     from trainer.extract import staging
     from trainer.extract.run import ExtractSettings, extract
-    from trainer.s3 import sync_up
+    from trainer.store.s3 import sync_up
 
     monkeypatch.setattr(staging, "UPLOAD_SECONDS", 0.05)
     sync_up(_four_clips(media, tmp_path / "crema"), f"s3://{s3_bucket}/media/crema/")

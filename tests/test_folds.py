@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from trainer.data import Clip
-from trainer.folds import fold_split, manifest_folds, speaker_folds
+from trainer.cv.folds import fold_split, manifest_folds, speaker_folds
 
 
 def dataset(speakers=10, seed=0):

@@ -163,7 +163,7 @@ def test_image_extracts_raw_media_between_s3_prefixes(image, moto_server, s3_buc
     import numpy as np
 
     from tests.media import make_crema, make_ravdess
-    from trainer.s3 import sync_up
+    from trainer.store.s3 import sync_up
 
     make_crema(tmp_path / "media" / "crema")
     make_ravdess(tmp_path / "media" / "ravdess")

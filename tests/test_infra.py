@@ -162,18 +162,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def deploy(tmp_path_factory):
+def deploy():
     """`deploy(config)` runs infra/ under the mocks with that stack config and returns a Stack."""
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(INFRA))  # as the Pulumi CLI runs it; the program never edits sys.path
         for name in INFRA_MODULES:
             mp.delitem(sys.modules, name, raising=False)
-        compute = importlib.import_module("compute")
-        if not compute.BOOTSTRAP.is_file():
-            # scripts/bootstrap.sh is written separately; until it lands, stand in for it here.
-            stand_in = tmp_path_factory.mktemp("scripts") / "bootstrap.sh"
-            stand_in.write_text("#!/usr/bin/env bash\nset -euo pipefail\necho boot-time set-up\n")
-            mp.setattr(compute, "BOOTSTRAP", stand_in)
         yield run_program
         for name in INFRA_MODULES:  # before the context puts back any same-named module
             sys.modules.pop(name, None)
@@ -423,7 +417,8 @@ def test_instance_gets_the_stack_role(stack):
 # ---- user data ----------------------------------------------------------------------------------
 
 def bootstrap_text() -> str:
-    return importlib.import_module("compute").BOOTSTRAP.read_text()
+    """The bootstrap as the instance gets it: its files as one text, bootstrap-run.sh first."""
+    return "".join(path.read_text() for path in importlib.import_module("compute").BOOTSTRAP)
 
 
 def user_data(inputs: dict) -> str:
@@ -443,6 +438,8 @@ def test_user_data_is_the_env_line_then_the_bootstrap_script(stack):
         "AVE_MAX_RUN_HOURS=12 AVE_IDLE_MINUTES=20"
     )
     assert rest == bootstrap_text()
+    assert [path.name for path in importlib.import_module("compute").BOOTSTRAP] == [
+        "bootstrap-run.sh", "bootstrap.sh"]
     assert instance["userDataReplaceOnChange"] is False
 
 
@@ -462,10 +459,13 @@ def test_a_user_data_change_never_stops_or_replaces_the_instance(stack):
     assert "userDataBase64" in instance.ignore_changes
 
 
-def test_missing_bootstrap_script_fails_with_a_clear_error(deploy, monkeypatch, tmp_path):
-    monkeypatch.setattr(importlib.import_module("compute"), "BOOTSTRAP", tmp_path / "bootstrap.sh")
+@pytest.mark.parametrize("name", ["bootstrap.sh", "bootstrap-run.sh"])
+def test_missing_bootstrap_script_fails_with_a_clear_error(deploy, monkeypatch, tmp_path, name):
+    compute = importlib.import_module("compute")
+    monkeypatch.setattr(compute, "BOOTSTRAP", tuple(tmp_path / name if path.name == name else path
+                                                    for path in compute.BOOTSTRAP))
     mocks = Mocks()
-    with pytest.raises(pulumi.RunError, match=r"bootstrap\.sh is missing"):
+    with pytest.raises(pulumi.RunError, match=rf"{re.escape(name)} is missing"):
         deploy(mocks=mocks)
     assert mocks.resources == []
 

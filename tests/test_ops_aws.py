@@ -170,7 +170,9 @@ def test_the_run_starts_through_ssm_run_command(outputs, s3_client):
                                                          Prefix="ops/")["Contents"]]
     assert key.startswith("ops/bootstrap-") and key.endswith(".sh")
     body = s3_client.get_object(Bucket=outputs["bucket"], Key=key)["Body"].read()
-    assert body == (REPO / "scripts" / "bootstrap.sh").read_bytes()
+    # bootstrap-run.sh, then bootstrap.sh: one text, as the user data carries them
+    assert body == b"".join((REPO / "scripts" / name).read_bytes()
+                            for name in ("bootstrap-run.sh", "bootstrap.sh"))
     assert cmd["Parameters"]["commands"] == [
         "cloud-init status --wait >/dev/null 2>&1 || true; "
         f"aws s3 cp --quiet --region us-east-1 s3://{outputs['bucket']}/{key} "

@@ -99,7 +99,7 @@ def wait_for(what, predicate, timeout: float = 60):
 
 
 def put_status(bucket: str, run_id: str, where: str, **fields) -> None:
-    from trainer.s3 import client
+    from trainer.store.s3 import client
 
     body = {"state": "training", "epoch": 3, "epochs_max": 30, "best": 0.61, "best_epoch": 2,
             "eta_seconds": 540.0, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -110,15 +110,16 @@ def put_status(bucket: str, run_id: str, where: str, **fields) -> None:
 
 # ------------------------------------------------------------------ checks before anything
 @pytest.mark.parametrize("flags, line", [
-    (["--folds", "1"], "error: FOLDS=1: cross-validation needs 2 folds or more (FOLDS=5); a "
-                       "single run is `make deploy` without FOLDS"),
-    (["--folds", "five"], "error: FOLDS='five' is not a number of folds: give one, e.g. FOLDS=5"),
+    (["--folds", "1"], "error: FOLDS 1: cross-validation needs 2 folds or more (a single run "
+                       "is `make deploy` without FOLDS)"),
+    (["--folds", "five"], "error: FOLDS 'five' is not a number of folds: give an integer of at "
+                          "least 2 (a single run is `make deploy` without FOLDS)"),
     (["--folds", "loso"], "error: FOLDS=loso: the array's size must be known before the data is "
                           "read; give the number of speakers as FOLDS=N (one fold per speaker), "
                           "or run `python -m trainer cv --folds loso` on one machine"),
-    (["--folds", "5", "--seeds", "0,0"], "error: SEEDS='0,0': seeds must be distinct and 0 or "
-                                         "more, e.g. SEEDS=0,1,2"),
-    (["--folds", "5", "--seeds", "0;1"], "error: SEEDS='0;1' is not a list of whole numbers: "
+    (["--folds", "5", "--seeds", "0,0"], "error: SEEDS '0,0': seeds must be distinct, e.g. "
+                                         "SEEDS=0,1,2"),
+    (["--folds", "5", "--seeds", "0;1"], "error: SEEDS '0;1' is not a list of whole numbers: "
                                          "give e.g. SEEDS=0,1,2"),
     (["--folds", "5000", "--seeds", "0,1,2"], "error: FOLDS=5000 x SEEDS (3) = 15000 tasks: one "
                                               "array job runs at most 10000"),
@@ -451,7 +452,7 @@ def test_results_download_every_fold_and_write_the_aggregate(stack, finished_run
     """Two finished folds (real run directories) and one still training: cv.json over the two,
     summary.md with mean ± std, the per-fold table and the fold not ended yet."""
     from trainer.ops.report import fetch_cv
-    from trainer.s3 import sync_up
+    from trainer.store.s3 import sync_up
 
     _, out = stack
     run_id = "20250101-120000-cd34"

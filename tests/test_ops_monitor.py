@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from trainer.s3 import sync_up
+from trainer.store.s3 import sync_up
 
 RUN = "20250101-120000-ab12"
 PROMPT = "choice> "

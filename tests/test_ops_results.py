@@ -19,7 +19,7 @@ import pytest
 
 from trainer.ops import OpsError, runs, views
 from trainer.ops.upload import upload_data
-from trainer.s3 import sync_up
+from trainer.store.s3 import sync_up
 
 RUN = "20250101-120000-ab12"
 

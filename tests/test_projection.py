@@ -7,7 +7,7 @@ import math
 import pytest
 
 from trainer.ops.pricing import FALLBACK
-from trainer.projection import main, project, read_bench
+from trainer.ops.projection import main, project, read_bench
 
 
 def fake_bench(tmp_path, eval_rate=300.0, **over):

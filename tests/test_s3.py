@@ -1,4 +1,4 @@
-"""trainer/s3.py and trainer/s3mirror.py against a real moto server over HTTP, with and without
+"""trainer/store/s3.py and trainer/store/mirror.py against a real moto server over HTTP, with and without
 injected failures."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 import structlog
 import torch
 
-from trainer import s3
+from trainer.store import s3
 from trainer.errors import DataError
-from trainer.s3 import S3Error, parse_s3_uri, sync_down, sync_up
-from trainer.s3mirror import S3Mirror
+from trainer.store.s3 import S3Error, parse_s3_uri, sync_down, sync_up
+from trainer.store.mirror import S3Mirror
 
 
 def put(client, bucket: str, key: str, data: bytes) -> None:

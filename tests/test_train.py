@@ -13,7 +13,7 @@ import torch
 from util import FAST, read_jsonl, tiny_demo
 
 from trainer.cli import main
-from trainer.evaluate import read_checkpoint
+from trainer.checkpoint import read_checkpoint
 
 pytestmark = pytest.mark.slow
 TIMING = {"epoch_seconds", "samples_per_second"}
@@ -205,53 +205,17 @@ def test_per_speaker_normalisation_never_uses_a_held_out_speakers_clips(demo, tm
     assert [r["val_loss"] for r in a] != [r["val_loss"] for r in b]
 
 
-def test_a_late_heartbeat_never_overwrites_the_final_state(tmp_path, monkeypatch):
-    """A heartbeat caught in a slow write while the loop writes its final state: the final state
-    is what stays, whether written before ``stop`` (finish: done) or after it (stopped)."""
-    import threading
-
-    from trainer import train as train_module
-    from trainer.storage import RunDir
-
-    monkeypatch.setattr(train_module, "HEARTBEAT_SECONDS", 0.01)
-    in_write = threading.Event()
-
-    class SlowRun(RunDir):
-        def write_json(self, name, obj):
-            if threading.current_thread().name == "heartbeat":
-                in_write.set()
-                time.sleep(0.3)  # a slow disk, or an upload, under the heartbeat's write
-            super().write_json(name, obj)
-
-    run = SlowRun(tmp_path)
-    for final in ("done", "stopped"):
-        status = train_module.Status(run, epochs_max=5)
-        status.start()
-        status.update(state="training")
-        in_write.clear()
-        assert in_write.wait(5)
-        if final == "done":  # Training.finish, then cleanup()
-            status.update(state="done")
-            status.stop()
-        else:  # cleanup("stopped")
-            status.stop()
-            status.update(state="stopped")
-        assert not status._thread.is_alive()
-        time.sleep(0.5)  # what a heartbeat still running would write lands in this time
-        assert json.loads((tmp_path / "status.json").read_text())["state"] == final
-
-
 KILL_AT_SECOND_BEST = """
 import os, signal, sys
-from trainer import storage
-save, writes = storage.RunDir.save_torch, []
+from trainer.store import rundir
+save, writes = rundir.RunDir.save_torch, []
 def save_torch(self, name, obj):
     if name == "checkpoints/best.pt":
         writes.append(name)
         if len(writes) == 2:  # the second improvement: killed between the checkpoint writes
             os.kill(os.getpid(), signal.SIGKILL)
     save(self, name, obj)
-storage.RunDir.save_torch = save_torch
+rundir.RunDir.save_torch = save_torch
 from trainer.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.media import frames, speech, write_video, write_wav
-from trainer.s3 import sync_up
-from trainer.train_media import extract_media, parse_extract_args, settings_key
+from trainer.store.s3 import sync_up
+from trainer.extract.cli import parse_extract_args, settings_key
+from trainer.train_media import extract_media
 from util import FAST
 
 EMOTIONS = ("ANG", "HAP", "SAD", "NEU")
@@ -60,7 +61,7 @@ def test_extract_args_are_checked_in_one_line_and_local_paths_refused():
 
 
 def test_train_flags_check_media_and_extract_args_before_a_run():
-    from trainer.cli import check_train_args
+    from trainer.flags import check_train_args
 
     check_train_args(["--media", "s3://b/media/x/", "--extract-args", "--video opencv"])
     with pytest.raises(ValueError, match="extract args: .*invalid choice"):

@@ -14,7 +14,6 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
-
 class BiLSTMStack(nn.Module):
     def __init__(self, in_dim: int, hidden: tuple[int, int], dropout: float):
         super().__init__()

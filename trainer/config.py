@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from trainer.extract.cli import parse_extract_args
+
 
 @dataclass
 class TrainConfig:
@@ -27,7 +29,7 @@ class TrainConfig:
     epochs: int = 50  # maximum epochs
     batch_size: int = 24
     lr: float = 5e-4  # AdamW learning rate
-    weight_decay: float = 0.05  # AdamW's decoupled weight decay (README: demo table)
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (docs/training.md)
     patience: int = 10  # early stopping: epochs without a better validation macro-F1
     lr_patience: int = 3  # ReduceLROnPlateau: epochs without improvement before lr *= lr_factor
     lr_factor: float = 0.5
@@ -56,7 +58,7 @@ class TrainConfig:
     resume: bool = False  # continue from <out>/checkpoints/last.pt
     cache_dir: str = ""  # local cache for s3:// data (default ~/.cache/av-emotion)
     media: str = ""  # raw media (folder or s3:// prefix) to extract into `data` first; "" = none
-    extract_args: str = ""  # extract flags for `media`, e.g. "--video opencv" (trainer.train_media)
+    extract_args: str = ""  # extract flags for `media`, e.g. "--video opencv" (trainer.extract.cli)
 
 
 CHOICES = {"model": ("hybrid", "lstm"), "split": ("speaker", "random"),
@@ -180,8 +182,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.extract_args and not cfg.media:
         raise ValueError("extract_args needs media (the raw media to extract)")
     if cfg.media:  # its flags checked here too, so that deploy refuses bad ones before the run
-        from trainer.train_media import parse_extract_args
-
         parse_extract_args(cfg.extract_args)
     if not (0 < cfg.val_fraction < 1 and 0 < cfg.test_fraction < 1
             and cfg.val_fraction + cfg.test_fraction < 1):

@@ -129,7 +129,7 @@ def _check_split_column(path: Path, rows: list[dict]) -> None:
     values = [(row.get("split") or "").strip() for row in rows]
     if not any(values):
         return  # no split column, or empty on every row: the split is computed
-    # ``cv`` reads fold1..foldK instead (trainer.folds.manifest_folds): all folds, or none
+    # ``cv`` reads fold1..foldK instead (trainer.cv.folds.manifest_folds): all folds, or none
     folds = all(FOLD_VALUE.fullmatch(v) for v in values)
     for row, value in zip(rows, values):
         if not (FOLD_VALUE.fullmatch(value) if folds else value in SPLIT_VALUES):

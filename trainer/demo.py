@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data import LABELS
-from trainer.storage import atomic_write_bytes
+from trainer.store.files import atomic_write_bytes
 
 CLASS_SHARE = [0.20, 0.15, 0.15, 0.20, 0.15, 0.15]  # ANG DIS FEA HAP NEU SAD: imbalanced
 RAVDESS_CODE = {"NEU": "01", "HAP": "03", "SAD": "04", "ANG": "05", "FEA": "06", "DIS": "07"}

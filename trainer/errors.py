@@ -1,7 +1,11 @@
 """The exceptions the command line turns into one line and an exit code.
 
 Kept free of heavy imports, so that verbs which never touch torch (the operator's) start fast.
+Also the two argparse parsers whose errors are such one-liners.
 """
+
+import argparse
+import signal
 
 
 class DataError(Exception):
@@ -10,6 +14,9 @@ class DataError(Exception):
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read or is not one of ours; one line for the user."""
+
+
+EXIT_STOPPED = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number
 
 
 class Stopped(Exception):
@@ -23,3 +30,22 @@ class Stopped(Exception):
 class MediaError(Exception):
     """A media file (or OpenFace CSV) that cannot be turned into features; the message is the
     reason ``extract`` lists for the skipped clip (one line)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage plus error (exit 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class RaisingParser(argparse.ArgumentParser):
+    """argparse for flags checked ahead of time (a deploy's training or extract args): a bad
+    flag raises a one-line ``ValueError`` beginning with ``what`` instead of exiting."""
+
+    def __init__(self, what: str, **kw):
+        super().__init__(add_help=False, **kw)
+        self.what = what
+
+    def error(self, message):
+        raise ValueError(f"{self.what}: {message}")

@@ -1,4 +1,5 @@
-"""Using a trained model: load a checkpoint, score clips, evaluate on held-out data, predict.
+"""Using a trained model (``trainer.checkpoint`` reads it): score clips, evaluate on held-out
+data, predict.
 
 A checkpoint carries how its clips were prepared (rates, standardisation), its normalisation
 statistics and its label list, so clips are prepared exactly as in training. With per-speaker
@@ -14,82 +15,25 @@ Example:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainer.batching import Normalizer, collate, eval_batches
-from trainer.data import (Clip, DataError, check_widths, data_stats, load_dataset, parse_name,
-                          read_clip)
-from trainer.errors import CheckpointError
+from trainer.batching import collate, eval_batches
+from trainer.checkpoint import Trained, load_trained
+from trainer.data import (
+    Clip,
+    check_widths,
+    data_stats,
+    load_dataset,
+    parse_name,
+    read_clip,
+)
+from trainer.errors import CheckpointError, DataError, MediaError
+from trainer.extract.clips import media_clip
+from trainer.extract.run import ExtractSettings, extract_clip
 from trainer.metrics import classification_report
-from trainer.model import build_model
-from trainer.prepare import prepare
-
-
-@dataclass
-class Trained:
-    model: torch.nn.Module
-    normalizer: Normalizer
-    labels: list[str]
-    modality: str
-    checkpoint: dict
-    prepare: dict  # trainer.prepare settings: audio_rate, video_rate, norm
-
-    def ready(self, clips: list[Clip]) -> list[Clip]:
-        """Clips as read from files -> as the model was trained on (one speaker group each)."""
-        return [self.normalizer(c) for c in prepare(clips, self.prepare)]
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A checkpoint dict, loaded without unpickling arbitrary objects."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
-    except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160] if str(e) else ''}") from None
-    need = {"model", "model_name", "model_settings", "normalizer", "labels"}
-    if not isinstance(ckpt, dict) or need - set(ckpt):
-        raise CheckpointError(f"{path} is not a trainer checkpoint (missing "
-                              f"{', '.join(sorted(need - set(ckpt or {})))})")
-    return ckpt
-
-
-def load_weights(model: torch.nn.Module, state: dict, path: str | Path) -> None:
-    """The checkpoint's weights into ``model``, or one clear line if they do not fit it (a
-    checkpoint written by an earlier version of the model code)."""
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        lines = str(e).splitlines() or [""]  # torch: a heading line, then what does not fit
-        what = lines[min(1, len(lines) - 1)].strip()[:200]
-        raise CheckpointError(f"checkpoint {path} does not fit this version of the "
-                              f"{type(model).__name__}: {what} "
-                              "(retrain, or use the trainer version that wrote it)") from None
-
-
-def load_trained(path: str | Path) -> Trained:
-    ckpt = read_checkpoint(path)
-    if {"audio_stride", "video_stride"} & set(ckpt["model_settings"]):
-        raise CheckpointError(f"checkpoint {path} was written by trainer 0.1, whose hybrid pooled "
-                              "frames by --audio-stride/--video-stride; this version pools to "
-                              "rates in seconds (--audio-rate/--video-rate): retrain it")
-    try:
-        model = build_model(ckpt["model_name"], **ckpt["model_settings"])
-    except TypeError as e:
-        raise CheckpointError(f"checkpoint {path} has model settings this version does not "
-                              f"know: {e}") from None
-    load_weights(model, ckpt["model"], path)
-    model.eval()
-    modality = ckpt.get("config", {}).get("modality", "both")
-    # Checkpoints without "prepare" (the lstm's, from 0.1) read clips as stored, globally scaled.
-    settings = ckpt.get("prepare") or {"audio_rate": 0.0, "video_rate": 0.0, "norm": "none"}
-    return Trained(model, Normalizer.from_state_dict(ckpt["normalizer"]), list(ckpt["labels"]),
-                   modality, ckpt, dict(settings))
 
 
 @torch.no_grad()
@@ -150,8 +94,6 @@ def extraction_of(t: Trained, what: str):
             "`trainer extract` (their clip files carry no extraction params), so the same "
             "features cannot be made from it: extract it as the training data were extracted "
             "and predict on the .npz")
-    from trainer.extract.run import ExtractSettings
-
     settings = ExtractSettings.from_params(params["settings"])
     if settings.video == "openface":
         raise CheckpointError(
@@ -168,10 +110,6 @@ def extraction_of(t: Trained, what: str):
 
 def read_media(path: Path, settings) -> tuple[np.ndarray, ...] | str:
     """(audio, video, audio_t, video_t) extracted from one raw clip, or the reason it cannot."""
-    from trainer.errors import MediaError
-    from trainer.extract.clips import media_clip
-    from trainer.extract.run import extract_clip
-
     try:
         z = extract_clip(media_clip(path), settings)
     except MediaError as e:

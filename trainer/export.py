@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from trainer.batching import Normalizer, collate
+from trainer.checkpoint import load_trained
 from trainer.data import Clip
 
 INPUTS = ("audio", "audio_mask", "audio_t", "video", "video_mask", "video_t")
@@ -125,8 +126,6 @@ def _describe(name: str, dims: tuple[int, int]) -> str:
 
 def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Export a trainer checkpoint; ``out`` defaults to the checkpoint's name with .ts/.onnx."""
-    from trainer.evaluate import load_trained
-
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     t = load_trained(checkpoint)
@@ -140,7 +139,7 @@ def load_exported(path: str | Path, threads: int = 0) -> Callable[[dict], np.nda
     """A function from a batch (dict of tensors or arrays named as INPUTS) to probabilities."""
     path = Path(path)
     if path.suffix == ".onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime (the export extra): optional
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import structlog
+from tqdm import tqdm
 
 _shared = [
     structlog.contextvars.merge_contextvars,
@@ -69,3 +70,10 @@ def _not_file_only(record: logging.LogRecord) -> bool:
 def flush() -> None:
     for h in logging.getLogger().handlers:
         h.flush()
+
+
+def progress_bar(iterable, total: int | None = None, desc: str = ""):
+    """tqdm on a terminal; the iterable itself otherwise (log lines carry the progress)."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+    return iterable

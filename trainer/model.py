@@ -17,7 +17,7 @@ order of 100 ms) to 2 s (the whole clip), so it relates what happens at the same
 ``fusion="late"`` leaves cross-modal attention out: each stream is pooled over time alone and the
 two are concatenated, the ablation of what relating the streams in time adds.
 
-How each choice paid in ``python -m trainer bench`` is in the README's Performance section.
+How each choice paid in ``python -m trainer bench`` is in docs/performance.md.
 
 Example:
     >>> model = HybridModel(audio_dim=88, video_dim=512, n_classes=6)
@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from trainer.baseline import LSTMBaseline
 
 FUSIONS = ("cross", "late")
 
@@ -314,7 +315,6 @@ class HybridModel(nn.Module):
 
 def build_model(name: str, **settings) -> nn.Module:
     """A model from its name and settings (as stored in a checkpoint)."""
-    from trainer.baseline import LSTMBaseline
 
     models = {"hybrid": HybridModel, "lstm": LSTMBaseline}
     if name not in models:

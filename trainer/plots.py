@@ -8,9 +8,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -30,12 +31,11 @@ def learning_curves(history: list[dict]) -> bytes:
         ax2.plot(ep, [h[key] for h in history], label=name)
     ax2.set(xlabel="epoch", ylim=(0, 1), title="Validation")
     ax2.legend()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def confusion(cm: list[list[int]], labels: list[str], title: str = "Test confusion matrix") -> bytes:
     """Counts, with each row's share as the colour."""
-    import numpy as np
 
     m = np.asarray(cm, dtype=float)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -47,4 +47,4 @@ def confusion(cm: list[list[int]], labels: list[str], title: str = "Test confusi
         for j in range(len(labels)):
             ax.text(j, i, int(m[i, j]), ha="center", va="center",
                     color="white" if share[i, j] > 0.5 else "black", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)

@@ -3,7 +3,7 @@
     python -m trainer train --data demo-data --out runs/demo
     python -m trainer train --data s3://bucket/data/ --out s3://bucket/runs/r1/ --resume
 
-One class with ``setup``, ``train``, ``save_checkpoint`` and ``cleanup`` (after torchtune's
+One class with ``setup``, ``train``, ``finish`` and ``cleanup`` (after torchtune's
 recipes); the loop itself is written out plainly. Every epoch writes ``checkpoints/last.pt``
 (and ``best.pt`` when validation macro-F1 improves) with everything needed to resume, including
 the position inside an epoch: SIGTERM or Ctrl-C saves at the next batch boundary, so a resumed
@@ -16,121 +16,37 @@ import json
 import os
 import platform
 import signal
-import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import psutil
 import structlog
 import torch
 
-from trainer import logs, plots
+from trainer import __version__, logs, plots
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
+from trainer.checkpoint import CheckpointPair, load_weights, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, check_data, data_stats, load_dataset
-from trainer.errors import CheckpointError, DataError, Stopped
-from trainer.evaluate import load_weights, predict_logits, read_checkpoint, score
+from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped
+from trainer.evaluate import predict_logits, score
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
 from trainer.prepare import augment, prepare
 from trainer.splits import given_split, make_split
 from trainer.spot import SpotWatcher
-from trainer.storage import RunDir, is_s3
+from trainer.status import Status
+from trainer.store.rundir import RunDir
+from trainer.store.uri import is_s3, resolve_data
+from trainer.train_media import extract_in_run
 
 log = structlog.get_logger()
 
-EXIT_STOPPED = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number
 # How long the run's end waits for S3 uploads (the checkpoint first): a stop has the spot
 # notice's two minutes at most; a finished run can wait longer. What is left is logged.
 UPLOAD_WAIT_SECONDS = {"stopped": 90.0, "failed": 90.0, None: 300.0}
-HEARTBEAT_SECONDS = 15  # status.json is rewritten at least this often (contract: 30 s)
-LOG_PUBLISH_SECONDS = 60
-
-
-def progress_bar(iterable, total: int | None = None, desc: str = ""):
-    """tqdm on a terminal; the iterable itself otherwise (log lines carry the progress)."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-    return iterable
-
-
-def resolve_data(uri: str, cache_dir: str) -> Path:
-    """A local folder (or manifest) for ``uri``; an s3:// prefix is synced into the cache."""
-    if is_s3(uri):
-        from trainer.s3 import sync_down
-
-        cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion")
-        return sync_down(uri, cache)
-    return Path(uri)
-
-
-class Status:
-    """status.json: the state the loop reports, rewritten by a heartbeat thread.
-
-    Each document is built and written under one lock, so a heartbeat's write can never land
-    after a newer state's; ``stop`` joins the thread, so nothing it writes comes after the
-    final state (done, stopped, failed) that the loop writes next.
-    """
-
-    def __init__(self, run: RunDir, epochs_max: int):
-        self.run, self.lock = run, threading.RLock()
-        self.state = {"state": "starting", "epoch": 0, "epochs_max": epochs_max, "best": None,
-                      "eta_seconds": None, "eta_early_stop_seconds": None, "pid": os.getpid()}
-        self.proc = psutil.Process()
-        self.proc.cpu_percent(None)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-        self._last_log_publish = time.monotonic()
-
-    def update(self, **kw) -> None:
-        with self.lock:
-            self.state.update(kw)
-            self.write()
-
-    def resources(self) -> dict:
-        mem = self.proc.memory_info()
-        disk = psutil.disk_usage(str(self.run.local))
-        return {"cpu_percent": self.proc.cpu_percent(None), "rss_mb": round(mem.rss / 2**20, 1),
-                "system_memory_percent": psutil.virtual_memory().percent,
-                "disk_free_gb": round(disk.free / 2**30, 2), "threads": torch.get_num_threads()}
-
-    def write(self) -> None:
-        # Under the lock through the write: a local file and a queued upload, never a wait on S3.
-        with self.lock:
-            doc = dict(self.state, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       resources=self.resources())
-            try:
-                self.run.write_json("status.json", doc)
-            except Exception as e:  # a heartbeat must never kill the run
-                log.warning("status_write_failed", error=str(e)[:200])
-
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.write()
-            if time.monotonic() - self._last_log_publish >= LOG_PUBLISH_SECONDS:
-                self._last_log_publish = time.monotonic()
-                logs.flush()
-                try:
-                    self.run.publish("train.log")
-                except Exception as e:
-                    log.warning("log_publish_failed", error=str(e)[:200])
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """End the heartbeat and wait for it, so its last write is behind us."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("heartbeat_not_stopped", waited_seconds=timeout)
 
 
 class Training:
@@ -141,7 +57,7 @@ class Training:
         self.given_split = split  # clip paths per split, made outside (cv's folds), or None
         self.run_dir = RunDir(cfg.out)
         self.stop_signal: int | None = None
-        self._saving = 0  # > 0 while a checkpoint is written or the run's uploads are awaited
+        self.ckpts = CheckpointPair(self.run_dir)
         self.t0 = time.time()
 
     # ----------------------------------------------------------------------------- setup
@@ -174,7 +90,7 @@ class Training:
             self._extract_media()
         data_path = resolve_data(cfg.data, cfg.cache_dir)
         ds = load_dataset(data_path, cfg.audio_fps,
-                          progress=lambda it: progress_bar(it, desc="loading clips"))
+                          progress=lambda it: logs.progress_bar(it, desc="loading clips"))
         self.dataset = ds
         log.info("data", clips=len(ds.clips), skipped=len(ds.skipped),
                  excluded=dict(ds.excluded), audio_dim=ds.audio_dim, video_dim=ds.video_dim)
@@ -229,28 +145,8 @@ class Training:
                  resumed_at_epoch=self.epoch if self.ckpt else None)
 
     def _extract_media(self) -> None:
-        """Extraction in this run, with status ``extracting``. A stop signal ends it at once
-        (KeyboardInterrupt: ``extract`` keeps every clip file whole; those finished are sent
-        up); the run then ends as stopped, and a rerun or resume continues the extraction."""
-        from trainer.train_media import extract_media
-
         self.epoch, self.step = 0, 0  # what a stop reports
-
-        def stop_now(signum, frame):
-            self._on_signal(signum, frame)
-            raise KeyboardInterrupt
-
-        old = {s: signal.signal(s, stop_now) for s in EXIT_STOPPED}
-        try:
-            extract_media(self.cfg.media, self.cfg.data, self.cfg.extract_args,
-                          self.cfg.cache_dir, status=self.status.update)
-        except KeyboardInterrupt:
-            raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal or signal.SIGINT), 1),
-                          "clip files extracted so far are kept; the same command (no "
-                          "--resume: no checkpoint yet) continues the extraction") from None
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        extract_in_run(self.cfg, self.status.update, self._on_signal, lambda: self.stop_signal)
         self.status.update(state="starting", extract=None)
 
     def _restore(self, ckpt: dict) -> None:
@@ -263,7 +159,7 @@ class Training:
         self.best, self.best_epoch, self.since_best = (ckpt["best"], ckpt["best_epoch"],
                                                        ckpt["since_best"])
         self.history = [dict(h) for h in ckpt["history"]]
-        self.best_state = self._restore_best(ckpt)
+        self.best_state = self.ckpts.best_weights(ckpt)
         # metrics.jsonl is rewritten from the checkpoint: it holds exactly the epochs done.
         self.run_dir.write_text("metrics.jsonl", "".join(json.dumps(h) + "\n"
                                                          for h in self.history))
@@ -285,48 +181,6 @@ class Training:
             "versions": versions(),
         }
 
-    def _restore_best(self, last: dict) -> dict | None:
-        """The best weights, from best.pt, checked against what last.pt says they are.
-
-        last.pt is written before best.pt (``save_checkpoint``), so a kill between the two
-        leaves a best.pt one improvement behind (or none), while last.pt, written at the end of
-        that very epoch, holds the new best weights themselves: rewrite best.pt from it.
-        """
-        best = (read_checkpoint(self.run_dir.path("checkpoints/best.pt"))
-                if self.run_dir.exists("checkpoints/best.pt") else None)
-        if last["best_epoch"] == 0 or (best is not None
-                                       and best["epoch"] == last["best_epoch"]):
-            return best["model"] if best is not None else None
-        if last["epoch"] == last["best_epoch"] and last["step"] == 0:
-            log.warning("best_checkpoint_repaired", best_epoch=last["best_epoch"],
-                        found_epoch=best["epoch"] if best is not None else None,
-                        message="best.pt was one write behind last.pt (a kill between the two)")
-            self._save("checkpoints/best.pt", last)
-            return last["model"]
-        raise CheckpointError(
-            f"--resume: {self.run_dir}/checkpoints/best.pt holds epoch "
-            f"{best['epoch'] if best is not None else 'none'}, but last.pt says the best is epoch "
-            f"{last['best_epoch']}; the pair cannot be repaired")
-
-    def _save(self, name: str, state: dict) -> None:
-        self._saving += 1  # a second Ctrl-C waits until the file is whole (``_on_signal``)
-        try:
-            self.run_dir.save_torch(name, state)
-        finally:
-            self._saving -= 1
-
-    def save_checkpoint(self, best: bool = False) -> None:
-        # last.pt first, then best.pt: a kill between the two leaves last.pt naming a best
-        # epoch that best.pt does not hold yet, but only at the end of that improving epoch,
-        # when last.pt holds those same weights, so resume can repair best.pt from it
-        # (``_restore_best``). The other order could not: a kill would leave best.pt ahead of
-        # last.pt, having overwritten the weights last.pt calls best. The S3 mirror keeps the
-        # order too (its queue is first written, first sent).
-        state = self.state()
-        self._save("checkpoints/last.pt", state)
-        if best:
-            self._save("checkpoints/best.pt", state)
-
     # --------------------------------------------------------------------------- train
     def _on_signal(self, signum, frame) -> None:
         sig = signal.Signals(signum)
@@ -339,9 +193,9 @@ class Training:
         # it never cuts the stop short; the checkpoint is saved at the next batch as asked
         # (docker's SIGKILL after its timeout is the hard stop). A second Ctrl-C means "now",
         # unless a checkpoint is being written or uploaded: that finishes first.
-        if sig == signal.SIGINT and not self._saving:
+        if sig == signal.SIGINT and not self.ckpts.busy:
             raise SystemExit(EXIT_STOPPED[sig])
-        log.warning("stop_already_requested", signal=sig.name, saving=bool(self._saving),
+        log.warning("stop_already_requested", signal=sig.name, saving=self.ckpts.busy,
                     message="the checkpoint is saved first")
 
     def train_epoch(self) -> dict:
@@ -349,7 +203,7 @@ class Training:
         batches = bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket)
         model.train()
         t_start = time.perf_counter() - self.partial["seconds"]
-        bar = progress_bar(range(self.step, len(batches)), total=len(batches),
+        bar = logs.progress_bar(range(self.step, len(batches)), total=len(batches),
                            desc=f"epoch {self.epoch + 1}/{cfg.epochs}")
         if hasattr(bar, "update"):
             bar.update(self.step)
@@ -375,7 +229,7 @@ class Training:
                 log.info("progress", epoch=self.epoch + 1, batch=self.step, batches=len(batches))
             if self.stop_signal is not None:
                 self.partial["seconds"] = time.perf_counter() - t_start
-                self.save_checkpoint()
+                self.ckpts.save(self.state())
                 raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal), 1))
         seconds = time.perf_counter() - t_start
         out = {"train_loss": self.partial["loss_sum"] / max(self.partial["n"], 1),
@@ -413,7 +267,7 @@ class Training:
             else:
                 self.since_best += 1
             self.history.append(row)
-            self.save_checkpoint(best=improved)
+            self.ckpts.save(self.state(), best=improved)
             logs.flush()
             self.run_dir.publish("train.log")  # a run killed at any moment keeps its log
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
@@ -480,16 +334,14 @@ class Training:
             if state:
                 status.update(state=state)
         logs.flush()
-        self._saving += 1  # the checkpoint's upload is part of saving it
         try:
-            self.run_dir.close(UPLOAD_WAIT_SECONDS[state if state in UPLOAD_WAIT_SECONDS
-                                                   else None])
+            with self.ckpts.saving():  # the checkpoint's upload is part of saving it
+                self.run_dir.close(UPLOAD_WAIT_SECONDS[state if state in UPLOAD_WAIT_SECONDS
+                                                       else None])
         except Exception as e:  # S3 down at the very end: say so, keep the run's own outcome
             log.error("publish_failed", error=str(e)[:300])
             if state is None:
                 raise
-        finally:
-            self._saving -= 1
 
     def run(self) -> dict:
         """setup, train, test; a stop signal saves a checkpoint and raises ``Stopped``."""
@@ -528,8 +380,6 @@ class Training:
 
 
 def versions() -> dict:
-    from trainer import __version__
-
     return {"trainer": __version__, "python": platform.python_version(),
             "torch": str(torch.__version__), "numpy": str(np.__version__),
             "machine": platform.machine(), "cpus": os.cpu_count()}

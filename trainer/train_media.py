@@ -21,96 +21,27 @@ interval; ``status.json`` says ``extracting`` with the clips done.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
-import shlex
+import signal
 from pathlib import Path
 
 import structlog
 
-from trainer.errors import DataError
+from trainer.errors import EXIT_STOPPED, DataError, Stopped
+from trainer.extract.cli import parse_extract_args
+from trainer.extract.clips import VIDEO_EXTENSIONS
+from trainer.extract.run import extract
 from trainer.extract.staging import Uploader
+from trainer.store.uri import cache_dir as default_cache
+from trainer.store.uri import has, is_s3, join, read_json
 
 log = structlog.get_logger()
-
-# Extract flags that name a place on this machine: a deployed run could not read them.
-LOCAL_FLAGS = ("--media", "--out", "--cache-dir", "--manifest", "--openface-csv",
-               "--face-weights")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ValueError(f"extract args: {message}")
-
-
-def parse_extract_args(text: str):
-    """``--extract-args`` text to (ExtractSettings, workers); one-line ``ValueError`` if bad.
-
-    The same flags and checks as ``python -m trainer extract``, minus the ones that name local
-    paths (``LOCAL_FLAGS``): the media and the output are ``--media`` and ``--data``.
-
-    Example:
-        >>> parse_extract_args("--video opencv --workers 2")[0].video
-        'opencv'
-    """
-    from trainer.extract.cli import add_extract_command
-    from trainer.extract.run import ExtractSettings
-
-    try:
-        argv = shlex.split(text or "")
-    except ValueError as e:
-        raise ValueError(f"extract args {text!r} cannot be split into flags: {e}") from None
-    local = [a for a in argv if a.split("=", 1)[0] in LOCAL_FLAGS]
-    if local:
-        raise ValueError(f"extract args: {local[0].split('=', 1)[0]} is not allowed here (the "
-                         "media are --media, the clip files go to --data)")
-    parser = _Parser(prog="extract args", add_help=False)
-    add_extract_command(parser.add_subparsers(dest="verb"), {})
-    args = parser.parse_args(["extract", "--media", "-", "--out", "-", *argv])
-    if args.workers < 0:
-        raise ValueError("extract args: --workers must be 0 (all cores) or more")
-    s = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
-                        n_mels=args.n_mels, min_face_frames=args.min_face_frames)
-    try:
-        s.check()
-    except ValueError as e:
-        raise ValueError(f"extract args: {e}") from None
-    return s, args.workers
-
-
-def settings_key(text: str) -> str:
-    """12 hex digits naming what the extract args make: the features' params and which clips
-    are kept (``min_face_frames``); other args (``--workers``) give the same key."""
-    s, _ = parse_extract_args(text)
-    doc = json.dumps({"params": s.params(), "min_face_frames": s.min_face_frames},
-                     sort_keys=True)
-    return hashlib.sha256(doc.encode()).hexdigest()[:12]
 
 
 def _read_report(data: str) -> dict | None:
     """``DATA/extract.json`` (written only when an extraction ends), or None."""
-    if not data.startswith("s3://"):
-        path = Path(data) / "extract.json"
-        try:
-            return json.loads(path.read_text()) if path.is_file() else None
-        except ValueError:
-            return None
-    from botocore.exceptions import ClientError
-
-    from trainer.s3 import _folder, client, parse_s3_uri, retry
-
-    bucket, prefix = parse_s3_uri(data)
+    uri = join(data, "extract.json")
     try:
-        body = retry(lambda: client().get_object(Bucket=bucket,
-                                                 Key=_folder(prefix) + "extract.json"),
-                     "get extract.json")["Body"].read()
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    try:
-        return json.loads(body)
+        return read_json(uri) if has(uri) else None
     except ValueError:
         return None
 
@@ -118,14 +49,12 @@ def _read_report(data: str) -> dict | None:
 def _media_files(media: str) -> int:
     """How many video files the media hold (the progress line's total; an estimate, since a
     bad file is reported rather than extracted)."""
-    from trainer.extract.clips import VIDEO_EXTENSIONS
-
-    if not media.startswith("s3://"):
+    if not is_s3(media):
         return sum(1 for p in Path(media).rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-    from trainer.s3 import _folder, _list, client, parse_s3_uri
+    from trainer.store.s3 import as_folder, client, list_objects, parse_s3_uri  # boto3
 
     bucket, prefix = parse_s3_uri(media)
-    return sum(1 for rel in _list(client(), bucket, _folder(prefix))
+    return sum(1 for rel in list_objects(client(), bucket, as_folder(prefix))
                if Path(rel).suffix.lower() in VIDEO_EXTENSIONS)
 
 
@@ -141,8 +70,6 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
     Raises:
         DataError: nothing could be extracted (the first reason); ValueError: bad extract args.
     """
-    from trainer.extract.run import extract
-
     settings, workers = parse_extract_args(extract_args)
     report = _read_report(data)
     if (report is not None and report.get("media") == media
@@ -151,7 +78,7 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         log.info("extract.reused", data=data, written=len(report.get("written", [])) +
                  len(report.get("already_done", [])))
         return None
-    cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion").expanduser()
+    cache = default_cache(cache_dir)
     total = _media_files(media)
     say = status or (lambda **kw: None)
     say(state="extracting", extract={"clips_done": 0, "media_files": total, "uploaded": 0})
@@ -161,8 +88,8 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
                                          "uploaded": uploaded})
         log.info("extract.progress", clips_done=done, media_files=total, uploaded=uploaded)
 
-    if data.startswith("s3://"):
-        from trainer.s3 import S3Error, parse_s3_uri, sync_down
+    if is_s3(data):
+        from trainer.store.s3 import S3Error, parse_s3_uri, sync_down  # boto3
 
         bucket, prefix = parse_s3_uri(data)
         local = cache / bucket / prefix
@@ -174,10 +101,10 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         local.mkdir(parents=True, exist_ok=True)
     else:
         local = Path(data)
-    with Uploader(local, data if data.startswith("s3://") else "", every, progress):
+    with Uploader(local, data if is_s3(data) else "", every, progress):
         report = extract(media, local, settings, workers, cache_dir=cache)
-    if data.startswith("s3://"):  # the report and manifest.csv, after every clip file
-        from trainer.s3 import sync_up
+    if is_s3(data):  # the report and manifest.csv, after every clip file
+        from trainer.store.s3 import sync_up  # boto3
 
         sync_up(local, data)
     c = report["counts"]
@@ -185,3 +112,25 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         top = report["skipped"][0]["reason"] if report["skipped"] else "no clips"
         raise DataError(f"--media {media}: no clip extracted ({top}; see {data}/extract.json)")
     return report
+
+
+def extract_in_run(cfg, status, on_signal, stop_signal) -> None:
+    """``train --media``'s extraction, with status ``extracting``. A stop signal ends it at once
+    (``on_signal`` records it, then KeyboardInterrupt: ``extract`` keeps every clip file whole,
+    and those finished are sent up); ``Stopped`` then ends the run, and the same command
+    continues the extraction. ``stop_signal()`` is the signal that stopped it."""
+
+    def stop_now(signum, frame):
+        on_signal(signum, frame)
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, stop_now) for s in EXIT_STOPPED}
+    try:
+        extract_media(cfg.media, cfg.data, cfg.extract_args, cfg.cache_dir, status=status)
+    except KeyboardInterrupt:
+        raise Stopped(EXIT_STOPPED.get(signal.Signals(stop_signal() or signal.SIGINT), 1),
+                      "clip files extracted so far are kept; the same command (no "
+                      "--resume: no checkpoint yet) continues the extraction") from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

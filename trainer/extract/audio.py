@@ -39,7 +39,7 @@ def check_audio_kind(kind: str) -> None:
 
 def _opensmile():
     try:
-        import opensmile
+        import opensmile  # opensmile (the egemaps extra, research-only licence): optional
     except ImportError:
         raise ValueError("--audio egemaps needs the optional opensmile package (audEERING's "
                          "research-only licence): pip install 'av-emotion-trainer[egemaps]'") \
@@ -56,7 +56,7 @@ def _smile(level: str):
 
 
 def _logmel(wave: np.ndarray, sample_rate: int, n_mels: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    import librosa
+    import librosa  # librosa (the extract extra): slow to import, loaded on first use
 
     n_fft = int(round(WINDOW_SECONDS * sample_rate))  # 400 samples at 16 kHz
     hop = sample_rate // FRAME_RATE  # 160

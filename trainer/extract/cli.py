@@ -4,13 +4,23 @@
     python -m trainer extract --media media/ravdess --out data/ravdess --video opencv --workers 2
     python -m trainer extract --media s3://B/media/crema/ --out s3://B/data/crema/
 
-This module imports only argparse at import time, because trainer/cli.py imports it for every
-verb; extraction's packages (PyAV, librosa, the face extractors) load when the verb runs.
+Also the extract args of ``train --media`` (``parse_extract_args``) and the key that names
+what they make (``settings_key``). Extraction's packages (PyAV, librosa, the face extractors)
+load when a clip is extracted, not when this module is imported.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import shlex
+import sys
+from functools import partial
+
+from trainer import logs
+from trainer.errors import RaisingParser
+from trainer.extract.run import ExtractSettings, extract
 
 DESCRIPTION = """\
 Decode each clip (PyAV), resample its audio to 16 kHz mono and compute audio features at
@@ -78,11 +88,6 @@ def add_extract_command(sub, commands: dict) -> None:
 
 
 def cmd_extract(args) -> int:
-    import sys
-
-    from trainer import logs
-    from trainer.extract.run import ExtractSettings, extract
-
     if args.workers < 0:
         raise ValueError("--workers must be 0 (all cores) or more")
     settings = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
@@ -107,3 +112,50 @@ def cmd_extract(args) -> int:
         print(f"error: no clip extracted ({top}; see extract.json)", file=sys.stderr)
         return 1
     return 0
+
+
+# Extract flags that name a place on this machine: a deployed run could not read them.
+LOCAL_FLAGS = ("--media", "--out", "--cache-dir", "--manifest", "--openface-csv",
+               "--face-weights")
+
+
+def parse_extract_args(text: str):
+    """``--extract-args`` text to (ExtractSettings, workers); one-line ``ValueError`` if bad.
+
+    The same flags and checks as ``python -m trainer extract``, minus the ones that name local
+    paths (``LOCAL_FLAGS``): the media and the output are ``--media`` and ``--data``.
+
+    Example:
+        >>> parse_extract_args("--video opencv --workers 2")[0].video
+        'opencv'
+    """
+    try:
+        argv = shlex.split(text or "")
+    except ValueError as e:
+        raise ValueError(f"extract args {text!r} cannot be split into flags: {e}") from None
+    local = [a for a in argv if a.split("=", 1)[0] in LOCAL_FLAGS]
+    if local:
+        raise ValueError(f"extract args: {local[0].split('=', 1)[0]} is not allowed here (the "
+                         "media are --media, the clip files go to --data)")
+    parser = RaisingParser("extract args", prog="extract args")
+    add_extract_command(parser.add_subparsers(dest="verb", parser_class=partial(
+        RaisingParser, "extract args")), {})
+    args = parser.parse_args(["extract", "--media", "-", "--out", "-", *argv])
+    if args.workers < 0:
+        raise ValueError("extract args: --workers must be 0 (all cores) or more")
+    s = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
+                        n_mels=args.n_mels, min_face_frames=args.min_face_frames)
+    try:
+        s.check()
+    except ValueError as e:
+        raise ValueError(f"extract args: {e}") from None
+    return s, args.workers
+
+
+def settings_key(text: str) -> str:
+    """12 hex digits naming what the extract args make: the features' params and which clips
+    are kept (``min_face_frames``); other args (``--workers``) give the same key."""
+    s, _ = parse_extract_args(text)
+    doc = json.dumps({"params": s.params(), "min_face_frames": s.min_face_frames},
+                     sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.data import read_manifest
 from trainer.errors import MediaError
 
 VIDEO_EXTENSIONS = {".flv", ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
@@ -85,8 +86,6 @@ def _clip(video: Path, root: Path, row=None) -> MediaClip | str:
 
 
 def _with_manifest(root: Path, manifest: Path) -> tuple[list[MediaClip], list[dict]]:
-    from trainer.data import read_manifest
-
     clips, skipped = [], []
     base = manifest.parent
     for r in read_manifest(manifest):

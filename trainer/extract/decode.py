@@ -24,19 +24,19 @@ TRUNCATED_SHARE, TRUNCATED_SECONDS = 0.1, 0.25
 
 
 def _open(path: Path):
-    import av
+    import av  # PyAV (the extract extra): loaded when media are decoded
 
     if not Path(path).is_file():
         raise MediaError(f"{path}: no such file")
     try:
         return av.open(str(path))
     except av.error.FFmpegError as e:  # InvalidDataError for a cut MP4 (its index is at the end)
-        raise MediaError(f"unreadable media ({_brief(e)})") from None
+        raise MediaError(f"unreadable media ({_ffmpeg_message(e)})") from None
 
 
-def _brief(e: Exception) -> str:
+def _ffmpeg_message(e: Exception) -> str:
     """FFmpeg's message without the errno and the path, which the report already names."""
-    import av
+    import av  # PyAV (the extract extra): loaded when media are decoded
 
     if isinstance(e, av.error.FFmpegError) and e.strerror:
         return e.strerror
@@ -70,7 +70,7 @@ def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
         >>> read_audio(Path("Actor_01/01-01-05-01-01-01-01.mp4")).shape   # 3.5 s of speech
         (56000,)
     """
-    import av
+    import av  # PyAV (the extract extra): loaded when media are decoded
 
     container = _open(path)
     try:
@@ -84,7 +84,7 @@ def read_audio(path: Path, sample_rate: int = 16000) -> np.ndarray:
                 chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
             chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]  # flush
         except av.error.FFmpegError as e:
-            raise MediaError(f"corrupt audio ({_brief(e)})") from None
+            raise MediaError(f"corrupt audio ({_ffmpeg_message(e)})") from None
         wave = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else \
             np.zeros(0, np.float32)
         if not len(wave):
@@ -148,7 +148,7 @@ def read_frames(path: Path, rate: float) -> Iterator[tuple[float, np.ndarray]]:
         >>> [round(t, 3) for t, _ in read_frames(Path("clip.flv"), rate=15)][:3]
         [0.0, 0.067, 0.133]
     """
-    import av
+    import av  # PyAV (the extract extra): loaded when media are decoded
 
     grid = RateGrid(rate)
     container = _open(path)
@@ -169,7 +169,7 @@ def read_frames(path: Path, rate: float) -> Iterator[tuple[float, np.ndarray]]:
                 kept += 1
                 yield t, frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
-            raise MediaError(f"corrupt video ({_brief(e)})") from None
+            raise MediaError(f"corrupt video ({_ffmpeg_message(e)})") from None
         if not kept:
             raise MediaError("no video frames")
         frame_seconds = 1 / float(stream.average_rate) if stream.average_rate else 0.0

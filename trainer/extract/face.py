@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -135,7 +136,7 @@ class MediaPipeFace:
     def __init__(self):
         try:
             with _quiet_stderr():
-                from mediapipe.python.solutions import face_mesh
+                from mediapipe.python.solutions import face_mesh  # mediapipe
         except ImportError as e:
             raise ValueError(f"--video mediapipe needs mediapipe {MEDIAPIPE_VERSION} (`make setup`"
                              f" installs it: pip install --no-deps mediapipe=={MEDIAPIPE_VERSION}"
@@ -195,7 +196,7 @@ class OpenCVFace:
 
     def __init__(self):
         try:
-            import cv2
+            import cv2  # OpenCV (the extract extra): loaded where faces are found
         except ImportError:
             raise ValueError("--video opencv needs OpenCV: pip install "
                              "'opencv-python-headless<5' (the extract extra)") from None
@@ -325,8 +326,8 @@ class FaceNetFace:
 
     def __init__(self, weights: str | None):
         try:
-            import torch
-            from facenet_pytorch import MTCNN, InceptionResnetV1
+            import torch  # torch: only for --video facenet (extract workers run without it)
+            from facenet_pytorch import MTCNN, InceptionResnetV1  # optional; pins an older torch
         except (ImportError, RuntimeError):  # RuntimeError: a torchvision built for other torch
             raise ValueError(FACENET_INSTALL) from None
         if not weights:
@@ -365,8 +366,6 @@ class FaceNetFace:
 
 
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:

@@ -14,14 +14,16 @@ clip with it: that clip is reported, and the rest go on in a fresh pool.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from trainer.extract.clips import MediaClip
-from trainer.storage import atomic_write_bytes as atomic_write
+from trainer.store.files import atomic_write_bytes as atomic_write
 
 MARKERS = ".extract-worker-*"
 DIED = "its worker process died (out of memory, or a crash in a native library)"
@@ -37,7 +39,7 @@ def one_core() -> None:
     otherwise spins beside the decoder: measured on 90 s of 480x360 video, decoding took 4.9 s
     with it and 1.5 s without, and the face stage was no faster with it (10.7 s against 11.3)."""
     try:
-        import cv2
+        import cv2  # OpenCV (the extract extra): loaded where faces are found
     except ImportError:
         return
     cv2.setNumThreads(1)
@@ -83,8 +85,6 @@ def run_clips(todo: list[MediaClip], work: Callable[[MediaClip], dict], out: Pat
         for clip in todo:
             yield work(clip)
         return
-    import multiprocessing
-    from concurrent.futures.process import BrokenProcessPool
 
     ctx = multiprocessing.get_context("spawn")
     queue, blind_breaks = list(todo), 0

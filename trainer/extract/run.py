@@ -14,6 +14,7 @@ processes live in trainer.extract.pool, the ``s3://`` staging in trainer.extract
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -26,12 +27,21 @@ from pathlib import Path
 
 import numpy as np
 import structlog
+from tqdm import tqdm
 
-from trainer.errors import MediaError
-from trainer.extract.clips import MediaClip, display_path, find_clips
-from trainer.extract.pool import run_clips
-from trainer.storage import atomic_write_bytes as atomic_write
+from trainer import __version__
+from trainer.data import EXTRACTOR, clip_params_json, read_extraction
+from trainer.errors import DataError, MediaError
 from trainer.extract import staging
+from trainer.extract.audio import audio_features, check_audio_kind
+from trainer.extract.clips import MediaClip, display_path, find_clips
+from trainer.extract.decode import at_rate, read_audio, read_frames
+from trainer.extract.face import make_face
+from trainer.extract.openface import openface_csv, read_openface
+from trainer.extract.pool import run_clips
+from trainer.store.files import atomic_write_bytes as atomic_write
+from trainer.store.uri import cache_dir as default_cache
+from trainer.store.uri import is_s3
 
 log = structlog.get_logger()
 
@@ -55,7 +65,6 @@ class ExtractSettings:
 
     def check(self) -> None:
         """One-line ``ValueError`` for a bad value, before any clip is read."""
-        from trainer.extract.audio import check_audio_kind
 
         check_audio_kind(self.audio)
         if self.video not in VIDEO_KINDS:
@@ -109,9 +118,6 @@ def _sha256(path: str) -> str:
 
 
 def _openface(clip: MediaClip, s: ExtractSettings) -> tuple[np.ndarray, np.ndarray, dict]:
-    from trainer.extract.decode import at_rate
-    from trainer.extract.openface import openface_csv, read_openface
-
     csv = openface_csv(Path(s.openface_csv), clip.stem)
     if csv is None:
         raise MediaError(f"no OpenFace CSV {clip.stem}.csv in {s.openface_csv}")
@@ -126,8 +132,6 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
                                                                         dict, int]:
     """Face features of the frames with a face, their times, the extractor's info, and the
     number of frames looked at."""
-    from trainer.extract.decode import read_frames
-    from trainer.extract.face import make_face
 
     face = make_face(s.video, s.face_weights)  # fresh per clip: it tracks within one clip
     frames = read_frames(clip.video, s.video_rate)
@@ -158,10 +162,6 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
 def _extract(clip: MediaClip, s: ExtractSettings, timing: dict) -> dict[str, np.ndarray]:
     """The clip file's arrays; adds the seconds spent per stage and the clip's audio seconds
     (``media``) to ``timing`` as it goes, so that a clip skipped late still counts its work."""
-    from trainer import __version__
-    from trainer.data import EXTRACTOR, clip_params_json
-    from trainer.extract.audio import audio_features
-    from trainer.extract.decode import read_audio
 
     t0 = time.perf_counter()
     wave = read_audio(clip.audio, s.sample_rate)
@@ -225,7 +225,6 @@ def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
 
 def _done(path: Path, settings: dict) -> bool:
     """A clip file already extracted with these settings (resume); any other file is redone."""
-    from trainer.data import read_extraction
 
     if not path.is_file():
         return False
@@ -237,7 +236,6 @@ def _progress(total: int):
     """tqdm on a terminal; otherwise None (log lines every 10 s carry the progress)."""
     if not sys.stderr.isatty():
         return None
-    from tqdm import tqdm
 
     return tqdm(total=total, desc="extract", unit="clip", dynamic_ncols=True)
 
@@ -248,14 +246,12 @@ def _check_face(s: ExtractSettings) -> None:
     if s.video == "openface":
         import trainer.extract.openface  # noqa: F401 - present, before the workers need it
         return
-    from trainer.extract.face import make_face
 
     make_face(s.video, s.face_weights).close()
 
 
 def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
     """OUT/manifest.csv for clips a media manifest labelled, as trainer.data reads it."""
-    import csv
 
     rows = [(f"{c.rel}.npz", *c.row) for c in clips if c.row and c.rel in kept]
     if not rows:
@@ -293,14 +289,12 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     s = settings or ExtractSettings()
     s.check()
     t_start = time.perf_counter()
-    cache = Path(cache_dir or Path.home() / ".cache" / "av-emotion").expanduser()
+    cache = default_cache(cache_dir)
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)
     if not clips and not skipped:
-        from trainer.errors import DataError
-
         raise DataError(f"no media files under {media}")
     stage["find"] = time.perf_counter() - t0
     _check_face(s)
@@ -318,7 +312,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     written, media_seconds = [], 0.0
     bar, last_log = _progress(len(todo)), time.monotonic()
     t_work = time.perf_counter()
-    uploader = staging.Uploader(local_out, str(out)) if str(out).startswith("s3://") else None
+    uploader = staging.Uploader(local_out, str(out)) if is_s3(out) else None
     try:
         if uploader is not None:  # clip files go up as they finish, not only at the end
             uploader.start()
@@ -364,8 +358,8 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     }
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     atomic_write(local_out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-    if str(out).startswith("s3://"):  # clips, manifest and report (its seconds exclude this)
-        from trainer.s3 import sync_up
+    if is_s3(out):  # clips, manifest and report (its seconds exclude this)
+        from trainer.store.s3 import sync_up  # boto3: only for s3://
 
         sync_up(local_out, str(out))
     log.info("extract.done", **report["counts"], seconds=report["seconds"])

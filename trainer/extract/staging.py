@@ -19,6 +19,8 @@ from pathlib import Path
 
 import structlog
 
+from trainer.store.uri import is_s3
+
 log = structlog.get_logger()
 
 UPLOAD_SECONDS = 45.0  # finished clip files go up at least this often while extracting
@@ -26,11 +28,11 @@ UPLOAD_SECONDS = 45.0  # finished clip files go up at least this often while ext
 
 def local_media(media: str, cache: Path, stage: dict) -> Path:
     """The media folder; an ``s3://`` prefix is synced down into the cache (only changes)."""
-    if not media.startswith("s3://"):
+    if not is_s3(media):
         if not Path(media).is_dir():
             raise FileNotFoundError(f"no media folder {media}")
         return Path(media)
-    from trainer.s3 import sync_down
+    from trainer.store.s3 import sync_down  # boto3: only for s3://
 
     t0 = time.perf_counter()
     local = sync_down(media, cache / "media")
@@ -41,12 +43,12 @@ def local_media(media: str, cache: Path, stage: dict) -> Path:
 def local_out(out: str, cache: Path, stage: dict) -> Path:
     """The output folder; for an ``s3://`` prefix, a staging folder in the cache holding what
     an earlier run uploaded (so that resume counts it as done)."""
-    if not out.startswith("s3://"):
+    if not is_s3(out):
         if Path(out).exists() and not Path(out).is_dir():
             raise ValueError(f"--out {out} is a file, not a folder")
         Path(out).mkdir(parents=True, exist_ok=True)
         return Path(out)
-    from trainer.s3 import parse_s3_uri, sync_down
+    from trainer.store.s3 import parse_s3_uri, sync_down  # boto3: only for s3://
 
     t0 = time.perf_counter()
     bucket, prefix = parse_s3_uri(out)
@@ -59,17 +61,23 @@ def local_out(out: str, cache: Path, stage: dict) -> Path:
 
 
 def _s3_has_objects(uri: str) -> bool:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError  # boto3: only for s3://
 
-    from trainer.s3 import _explain, _folder, client, parse_s3_uri, retry
+    from trainer.store.s3 import (  # boto3: only for s3://
+        as_folder,
+        client,
+        explain,
+        parse_s3_uri,
+        retry,
+    )
 
     bucket, prefix = parse_s3_uri(uri)
     s3 = client()
     try:
-        got = retry(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=_folder(prefix), MaxKeys=1),
+        got = retry(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=as_folder(prefix), MaxKeys=1),
                     f"list {uri}")
     except (BotoCoreError, ClientError) as e:
-        raise _explain(e, uri) from None
+        raise explain(e, uri) from None
     return got.get("KeyCount", 0) > 0
 
 
@@ -86,19 +94,19 @@ class Uploader:
 
     def __init__(self, local: Path, uri: str = "", every: float | None = None,
                  on_progress=None):
-        from trainer.s3 import _folder, parse_s3_uri
+        from trainer.store.s3 import as_folder, parse_s3_uri  # boto3: only for s3://
 
         self.local, self.uri, self.every = local, uri, every or UPLOAD_SECONDS
         self.on_progress = on_progress or (lambda done, sent: None)
         self.bucket, prefix = parse_s3_uri(uri) if uri else ("", "")
-        self.prefix = _folder(prefix) if uri else ""
+        self.prefix = as_folder(prefix) if uri else ""
         self.sent: dict[str, tuple[int, int]] = {}  # rel -> (size, mtime_ns) uploaded
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="extract-upload", daemon=True)
 
     def tick(self) -> None:
         """Upload the clip files not sent yet (or changed since); report the counts."""
-        from trainer.s3 import TRANSFER, client, retry
+        from trainer.store.s3 import TRANSFER, client, retry  # boto3: only for s3://
 
         done = {p.relative_to(self.local).as_posix(): p for p in self.local.rglob("*.npz")}
         if self.uri:

@@ -11,7 +11,8 @@
 Only these verbs import this package (trainer/cli.py registers them through ``trainer.ops.cli``,
 which imports nothing but argparse); the trainer in the container never does. Modules:
 
-- ``cli``: the verbs, thin; ``settings``: deploy.yaml; ``flow``: the deploy and destroy steps;
+- ``cli``: the verbs' flags; ``verbs``: the verbs, thin; ``settings``: deploy.yaml; ``flow``:
+  the deploy and destroy steps;
   ``upload``: DATA and MEDIA checked and uploaded to content-addressed prefixes.
 - ``aws``: every boto3 client (tests point AWS_ENDPOINT_URL at a moto server); ``stack``: the
   Pulumi Automation API; ``image``: Docker SDK build and ECR push; ``runs``: run directories in S3.
@@ -19,7 +20,8 @@ which imports nothing but argparse); the trainer in the container never does. Mo
 - ``batch``: AWS Batch calls (revision, array job, children, terminate); ``arrays``: a
   cross-validation run as one array (``make deploy FOLDS=5``: inputs, folds, stopping it).
 - ``pricing``: hourly price; ``views``: text for the terminal; ``monitor``: the menu;
-  ``report``: results/RUN_ID/summary.md.
+  ``report``: results/RUN_ID/summary.md; ``projection``: the cost and time of a cross-validation
+  on Batch, projected from bench.json.
 """
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 
+from trainer.cv import plan
 from trainer.ops import OpsError, batch, runs
 
 # Flags the array sets itself: each task's seed, data, run directory and resumption.
@@ -23,7 +24,7 @@ OWN_FLAGS = {"--data": "DATA=", "--out": "the run id", "--seed": "SEEDS=",
 
 
 def parse_folds(text: str) -> int:
-    """FOLDS as a number of folds (2 or more).
+    """FOLDS as a number of folds (2 or more); loso cannot be an array (its size needs the data).
 
     Example:
         >>> parse_folds("5")
@@ -35,32 +36,17 @@ def parse_folds(text: str) -> int:
                        "give the number of speakers as FOLDS=N (one fold per speaker), or run "
                        "`python -m trainer cv --folds loso` on one machine")
     try:
-        folds = int(value)
-    except ValueError:
-        raise OpsError(f"FOLDS={value!r} is not a number of folds: give one, e.g. FOLDS=5") \
-            from None
-    if folds < 2:
-        raise OpsError(f"FOLDS={folds}: cross-validation needs 2 folds or more (FOLDS=5); a "
-                       "single run is `make deploy` without FOLDS")
-    return folds
+        return plan.parse_folds(value, "FOLDS", loso=False)
+    except ValueError as e:
+        raise OpsError(f"{e} (a single run is `make deploy` without FOLDS)") from None
 
 
 def parse_seeds(text: str) -> list[int]:
-    """SEEDS as a list of distinct seeds, in the order given.
-
-    Example:
-        >>> parse_seeds("0,1,2")
-        [0, 1, 2]
-    """
-    parts = [p.strip() for p in str(text).split(",")]
+    """SEEDS as a list of distinct seeds, in the order given."""
     try:
-        seeds = [int(p) for p in parts]
-    except ValueError:
-        raise OpsError(f"SEEDS={text!r} is not a list of whole numbers: give e.g. SEEDS=0,1,2") \
-            from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise OpsError(f"SEEDS={text!r}: seeds must be distinct and 0 or more, e.g. SEEDS=0,1,2")
-    return seeds
+        return plan.parse_seeds(text, "SEEDS", "SEEDS=0,1,2")
+    except ValueError as e:
+        raise OpsError(str(e)) from None
 
 
 def check(folds: str, seeds: str, train_args: list[str]) -> tuple[int, list[int]]:

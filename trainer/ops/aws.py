@@ -26,6 +26,7 @@ from botocore.exceptions import (
 )
 
 from trainer.ops import OpsError
+from trainer.store.s3 import S3Error
 
 CREDENTIALS_HELP = ("configure AWS credentials first: `aws configure` (access keys) or "
                     "`aws sso login --profile NAME` and `export AWS_PROFILE=NAME`")
@@ -58,7 +59,6 @@ def error_code(exc: BaseException) -> str:
 
 def explain(exc: BaseException, doing: str = "calling AWS") -> OpsError | None:
     """A one-line OpsError for an AWS (or S3) failure while ``doing`` something; None if unknown."""
-    from trainer.s3 import S3Error
 
     if isinstance(exc, OpsError):
         return exc

@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import time
 
-from trainer.ops import OpsError, aws
+from trainer.cv.plan import task_dir as cv_task_dir
+from trainer.ops import OpsError, aws, runs
+from trainer.store.s3 import client as s3_client
 
 QUEUED = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING")
 FINAL = ("SUCCEEDED", "FAILED")
@@ -58,7 +60,6 @@ def task_of(index: int, folds: int, seeds: list[int]) -> tuple[int, int]:
 
 def task_dir(index: int, folds: int, seeds: list[int]) -> str:
     """The run directory (under the cv run's) of child ``index``: fold-2 or fold-2-seed-1."""
-    from trainer.cv import task_dir as cv_task_dir
 
     fold, seed = task_of(index, folds, seeds)
     return cv_task_dir(fold, seed, len(seeds))
@@ -212,7 +213,6 @@ def terminate(batch, record: dict, kids: list[dict], reason: str) -> list[int]:
 # ------------------------------------------------------------------------- batch.json
 def write_record(bucket: str, run_id: str, record: dict) -> None:
     """``runs/RUN_ID/batch.json``: one PUT, which S3 makes visible whole or not at all."""
-    from trainer.s3 import client as s3_client
 
     s3_client().put_object(Bucket=bucket, Key=f"runs/{run_id}/{RECORD}",
                            Body=(json.dumps(record, indent=2) + "\n").encode(),
@@ -221,7 +221,6 @@ def write_record(bucket: str, run_id: str, record: dict) -> None:
 
 def read_record(bucket: str, run_id: str) -> dict | None:
     """batch.json of ``run_id``, or None for a single-instance run."""
-    from trainer.ops import runs
 
     return runs.read_json(bucket, run_id, RECORD)
 

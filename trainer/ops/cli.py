@@ -11,15 +11,14 @@
     python -m trainer destroy --keep-runs                            # make destroy KEEP=1
     python -m trainer status --backend local                         # any verb: BACKEND=local
 
-This module imports only argparse and the standard library, because trainer/cli.py imports it
-for every verb, the container's `train` included; each verb imports what it needs when it runs.
+This module holds the flags; it imports only argparse and the standard library, because
+trainer/cli.py imports it for every verb, the container's `train` included. The verbs themselves
+are ``trainer.ops.verbs``, loaded when one runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 DESCRIPTIONS = {
     "deploy": ("start a training run on AWS (or BACKEND=local)",
@@ -101,166 +100,13 @@ def add_ops_commands(sub, commands: dict) -> None:
                                     help="do not ask (default: ask)")
     parsers["destroy"].add_argument("--keep-runs", action="store_true", help="download every run "
                                     "to results/ before destroying (default: off)")
-    verbs = {"deploy": cmd_deploy, "status": cmd_status, "logs": cmd_logs,
-             "monitor": cmd_monitor, "results": cmd_results, "destroy": cmd_destroy}
-    commands.update({verb: _verb(fn) for verb, fn in verbs.items()})
+    commands.update({verb: run_verb for verb in DESCRIPTIONS})
 
 
-def _verb(fn):
-    """Run a verb; a problem the user can act on is one line on stderr and exit code 1."""
+def run_verb(args) -> int:
+    """Run the operator verb ``args.verb`` (``trainer.ops.verbs``)."""
+    from trainer.ops import verbs  # boto3, docker, pulumi: loaded when an operator verb runs
 
-    def run(args) -> int:
-        from trainer.ops.flow import as_ops_error
-
-        try:
-            return fn(args)
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-        except Exception as e:
-            err = as_ops_error(e, args.verb)
-            if err is None or os.environ.get("TRAINER_DEBUG"):
-                raise
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-
-    return run
+    return verbs.run(args)
 
 
-def _settings(ns, **overrides):
-    from trainer.ops.settings import load
-
-    return load(ns.settings, backend=ns.backend, stack=ns.stack, **overrides)
-
-
-def _open(args):
-    """(settings, backend, outputs, run id) for the verbs that read one run."""
-    from trainer.ops import runs
-    from trainer.ops.flow import backend_for
-
-    settings = _settings(args)
-    backend = backend_for(settings)
-    out = backend.outputs()
-    return settings, backend, out, runs.resolve(out["bucket"], getattr(args, "run", None))
-
-
-def cmd_deploy(args) -> int:
-    from trainer.ops.flow import deploy
-
-    settings = _settings(args, data=args.data, args=args.args, folds=args.folds,
-                         seeds=args.seeds, media=args.media)
-    if args.seeds is not None and not str(settings.folds).strip():
-        from trainer.ops import OpsError
-
-        raise OpsError("SEEDS (--seeds) goes with FOLDS (--folds): one run takes its seed in "
-                       "ARGS, e.g. ARGS='--seed 1'")
-    deploy(settings, replace=args.replace, image=args.image)
-    return 0
-
-
-def cmd_status(args) -> int:
-    from trainer.ops import arrays, batch, runs, views
-    from trainer.ops.flow import host_facts
-
-    _, backend, out, run_id = _open(args)
-    record = batch.read_record(out["bucket"], run_id)
-    if record is not None:  # an array: each fold, and the array as a whole
-        rows = arrays.fold_rows(out["bucket"], run_id, record,
-                                batch.children(batch.client(out), record))
-        print("\n".join(views.array_lines(run_id, record, rows, arrays.overall_eta(rows))))
-        return 0
-    host = host_facts(backend, out, run_id, say=lambda s: print(s, file=sys.stderr))
-    print("\n".join(views.status_lines(run_id, runs.status(out["bucket"], run_id), host)))
-    return 0
-
-
-def fold_logs(backend, out: dict, run_id: str, record: dict, args) -> int:
-    """``logs --fold K`` of an array: each seed's child of fold K (its CloudWatch stream, or its
-    container's output locally), else its run directory's train.log."""
-    from trainer.ops import OpsError, batch, runs
-
-    if args.fold is None or not 1 <= args.fold <= record["folds"]:
-        given = "" if args.fold is None else f" (not {args.fold})"
-        raise OpsError(f"run {run_id} is a cross-validation array of {record['folds']} folds: "
-                       f"give FOLD=1..{record['folds']}{given}, e.g. make logs FOLD=1")
-    client = batch.client(out)
-    kids = [k for k in batch.children(client, record)
-            if batch.task_of(k["index"], record["folds"], record["seeds"])[0] == args.fold]
-    for kid in kids:
-        where = batch.task_dir(kid["index"], record["folds"], record["seeds"])
-        if len(kids) > 1:
-            print(f"== {where} (Batch {kid['status']}) ==", flush=True)
-
-        def done(kid=kid):
-            return batch.children(client, record)[kid["index"]]["status"] in batch.FINAL
-
-        lines = backend.child_log_lines(out, record, kid, tail=args.tail, follow=args.follow,
-                                        done=done)
-        if lines is None:
-            data = runs.read_bytes(out["bucket"], f"runs/{run_id}/{where}/train.log")
-            if not data:
-                raise OpsError(f"no logs yet for {where} of run {run_id} (Batch: "
-                               f"{kid['status']}): it has not started; try again in a minute")
-            print(f"(no live log for {where}; its train.log from the run directory)",
-                  file=sys.stderr)
-            lines = data.decode(errors="replace").splitlines()[-args.tail:]
-        for line in lines:
-            print(line, flush=True)
-    return 0
-
-
-def cmd_logs(args) -> int:
-    from trainer.ops import OpsError, batch, runs
-
-    _, backend, out, run_id = _open(args)
-    record = batch.read_record(out["bucket"], run_id)
-    if record is not None:
-        return fold_logs(backend, out, run_id, record, args)
-    if args.fold is not None:
-        raise OpsError(f"run {run_id} is a single run, not a cross-validation array: leave out "
-                       "FOLD (--fold)")
-    lines = backend.log_lines(out, run_id, tail=args.tail, follow=args.follow,
-                              done=lambda: not runs.is_going(runs.status(out["bucket"], run_id)))
-    if lines is None:  # no stream or container: the run directory's own log, if there is one
-        data = runs.read_bytes(out["bucket"], f"runs/{run_id}/train.log")
-        if not data:
-            raise OpsError(f"no logs yet for run {run_id}: its container has not started; try "
-                           "again in a minute")
-        print(f"(no live log for run {run_id}; its train.log from the run directory)",
-              file=sys.stderr)
-        lines = data.decode(errors="replace").splitlines()[-args.tail:]
-    for line in lines:
-        print(line, flush=True)
-    return 0
-
-
-def cmd_monitor(args) -> int:
-    from trainer.ops.monitor import Monitor
-
-    _, backend, out, run_id = _open(args)
-    return Monitor(backend, out, run_id).loop()
-
-
-def cmd_results(args) -> int:
-    from pathlib import Path
-
-    from trainer.ops import batch
-    from trainer.ops.flow import host_facts
-    from trainer.ops.report import fetch, fetch_cv
-
-    settings, backend, out, run_id = _open(args)
-    if batch.read_record(out["bucket"], run_id) is not None:  # an array: every fold, aggregated
-        dest = fetch_cv(out["bucket"], run_id, Path(args.out or settings.results_dir))
-        print(f"{dest}/summary.md")
-        return 0
-    host = host_facts(backend, out, run_id, say=lambda s: print(s, file=sys.stderr))
-    dest = fetch(out["bucket"], run_id, Path(args.out or settings.results_dir),
-                 host["price"] if host else None)
-    print(f"{dest}/summary.md")
-    return 0
-
-
-def cmd_destroy(args) -> int:
-    from trainer.ops.flow import destroy
-
-    return destroy(_settings(args), yes=args.yes, keep_runs=args.keep_runs)

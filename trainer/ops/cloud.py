@@ -19,9 +19,12 @@ from botocore.exceptions import ClientError
 
 from trainer.ops import OpsError, aws, batch, image, pricing, stack
 from trainer.ops.settings import REPO, Settings
+from trainer.store.s3 import client
 
 BOOTSTRAP = "/usr/local/sbin/ave-bootstrap"  # where bootstrap.sh's setup mode installs itself
-SCRIPT = REPO / "scripts" / "bootstrap.sh"   # this checkout's copy, sent before each run
+# This checkout's bootstrap, sent before each run as one text in this order, as the user data
+# carries it (infra/compute.py's BOOTSTRAP; scripts/bootstrap.sh says why).
+SCRIPTS = (REPO / "scripts" / "bootstrap-run.sh", REPO / "scripts" / "bootstrap.sh")
 COMMENT = "ave run "                          # SSM command comments: "ave run RUN_ID"
 ACTIVE = ("Pending", "InProgress", "Delayed")
 # At the first boot the SSM agent is online before cloud-init has run bootstrap.sh's set-up
@@ -97,14 +100,13 @@ def send(ssm, instance_id: str, argv: list[str], comment: str,
                                         "executionTimeout": ["900"]})["Command"]["CommandId"]
 
 
-def push_bootstrap(out: dict, script=SCRIPT) -> list[list[str]]:
-    """Put this checkout's bootstrap.sh in the bucket (``ops/bootstrap-HASH.sh``; the instance
+def push_bootstrap(out: dict, scripts=SCRIPTS) -> list[list[str]]:
+    """Put this checkout's bootstrap in the bucket (``ops/bootstrap-HASH.sh``; the instance
     role reads the bucket) and return the commands that make the instance use it, with the
     stack's idleMinutes and maxRunHours: ``bootstrap.sh update``. User data reaches only a new
     instance (cloud-init runs it once), so this is how a change reaches an existing one."""
-    from trainer.s3 import client
 
-    body = script.read_bytes()
+    body = b"".join(path.read_bytes() for path in scripts)
     key = f"ops/bootstrap-{hashlib.sha256(body).hexdigest()[:12]}.sh"
     client().put_object(Bucket=out["bucket"], Key=key, Body=body)
     local = "/root/ave-bootstrap.sh"

@@ -16,19 +16,24 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.ops import OpsError, aws, runs
+from trainer.flags import check_train_args
+from trainer.ops import OpsError, arrays, aws, batch, report, runs
+from trainer.ops.cloud import AwsBackend
+from trainer.ops.local import LocalBackend
 from trainer.ops.settings import Settings
-from trainer.ops.upload import (check_data, check_media, features_uri, upload_data,
-                                upload_media)
+from trainer.ops.upload import (
+    check_data,
+    check_media,
+    features_uri,
+    upload_data,
+    upload_media,
+)
 
 
 def backend_for(settings: Settings):
     """The backend ``settings.backend`` names: cloud.AwsBackend or local.LocalBackend."""
     if settings.backend == "local":
-        from trainer.ops.local import LocalBackend
-
         return LocalBackend(settings)
-    from trainer.ops.cloud import AwsBackend
 
     return AwsBackend(settings)
 
@@ -83,7 +88,6 @@ def going_run(backend, out: dict) -> str | None:
     run if it is an array with a child queued or running, or the newest run whose status.json
     has a non-final state and a fresh heartbeat. (Every deploy refuses while a run goes, so
     only the newest can.)"""
-    from trainer.ops import arrays
 
     active = backend.active_run(out)
     if active:
@@ -99,7 +103,6 @@ def going_run(backend, out: dict) -> str | None:
 
 def stop_going(backend, out: dict, run_id: str, echo=print) -> None:
     """Stop ``run_id``, an array (each running fold after its checkpoint) or a single run."""
-    from trainer.ops import arrays, batch
 
     record = batch.read_record(out["bucket"], run_id)
     if record is not None:
@@ -138,8 +141,6 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     The inputs are checked first, before any network call: a bad DATA or ARGS is one line,
     and nothing is built, made or uploaded. With ``replace``, the run going is stopped (and its
     checkpoint waited for) before anything else changes, `pulumi up` included."""
-    from trainer.cli import check_train_args
-    from trainer.ops import arrays
 
     try:
         train_args = shlex.split(settings.args)
@@ -199,8 +200,6 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
             arrays.submit_array(backend, out, run_id, image_ref, data_uri, folds, seeds,
                                 train_args, echo=echo)
         with step("checking the children"):
-            from trainer.ops import batch
-
             kids = batch.children(batch.client(out), batch.read_record(out["bucket"], run_id))
             if all(k["status"] == "UNKNOWN" for k in kids):  # AWS makes them a moment later
                 echo("    the children are not listed yet (Batch makes them as the array job "
@@ -243,7 +242,6 @@ def _next_steps(settings: Settings, out: dict, run_id: str, echo, fold: bool = F
 def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read=input,
             echo=print) -> int:
     """Remove the stack after a confirmation that says what is lost; 0 done, 1 not confirmed."""
-    from trainer.ops import report
 
     backend = backend_for(settings)
     backend.preflight(docker=backend.name == "local")
@@ -275,8 +273,6 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
     step = Steps(2 if keep_runs else 1, echo)
     if keep_runs:
         with step(f"downloading {len(run_ids)} run(s) to {settings.results_dir}/"):
-            from trainer.ops import batch
-
             for run_id in run_ids:
                 fetch = (report.fetch_cv if batch.read_record(out["bucket"], run_id) is not None
                          else report.fetch)  # an array: every fold and the aggregate
@@ -284,8 +280,6 @@ def destroy(settings: Settings, yes: bool = False, keep_runs: bool = False, read
     with step("pulumi destroy" if backend.name == "aws" else "stopping the local stand-in",
               hint="run make destroy again; the stack is left as `pulumi destroy` left it"):
         if out.get("batch_job_definition_name"):  # deploy's revisions are not Pulumi's
-            from trainer.ops import batch
-
             gone = batch.deregister_revisions(batch.client(out), out["batch_job_definition_name"])
             echo(f"    {len(gone)} job definition revision(s) of the runs deregistered")
         backend.destroy(out, echo=echo)

@@ -32,7 +32,7 @@ EXPIRED_LOGIN = ("authorization token has expired", "reauthenticate", "no basic 
 
 def engine():
     """A Docker SDK client whose engine answers; OpsError (with how to start one) otherwise."""
-    import docker
+    import docker  # Docker SDK (the ops extra): loaded when an image is built
 
     try:
         client = docker.from_env(timeout=600)

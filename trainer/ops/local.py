@@ -34,14 +34,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 
-from trainer.ops import OpsError, batch, image
+from trainer.ops import OpsError, aws, batch, image
+from trainer.ops.cloud import child_log_lines
 from trainer.ops.pricing import Price
 from trainer.ops.runs import run_uri
 from trainer.ops.settings import Settings
+from trainer.store.files import atomic_write_text
+from trainer.store.s3 import client
 
 STOP_SECONDS = 120  # as bootstrap.sh: time for the trainer's checkpoint after SIGTERM
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -83,8 +87,6 @@ class LocalBackend:
             return None
 
     def write_state(self, state: dict) -> None:
-        from trainer.storage import atomic_write_text
-
         atomic_write_text(self.state_path, json.dumps(state, indent=2) + "\n")
 
     def _start_server(self, stack: str | None = None) -> dict:
@@ -129,8 +131,6 @@ class LocalBackend:
             echo(f"    local S3 stand-in: moto at {state['endpoint']} (pid {state['pid']})")
         self.activate(state)
         if create:
-            from trainer.s3 import client
-
             s3 = client()
             if state["bucket"] not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
                 s3.create_bucket(Bucket=state["bucket"])
@@ -143,7 +143,6 @@ class LocalBackend:
 
     def _make_batch(self, state: dict) -> dict:
         """In moto, what infra/batch.py makes on AWS; the same output names."""
-        from trainer.ops import aws
 
         region, name = state["region"], f"ave-{state['stack']}"
         iam, client = aws.client("iam", region), aws.client("batch", region)
@@ -190,7 +189,7 @@ class LocalBackend:
         return self.outputs() if state and answers(state["endpoint"]) else None
 
     def activate(self, state: dict) -> None:
-        """Point this process's boto3 (trainer.s3 included) at the stand-in."""
+        """Point this process's boto3 (trainer.store.s3 included) at the stand-in."""
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
             os.environ.pop(name, None)
         os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=state["endpoint"],
@@ -258,7 +257,6 @@ class LocalBackend:
         """terminate_job for the queued children; SIGTERM to each running child's container
         (moto's terminate_job would SIGKILL it), all at once, each waited for up to 120 s;
         then terminate_job for what is left, as on AWS. The indexes ended."""
-        from concurrent.futures import ThreadPoolExecutor
 
         client, reason = batch.client(out), "make deploy REPLACE=1"
         waiting = [k for k in kids if k["status"] in ("SUBMITTED", "PENDING", "RUNNABLE")]
@@ -290,7 +288,6 @@ class LocalBackend:
             if not follow:
                 return iter(c.logs(tail=tail).decode(errors="replace").splitlines())
             return _lines(c.logs(stream=True, follow=True, tail=tail))
-        from trainer.ops.cloud import child_log_lines
 
         return child_log_lines(out, record, kid, tail, follow, done)
 

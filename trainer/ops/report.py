@@ -13,7 +13,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainer import plots
+from trainer.cv import aggregate
 from trainer.ops import pricing, runs, views
+from trainer.store.files import atomic_write_bytes, atomic_write_text
 
 
 def _read(path: Path):
@@ -32,8 +35,6 @@ def _rows(path: Path) -> list[dict]:
 
 def fetch(bucket: str, run_id: str, dest_root: Path, price: pricing.Price | None = None) -> Path:
     """Download the run into ``dest_root/RUN_ID``, draw missing plots, write summary.md."""
-    from trainer import plots
-    from trainer.storage import atomic_write_bytes, atomic_write_text
 
     dest = Path(dest_root) / run_id
     counts = runs.download(bucket, run_id, dest)
@@ -144,8 +145,6 @@ def fetch_cv(bucket: str, run_id: str, dest_root: Path) -> Path:
     """Download an array run (every fold) into ``dest_root/RUN_ID``, write the aggregate over the
     folds that have ended (``trainer.cv.aggregate``: cv.json, cv.md, plots/cv_folds.png) and
     summary.md (mean ± std, the per-fold table). Works while folds still run."""
-    from trainer.cv import aggregate
-    from trainer.storage import atomic_write_text
 
     dest = Path(dest_root) / run_id
     counts = runs.download(bucket, run_id, dest)

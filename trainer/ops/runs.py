@@ -6,7 +6,7 @@
     >>> status("my-bucket", "20250101-120000-ab12")   # status.json as a dict, or None
     >>> download("my-bucket", run_id, Path("results") / run_id)   # only what changed
 
-Every S3 call goes through ``trainer.s3.client()``: AWS, or the moto server that
+Every S3 call goes through ``trainer.store.s3.client()``: AWS, or the moto server that
 AWS_ENDPOINT_URL names (the local backend and the tests).
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from trainer import s3 as s3lib
 from trainer.ops import OpsError
+from trainer.store import s3 as s3lib
 
 # status.json's states (trainer/train.py): a run goes through these, then ends in a final one.
 # extracting: train --media (make deploy MEDIA=...) turning raw media into clip files first.
@@ -147,7 +147,7 @@ def download(bucket: str, run_id: str, dest: Path) -> dict:
     """
     s3 = s3lib.client()
     prefix = f"runs/{run_id}/"
-    objects = s3lib.retry(lambda: s3lib._list(s3, bucket, prefix), f"list {prefix}")
+    objects = s3lib.retry(lambda: s3lib.list_objects(s3, bucket, prefix), f"list {prefix}")
     counts = {"downloaded": 0, "unchanged": 0}
     for rel, (size, etag) in sorted(objects.items()):
         path = dest / rel

@@ -56,7 +56,7 @@ def _command_error(e: Exception, settings: Settings) -> OpsError:
 def select(settings: Settings):
     """The stack (``pulumi.automation.Stack``) of ``settings.stack`` in ``settings.infra_dir``."""
     require_cli()
-    from pulumi import automation as auto
+    from pulumi import automation as auto  # Pulumi (the ops extra): slow to import
 
     try:
         return auto.select_stack(**workspace_args(settings))
@@ -76,7 +76,7 @@ def select(settings: Settings):
 def outputs(settings: Settings, stack=None) -> dict:
     """The stack's outputs (bucket, repository_url, instance_id, log_group, region); OpsError
     when the stack has never been deployed."""
-    from pulumi import automation as auto
+    from pulumi import automation as auto  # Pulumi (the ops extra): slow to import
 
     stack = stack or select(settings)
     try:
@@ -102,7 +102,7 @@ def deployed(settings: Settings) -> dict | None:
 
 def up(settings: Settings, on_output=print) -> dict:
     """``pulumi up`` (creates or updates the stack, prints its progress); the outputs."""
-    from pulumi import automation as auto
+    from pulumi import automation as auto  # Pulumi (the ops extra): slow to import
 
     stack = select(settings)
     try:
@@ -119,7 +119,7 @@ def destroy(settings: Settings, on_output=print, stack=None) -> None:
     The flag is put back as it was in a ``finally``, whether the destroy worked or not: left
     set, a failed destroy would leave a stack whose next `pulumi up` makes the bucket deletable,
     and a stack made again after a destroy would start out deletable."""
-    from pulumi import automation as auto
+    from pulumi import automation as auto  # Pulumi (the ops extra): slow to import
 
     stack = stack or select(settings)
     key = "forceDestroy"

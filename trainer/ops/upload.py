@@ -12,7 +12,22 @@ import hashlib
 import re
 from pathlib import Path
 
+from trainer.data import DataError
+from trainer.data import check_data as check_clips
+from trainer.extract.cli import settings_key
+from trainer.extract.clips import VIDEO_EXTENSIONS
 from trainer.ops import OpsError
+from trainer.store.s3 import (
+    INDEX,
+    as_folder,
+    client,
+    is_temp_name,
+    list_objects,
+    local_etag,
+    parse_s3_uri,
+    sync_up,
+)
+from trainer.store.uri import is_s3
 
 
 def check_data(data: str) -> None:
@@ -20,12 +35,11 @@ def check_data(data: str) -> None:
     "the current folder", which would upload the whole checkout, .venv and .ave included), and
     a folder that exists, with a well-formed manifest.csv if it has one, or a well-formed s3://
     prefix (its bucket is checked at the upload)."""
-    from trainer.s3 import parse_s3_uri
 
     if not data.strip():
         raise OpsError("DATA is empty (deploy.yaml's data, or --data): give a folder of clip "
                        "files or an s3:// prefix in the stack's bucket, e.g. data: demo-data")
-    if data.startswith("s3://"):
+    if is_s3(data):
         try:
             parse_s3_uri(data)
         except ValueError as e:
@@ -34,8 +48,6 @@ def check_data(data: str) -> None:
         raise OpsError(f"DATA={data} is not a folder of clip files: make the demo set with "
                        f"`python -m trainer demo-data --out {data}`, or give DATA=path/to/clips")
     else:  # its manifest.csv, if any: a bad row would otherwise fail only on the instance
-        from trainer.data import DataError, check_data as check_clips
-
         try:
             check_clips(Path(data).expanduser())
         except DataError as e:
@@ -46,10 +58,8 @@ def check_media(media: str) -> None:
     """What deploy can tell about MEDIA before it builds or uploads anything: a folder that
     exists and holds media files (by their extensions; extract reports the bad ones on the
     instance), or a well-formed s3:// prefix."""
-    from trainer.extract.clips import VIDEO_EXTENSIONS
-    from trainer.s3 import parse_s3_uri
 
-    if media.startswith("s3://"):
+    if is_s3(media):
         try:
             parse_s3_uri(media)
         except ValueError as e:
@@ -66,11 +76,10 @@ def check_media(media: str) -> None:
 
 def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
     """The files ``sync_up`` sends, as ``{relative path: (size, S3 ETag)}``."""
-    from trainer.s3 import INDEX, _is_temp, local_etag
 
     return {path.relative_to(folder).as_posix(): (path.stat().st_size, local_etag(path))
             for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != INDEX and not _is_temp(path.name)}
+            if path.is_file() and path.name != INDEX and not is_temp_name(path.name)}
 
 
 def data_prefix(folder: Path, manifest: dict | None = None, kind: str = "data") -> str:
@@ -89,10 +98,9 @@ def _copy_unchanged(s3, bucket: str, prefix: str, manifest: dict) -> int:
     """Copy, inside S3, each file of ``manifest`` that an earlier upload of the same folder name
     (``data/NAME-*/``, or ``media/NAME-*/``) already holds with the same size and ETag: a
     changed data set sends only what changed. The count copied."""
-    from trainer.s3 import _list
 
     family = prefix.rsplit("-", 1)[0] + "-"
-    there = _list(s3, bucket, prefix)
+    there = list_objects(s3, bucket, prefix)
     earlier: dict[tuple[str, int, str], str] = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=family):
         for obj in page.get("Contents", []):
@@ -114,22 +122,19 @@ def upload_data(bucket: str, data: str, echo=print) -> str:
     content-addressed ``data/NAME-HASH/`` (``data_prefix``): the same files again send nothing,
     files an earlier upload of the folder holds are copied inside S3, and nothing already in
     the bucket is changed or removed."""
-    from trainer.s3 import _folder, parse_s3_uri
 
-    if data.startswith("s3://"):
+    if is_s3(data):
         other, prefix = parse_s3_uri(data)
         if other != bucket:
             raise OpsError(f"DATA {data} is outside the stack's bucket, which is all the instance "
                            f"may read: give a local folder, or copy it first (aws s3 sync {data} "
                            f"s3://{bucket}/data/NAME/)")
-        return f"s3://{bucket}/{_folder(prefix)}"
+        return f"s3://{bucket}/{as_folder(prefix)}"
     check_data(data)
     return _upload_folder(bucket, Path(data).expanduser(), "data", echo)
 
 
 def _upload_folder(bucket: str, folder: Path, kind: str, echo=print) -> str:
-    from trainer.s3 import client, sync_up
-
     manifest = _manifest(folder)
     prefix = data_prefix(folder, manifest, kind)
     copied = _copy_unchanged(client(), bucket, prefix, manifest)
@@ -143,14 +148,13 @@ def upload_media(bucket: str, media: str, echo=print) -> str:
     """Raw media as an s3:// prefix in the stack's bucket: a local folder goes to its own
     content-addressed ``media/NAME-HASH/``, as ``upload_data`` does for clip files (the same
     files again send nothing; a changed folder sends only what changed)."""
-    from trainer.s3 import _folder, parse_s3_uri
 
-    if media.startswith("s3://"):
+    if is_s3(media):
         other, prefix = parse_s3_uri(media)
         if other != bucket:
             raise OpsError(f"MEDIA {media} is outside the stack's bucket, which is all the "
                            f"instance may read: give a local folder")
-        return f"s3://{bucket}/{_folder(prefix)}"
+        return f"s3://{bucket}/{as_folder(prefix)}"
     check_media(media)
     return _upload_folder(bucket, Path(media).expanduser(), "media", echo)
 
@@ -158,11 +162,8 @@ def upload_media(bucket: str, media: str, echo=print) -> str:
 def features_uri(bucket: str, media_uri: str, extract_args: str) -> str:
     """Where the run extracts ``media_uri`` to: ``features/MEDIA-SETTINGS/``, named by the
     media's prefix (content-addressed for an uploaded folder) and the extract settings
-    (``train_media.settings_key``), so a later run with both the same finds the features there
-    and skips extraction."""
-    from trainer.s3 import parse_s3_uri
-    from trainer.train_media import settings_key
-
+    (``trainer.extract.cli.settings_key``), so a later run with both the same finds the
+    features there and skips extraction."""
     _, prefix = parse_s3_uri(media_uri)
     parts = prefix.strip("/").split("/")
     name = parts[-1] if parts[0] == "media" and len(parts) == 2 else \

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from trainer.ops import pricing, runs
+from trainer.ops import batch, pricing, runs
 
 
 def duration(seconds: float | None) -> str:
@@ -211,7 +211,6 @@ def fold_line(row: dict, now: float | None = None) -> str:
 def array_lines(run_id: str, record: dict, rows: list[dict], eta: float | None,
                 now: float | None = None) -> list[str]:
     """The answer of ``make status`` for an array run: the array, then one line per task."""
-    from trainer.ops import batch
 
     kids = [r["batch"] for r in rows]
     tally = ", ".join(f"{n} {s.lower()}" for s, n in batch.counts(kids).items())

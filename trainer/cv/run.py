@@ -1,4 +1,5 @@
-"""Speaker k-fold cross-validation: ``python -m trainer cv`` (DESIGN.md section 8).
+"""Running a cross-validation's tasks: one (a Batch child), all in turn, or several at once as
+processes; then the aggregate (``trainer.cv.report``).
 
     python -m trainer cv --data demo-data --out runs/cv --folds 5
     python -m trainer cv --data demo-data --out runs/cv --folds 5 --seeds 0,1,2 --parallel 2
@@ -6,21 +7,12 @@
     python -m trainer cv --data s3://b/data/ --out s3://b/runs/r1/ --folds 5 --task auto  # Batch
     python -m trainer cv --out s3://b/runs/r1/ --aggregate
 
-The plan: tasks are (fold, seed) pairs, fold-major (task i = (fold - 1) * len(seeds) + seed
-position). The folds come from the data and K alone (``trainer.folds.speaker_folds`` with seed
-0, or the manifest's split column naming ``fold1``..``foldK``), so separate processes, such as
-the children of a Batch array job, compute the same plan without talking to each other. Each
-task is a complete run directory ``R/fold-K/`` (``R/fold-K-seed-S/`` with several seeds) whose
-split is the fold's; a task whose ``summary.json`` exists is done. At the end the parent writes
-the aggregate (``trainer.cv_report``).
-
-This module imports only the standard library at the top: trainer/cli.py imports it for every
-verb.
+Each task is a complete run directory ``R/fold-K/`` (``R/fold-K-seed-S/`` with several seeds)
+whose split is the fold's; a task whose ``summary.json`` exists is done.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -29,111 +21,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
 import structlog
 
-# The contract's Python API (``trainer.cv.aggregate``); cv_report too imports only the standard
-# library at the top.
-from trainer.cv_report import aggregate, aggregate_dict  # noqa: F401, E402
+from trainer import logs
+from trainer.cv.plan import Task, parse_folds, parse_seeds, plan, task_from_env
+from trainer.cv.report import aggregate
+from trainer.data import load_dataset
+from trainer.errors import DataError, Stopped
+from trainer.store.rundir import RunDir
+from trainer.store.uri import has, join, read_json, resolve_data
+from trainer.train import train
 
 log = structlog.get_logger()
 
-# Train flags that mean nothing here or that cv sets itself, with why.
-NOT_FOR_CV = {"seed": "cv takes --seeds (a list), not --seed",
-              "test_fraction": "cv's test sets are its folds; --test-fraction does not apply"}
 POLL_SECONDS = 0.5
-
-
-def task_dir(fold: int, seed: int, n_seeds: int) -> str:
-    """The task's run directory name under the cv run: ``fold-3``, or ``fold-3-seed-1``.
-
-    Example:
-        >>> task_dir(3, 1, n_seeds=3)
-        'fold-3-seed-1'
-    """
-    return f"fold-{fold}" if n_seeds == 1 else f"fold-{fold}-seed-{seed}"
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else is a one-line ValueError."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not all(re.fullmatch(r"\d+", p) for p in parts):
-        raise ValueError(f"--seeds must be non-negative integers separated by commas, e.g. "
-                         f"0,1,2, not {text!r}")
-    seeds = [int(p) for p in parts]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds names a seed twice: {text!r}")
-    return seeds
-
-
-def parse_folds(text: str | None) -> int | str | None:
-    """``"5"`` -> 5, ``"loso"`` -> ``"loso"``, None -> None (the manifest's folds)."""
-    if text is None or text == "loso":
-        return text
-    if not re.fullmatch(r"\d+", str(text)) or int(text) < 2:
-        raise ValueError(f"--folds must be an integer of at least 2 or 'loso', not {text!r}")
-    return int(text)
-
-
-def task_from_env(env: dict | None = None) -> int:
-    """``--task auto``: AWS_BATCH_JOB_ARRAY_INDEX, else the INDEX of AWS_BATCH_JOB_ID's
-    ``PARENT:INDEX`` form (moto's Batch sets only that one)."""
-    env = os.environ if env is None else env
-    index = env.get("AWS_BATCH_JOB_ARRAY_INDEX", "").strip()
-    if re.fullmatch(r"\d+", index):
-        return int(index)
-    m = re.fullmatch(r".+:(\d+)", env.get("AWS_BATCH_JOB_ID", "").strip())
-    if m:
-        return int(m.group(1))
-    raise ValueError("--task auto: neither AWS_BATCH_JOB_ARRAY_INDEX nor an AWS_BATCH_JOB_ID "
-                     "of the form PARENT:INDEX is set; give --task I")
-
-
-@dataclass
-class Task:
-    index: int
-    fold: int  # 1-based
-    seed: int
-    dir: str
-    split: dict[str, list[str]]  # clip paths per split: train, val, test
-    test_speakers: list[str]
-
-
-def plan(clips: list, folds: int | str | None, seeds: list[int],
-         val_fraction: float = 0.15) -> tuple[str | int, list[Task]]:
-    """The tasks, fold-major, and the folds setting (K, "loso" or "manifest (K)").
-
-    Raises:
-        ValueError: bad fold count for the data, or a manifest's folds that disagree with K.
-    """
-    from trainer.folds import fold_split, manifest_folds, speaker_folds
-
-    named = manifest_folds(clips)
-    if named is not None:
-        if folds is not None and folds != len(named):
-            raise ValueError(f"the manifest names {len(named)} folds, not --folds {folds}; "
-                             "leave --folds out to use the manifest's")
-        groups, setting = named, f"manifest ({len(named)})"
-    elif folds is None:
-        raise ValueError("cv needs --folds K or loso (the manifest's split column names no "
-                         "folds)")
-    else:
-        groups, setting = speaker_folds(clips, folds, seed=0), folds
-    tasks = []
-    for f, group in enumerate(groups):
-        for seed in seeds:
-            split = fold_split(clips, groups, f, seed=seed, val_fraction=val_fraction)
-            tasks.append(Task(len(tasks), f + 1, seed, task_dir(f + 1, seed, len(seeds)),
-                              {k: [clips[i].path for i in v] for k, v in split.items()},
-                              list(group)))
-    return setting, tasks
 
 
 def state(out: str, task: Task) -> str:
     """done (summary.json), partial (a checkpoint to resume from) or new."""
-    from trainer.cv_report import has, join
-
     where = join(out, task.dir)
     if has(join(where, "summary.json")):
         return "done"
@@ -145,10 +52,6 @@ def run_task(cfg, task: Task, settings: dict) -> dict:
 
     ``cfg`` is the cv's TrainConfig; the task's run directory, seed and split replace its own.
     """
-    from trainer.cv_report import join, read_json
-    from trainer.storage import RunDir
-    from trainer.train import train
-
     out = join(cfg.out, task.dir)
     st = state(cfg.out, task)
     if st == "done":
@@ -161,7 +64,8 @@ def run_task(cfg, task: Task, settings: dict) -> dict:
     return train(replace(cfg, out=out, seed=task.seed, resume=st == "partial"), split=task.split)
 
 
-def _brief(summary: dict) -> dict:
+def test_metrics(summary: dict) -> dict:
+    """The test accuracy, macro-F1 and UAR of a summary, rounded for a log line."""
     return {k: round(summary["test"][k], 4) for k in ("accuracy", "macro_f1", "uar")}
 
 
@@ -179,9 +83,6 @@ def run_parallel(cfg, args, tasks: list[Task], parallel: int) -> list[str]:
     SIGTERM or Ctrl-C is passed on to the running tasks, which save their checkpoints; then
     ``Stopped`` is raised (``--resume`` continues).
     """
-    from trainer.cv_report import join, read_json
-    from trainer.errors import Stopped
-
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // parallel)
     stop: list[int] = []
     old = {s: signal.signal(s, lambda signum, _: stop.append(signum))
@@ -216,7 +117,7 @@ def run_parallel(cfg, args, tasks: list[Task], parallel: int) -> list[str]:
                     seconds = round(time.monotonic() - t0, 1)
                     if proc.returncode == 0:
                         log.info("cv_task_end", task=t.index, dir=t.dir, seconds=seconds,
-                                 **_brief(read_json(join(join(cfg.out, t.dir), "summary.json"))))
+                                 **test_metrics(read_json(join(join(cfg.out, t.dir), "summary.json"))))
                     else:
                         out_file.seek(0)
                         tail = [x for x in out_file.read().decode(errors="replace").splitlines()
@@ -235,12 +136,6 @@ def run_parallel(cfg, args, tasks: list[Task], parallel: int) -> list[str]:
 
 def run_cv(cfg, args) -> int:
     """The verb: plan, then the tasks (one, all in turn, or in parallel), then the aggregate."""
-    from trainer import logs
-    from trainer.cv_report import join
-    from trainer.data import load_dataset
-    from trainer.errors import DataError
-    from trainer.train import resolve_data
-
     logs.setup(None)
     if args.aggregate:
         cv = aggregate(cfg.out)
@@ -277,7 +172,7 @@ def run_cv(cfg, args) -> int:
         log.info("cv_task_start", task=t.index, dir=t.dir, state=state(cfg.out, t))
         summary = run_task(cfg, t, settings)
         logs.setup(None)
-        log.info("cv_task_end", task=t.index, dir=t.dir, **_brief(summary))
+        log.info("cv_task_end", task=t.index, dir=t.dir, **test_metrics(summary))
         return 0
     states = {t.index: state(cfg.out, t) for t in tasks}
     started = [t.dir for t in tasks if states[t.index] != "new"]
@@ -296,7 +191,7 @@ def run_cv(cfg, args) -> int:
             summary = run_task(cfg, t, settings)
             logs.setup(None)  # the task's run pointed the log at its own train.log
             log.info("cv_task_end", task=t.index, dir=t.dir,
-                     seconds=round(time.monotonic() - t0, 1), **_brief(summary))
+                     seconds=round(time.monotonic() - t0, 1), **test_metrics(summary))
     else:
         failures = run_parallel(cfg, args, todo, parallel)
     cv = aggregate(cfg.out)
@@ -311,56 +206,3 @@ def run_cv(cfg, args) -> int:
         raise DataError(f"{len(failures)} of {len(todo)} tasks failed: {'; '.join(failures)}; "
                         "fix and rerun with --resume")
     return 0
-
-
-def cmd_cv(args) -> int:
-    from dataclasses import fields
-
-    from trainer.config import TrainConfig, resolve
-
-    for name, why in NOT_FOR_CV.items():
-        if getattr(args, name) is not None:
-            raise ValueError(why)
-    if args.split == "random":
-        raise ValueError("cv splits by speaker; --split random does not apply")
-    cfg = resolve(args.config, **{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    if not cfg.out:
-        raise ValueError("cv needs --out")
-    return run_cv(cfg, args)
-
-
-DESCRIPTION = """\
-Speaker k-fold cross-validation: speakers split into K groups balanced by clips and classes;
-each group is one fold's test set, validation speakers come from the fold's training speakers.
-Every task (fold, seed) is a complete run directory R/fold-K/ (R/fold-K-seed-S/ with several
-seeds); R/cv.json, R/cv.md and R/plots/cv_folds.png hold the aggregate. A manifest's split
-column may name the folds instead (fold1..foldK on every row; then --folds may be left out).
-
-Examples:
-  python -m trainer cv --data demo-data --out runs/cv --folds 5
-  python -m trainer cv --data demo-data --out runs/cv --folds loso --epochs 20
-  python -m trainer cv --data demo-data --out runs/cv --folds 5 --seeds 0,1,2 --parallel 2
-  python -m trainer cv --data demo-data --out runs/cv --folds 5 --resume
-  python -m trainer cv --data s3://b/data/ --out s3://b/runs/r1/ --folds 5 --task auto
-  python -m trainer cv --out s3://b/runs/r1/ --aggregate"""
-
-
-def add_cv_command(sub, commands: dict) -> None:
-    """Add the ``cv`` verb to ``sub`` (argparse subparsers) and its function to ``commands``."""
-    from trainer.cli import _add_train_flags
-
-    p = sub.add_parser("cv", help="speaker k-fold cross-validation", description=DESCRIPTION,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--folds", default=None, metavar="K|loso", help="folds, or loso (leave one "
-                   "speaker out) (default: the manifest's fold1..foldK; else required)")
-    p.add_argument("--seeds", default="0", metavar="S,S", help="seeds per fold: weights, batch "
-                   "order and the validation speakers (default: 0)")
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help="tasks at once, as "
-                   "processes sharing the cores (default: 1: one after another, in this process)")
-    p.add_argument("--task", default=None, metavar="I|auto", help="run only task I (fold-major: "
-                   "(fold-1)*len(seeds)+seed position), or auto: from AWS Batch's environment; "
-                   "resumes the task if it has a checkpoint (default: all tasks)")
-    p.add_argument("--aggregate", action="store_true", help="only (re)write cv.json, cv.md and "
-                   "the plot from the task directories under --out (default: off)")
-    _add_train_flags(p)
-    commands["cv"] = cmd_cv

@@ -1,16 +1,23 @@
 """Instruments for the benchmark: memory (RSS, malloc's in-use bytes), FLOPs, the machine's
-matrix-multiply rate, and what the machine is. ``trainer.bench`` decides what to run with them.
+matrix-multiply rate, and what the machine is. ``trainer.bench.run`` decides what to run with them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import resource
+import threading
 import time
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 
 def rss_mb() -> float:
@@ -31,8 +38,6 @@ class HeapPeak:
     """
 
     def __init__(self):
-        import ctypes
-
         class Info(ctypes.Structure):
             _fields_ = [(n, ctypes.c_size_t) for n in (
                 "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
@@ -47,8 +52,6 @@ class HeapPeak:
         return info.uordblks + info.hblkhd
 
     def __enter__(self):
-        import threading
-
         self._stop = threading.Event()
         self.peak = self.in_use()
 
@@ -68,8 +71,6 @@ class HeapPeak:
 
 def count_flops(model, batches: list[dict]) -> int:
     """FLOPs of forward + backward over ``batches`` (matmuls, convolutions, attention)."""
-    from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
-                                          sdpa_flop_count)
 
     aten = torch.ops.aten
     cpu_flash = {  # the CPU flash-attention kernels are not in the default registry

@@ -1,5 +1,5 @@
 """S3 for the trainer: a data set synced down into a cache, a folder synced up; the run directory's
-mirror, which builds on this module, is ``trainer.s3mirror``.
+mirror, which builds on this module, is ``trainer.store.mirror``.
 
 Only boto3, with its standard settings: the credential chain (env, AWS_PROFILE, instance role),
 AWS_ENDPOINT_URL (a local moto server in tests and in the local backend), AWS_DEFAULT_REGION,
@@ -44,7 +44,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
 from trainer.errors import DataError
-from trainer.storage import atomic_write_bytes
+from trainer.store.files import atomic_write_bytes
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -74,9 +74,10 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
         ('my-bucket', 'runs/r1/')
     """
     uri = str(uri)
-    if not uri.startswith("s3://"):
+    scheme, sep, rest = uri.partition("://")
+    if (scheme, sep) != ("s3", "://"):
         raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    bucket, _, prefix = rest.partition("/")
     if not _BUCKET.match(bucket) or ".." in bucket:
         raise ValueError(f"bad bucket name {bucket!r} in {uri!r} (3-63 characters: a-z 0-9 . -)")
     if prefix.startswith("/") or "//" in prefix or any(c in prefix for c in "\n\r\t"):
@@ -84,7 +85,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _folder(prefix: str) -> str:
+def as_folder(prefix: str) -> str:
     """A prefix as a folder: ``data`` -> ``data/`` (so ``data2/...`` is not under it)."""
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
@@ -110,7 +111,7 @@ def _unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     exc = _unwrap(exc)
     if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
         return True  # EndpointConnectionError, ConnectionClosedError, ReadTimeout, cut bodies
@@ -121,11 +122,11 @@ def _transient(exc: BaseException) -> bool:
     return False
 
 
-def _brief(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
-def _explain(exc: BaseException, where: str) -> S3Error:
+def explain(exc: BaseException, where: str) -> S3Error:
     """A one-line S3Error for what went wrong at ``where`` (a URI)."""
     exc = _unwrap(exc)
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
@@ -139,8 +140,8 @@ def _explain(exc: BaseException, where: str) -> S3Error:
                     "ExpiredToken"):
             return S3Error(f"access denied to {where} ({code}): check the credentials and policy")
     if isinstance(exc, BotoConnectionError):
-        return S3Error(f"cannot reach S3 for {where}: {_brief(exc)}")
-    return S3Error(f"S3 failed for {where}: {_brief(exc)}")
+        return S3Error(f"cannot reach S3 for {where}: {error_text(exc)}")
+    return S3Error(f"S3 failed for {where}: {error_text(exc)}")
 
 
 def retry(fn: Callable[[], T], what: str, attempts: int = 4, backoff: float = 1.0,
@@ -150,16 +151,34 @@ def retry(fn: Callable[[], T], what: str, attempts: int = 4, backoff: float = 1.
         try:
             return fn()
         except Exception as e:
-            if attempt >= attempts or not _transient(e):
+            if attempt >= attempts or not is_transient(e):
                 raise
             delay = random.uniform(0, min(max_backoff, backoff * 2 ** (attempt - 1)))
             log.warning("s3.retry", what=what, attempt=attempt, delay=round(delay, 2),
-                        error=_brief(e))
+                        error=error_text(e))
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _is_temp(name: str) -> bool:
+def exists(uri: str) -> bool:
+    """Whether the object ``uri`` exists (False on a 404, anything else raises)."""
+    bucket, key = parse_s3_uri(uri)
+    try:
+        retry(lambda: client().head_object(Bucket=bucket, Key=key), f"head {uri}")
+        return True
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole object ``uri``."""
+    bucket, key = parse_s3_uri(uri)
+    return retry(lambda: client().get_object(Bucket=bucket, Key=key)["Body"].read(), f"get {uri}")
+
+
+def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith((".tmp", ".part"))
 
 
@@ -177,7 +196,7 @@ def _unsafe(rel: str) -> str | None:
     return None
 
 
-def _list(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+def list_objects(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     """Objects under ``prefix`` (a folder prefix) as ``{relative key: (size, etag)}``; keys that
     are not plain relative paths are left out, each with a warning that says why."""
     out = {}
@@ -236,13 +255,13 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
     uri = str(uri)
     _check_prefix(uri)
     bucket, prefix = parse_s3_uri(uri)
-    prefix = _folder(prefix)
+    prefix = as_folder(prefix)
     dest = Path(cache_dir).expanduser() / bucket / prefix
     s3 = client()
     try:
-        objects = retry(lambda: _list(s3, bucket, prefix), f"list {uri}")
+        objects = retry(lambda: list_objects(s3, bucket, prefix), f"list {uri}")
     except (BotoCoreError, ClientError) as e:
-        raise _explain(e, uri) from None
+        raise explain(e, uri) from None
     if not objects:
         raise S3Error(f"no objects under {uri}")
 
@@ -301,7 +320,7 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
                 try:
                     fut.result()
                 except Exception as e:  # botocore's, or s3transfer's RetriesExceededError
-                    raise _explain(e, f"s3://{bucket}/{prefix}{rel}") from None
+                    raise explain(e, f"s3://{bucket}/{prefix}{rel}") from None
                 size, etag = objects[rel]
                 index[rel] = {"etag": etag, "size": size, "mtime_ns": (dest / rel).stat().st_mtime_ns}
                 done += 1
@@ -344,16 +363,16 @@ def sync_up(local_dir: str | os.PathLike, uri: str, only_changed: bool = True,
     """
     local = Path(local_dir).expanduser()
     bucket, prefix = parse_s3_uri(uri)
-    prefix = _folder(prefix)
+    prefix = as_folder(prefix)
     if not local.is_dir():
         raise FileNotFoundError(f"no folder {local} to upload")
     files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*"))
-             if p.is_file() and p.name != INDEX and not _is_temp(p.name)}
+             if p.is_file() and p.name != INDEX and not is_temp_name(p.name)}
     s3 = client()
     try:
-        remote = retry(lambda: _list(s3, bucket, prefix), f"list {uri}") if only_changed else {}
+        remote = retry(lambda: list_objects(s3, bucket, prefix), f"list {uri}") if only_changed else {}
     except (BotoCoreError, ClientError) as e:
-        raise _explain(e, uri) from None
+        raise explain(e, uri) from None
     todo = [rel for rel, p in files.items()
             if not (rel in remote and remote[rel][0] == p.stat().st_size
                     and remote[rel][1] == local_etag(p))]
@@ -373,7 +392,7 @@ def sync_up(local_dir: str | os.PathLike, uri: str, only_changed: bool = True,
             except Exception as e:
                 for f in futures:
                     f.cancel()
-                raise _explain(e, f"s3://{bucket}/{prefix}{futures[fut]}") from None
+                raise explain(e, f"s3://{bucket}/{prefix}{futures[fut]}") from None
     result = {"uploaded": len(todo), "skipped": len(files) - len(todo), "bytes": total}
     log.info("s3.sync_up.done", uri=uri, **result)
     return result

@@ -1,13 +1,13 @@
 """Does one run across processes pay here? The bench's hybrid epoch in 1 process against 2 DDP.
 
-    python -m trainer.bench_ddp                      # the bench's full workload (about a minute)
-    python -m trainer.bench_ddp --preset smoke       # tiny shapes, for tests (figures meaningless)
+    python -m trainer.bench.ddp                      # the bench's full workload (about a minute)
+    python -m trainer.bench.ddp --preset smoke       # tiny shapes, for tests (figures meaningless)
     python -m trainer bench                          # full mode runs it as bench.json's "ddp"
 
 Issue 11: data-parallel training across machines of a model of about 1 M parameters on CPU
 was slower than one machine in published measurements (kubeflow/pytorch-operator#271,
 speechbrain#1096); measure it here before offering it. The same epoch of the bench's workload
-(trainer.bench: its clips, its batches, its data path and training step) runs
+(trainer.bench.workload: its clips, its batches, its data path and training step) runs
 
 - ``single``: 1 process with ``world`` torch threads (the product as it is), and
 - ``ddp``: ``world`` processes of 1 thread each, torch.distributed with the gloo backend on
@@ -27,6 +27,7 @@ rank's.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -37,12 +38,23 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from trainer.bench import PRESETS, build, loader, pooled, training_step, workload
 from trainer.batching import bucket_batches, collate
+from trainer.bench.workload import (
+    PRESETS,
+    build,
+    loader,
+    pooled,
+    training_step,
+    workload,
+)
+from trainer.config import TrainConfig
+from trainer.store.files import atomic_write_text
 
 WORLD = 2
 TIMED_EPOCHS = {"full": 7, "quick": 2, "smoke": 2}  # pairs, after one untimed pass each
@@ -77,9 +89,6 @@ def serve(preset: str, seed: int, threads: int, batch: int, rank: int, world: in
     """One worker process: builds the model and the data, then runs an epoch each time stdin
     says ``epoch`` (one JSON line per epoch on stdout), and at ``done`` its final line. With
     ``world`` > 1 it joins the gloo group (MASTER_ADDR/MASTER_PORT from the environment)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    from trainer.config import TrainConfig
 
     torch.set_num_threads(threads)
     torch.set_num_interop_threads(1)
@@ -149,7 +158,7 @@ class Group:
                    THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "1"))
         self.logs = [tempfile.TemporaryFile("w+") for _ in range(world)]  # stderr, for errors
         self.procs = [subprocess.Popen(
-            [sys.executable, "-m", "trainer.bench_ddp", "--worker", "--preset", preset,
+            [sys.executable, "-m", "trainer.bench.ddp", "--worker", "--preset", preset,
              "--seed", str(seed), "--threads", str(self.threads), "--batch", str(batch),
              "--rank", str(r), "--world", str(world)],
             env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.logs[r],
@@ -167,7 +176,7 @@ class Group:
             if not line:
                 log.seek(0)
                 self.close()
-                raise RuntimeError(f"bench_ddp worker (world {self.world}) failed: "
+                raise RuntimeError(f"bench ddp worker (world {self.world}) failed: "
                                    f"{log.read().strip()[-800:] or 'no answer'}")
             answers.append(json.loads(line))
         return answers
@@ -310,9 +319,7 @@ def table(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="python -m trainer.bench_ddp", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m trainer.bench.ddp", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="full", choices=tuple(PRESETS),
                     help="workload size (default: full)")
@@ -328,10 +335,6 @@ def main(argv: list[str] | None = None) -> int:
     report = measure(a.preset, a.seed)
     print(table(report))
     if a.out:
-        from pathlib import Path
-
-        from trainer.storage import atomic_write_text
-
         atomic_write_text(Path(a.out), json.dumps(report, indent=2) + "\n")
         print(f"written: {a.out}")
     return 0

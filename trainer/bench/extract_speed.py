@@ -1,7 +1,7 @@
 """Extraction speed: seconds of media per wall second, on CREMA-D-shaped media made here.
 
-    python -m trainer.bench_extract                  # full: 60 clips, 2 face kinds, 1 and 2 workers
-    python -m trainer.bench_extract --preset smoke   # tiny, for tests (figures meaningless)
+    python -m trainer.bench.extract_speed                  # full: 60 clips, 2 face kinds, 1 and 2 workers
+    python -m trainer.bench.extract_speed --preset smoke   # tiny, for tests (figures meaningless)
     python -m trainer bench                          # full mode runs it as bench.json's "extract"
 
 Issue 10's target: at least 4 s of media per wall second on 2 cores for 30 frames/s 480x360
@@ -33,16 +33,22 @@ rate, start included, is reported beside it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
+import wave as wavfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from trainer.extract.decode import at_rate
+from trainer.extract.run import ExtractSettings, extract
+from trainer.store.files import atomic_write_text
 
 WIDTH, HEIGHT, FPS, SAMPLE_RATE = 480, 360, 30, 16000  # CREMA-D's video and WAV formats
 TARGET = 4.0  # media seconds per wall second, on TARGET_WORKERS workers
@@ -63,8 +69,8 @@ PRESETS = {
 
 def portrait() -> np.ndarray:
     """Grace Hopper's head and shoulders (RGB uint8, 360 x 300), from matplotlib's sample data."""
-    from matplotlib import cbook
-    from PIL import Image
+    from matplotlib import cbook  # matplotlib: its sample photo, only for the bench media
+    from PIL import Image  # Pillow (with matplotlib): only for the bench media
 
     with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as im:
         return np.asarray(im.convert("RGB"))[15:375, 120:420]
@@ -78,7 +84,7 @@ def frames(n: int, seed: int) -> list[np.ndarray]:
         >>> len(frames(30, seed=0)), frames(1, seed=0)[0].shape
         (30, (360, 480, 3))
     """
-    from PIL import Image
+    from PIL import Image  # Pillow (with matplotlib): only for the bench media
 
     photo = Image.fromarray(portrait())
     rng = np.random.default_rng([seed, 1])
@@ -113,7 +119,7 @@ def voice(seconds: float, seed: int) -> np.ndarray:
 
 def write_flv(path: Path, images: list[np.ndarray]) -> None:
     """Sorenson H.263 in FLV (CREMA-D's codec) at 30 frames/s, with PyAV."""
-    import av
+    import av  # PyAV (the extract extra): encodes the bench media
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as out:
@@ -131,7 +137,6 @@ def write_flv(path: Path, images: list[np.ndarray]) -> None:
 
 def write_wav(path: Path, wave: np.ndarray) -> None:
     """16-bit PCM mono WAV (CREMA-D's AudioWAV format), with the standard library."""
-    import wave as wavfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with wavfile.open(str(path), "wb") as w:
@@ -166,8 +171,6 @@ def make_media(root: Path, clips: int, seconds: tuple[float, float], seed: int =
 def one_run(media: Path, made: dict[str, int], out: Path, kind: str, workers: int) -> dict:
     """``extract`` over ``media`` into the empty folder ``out``; the figures of its report, and
     the share of the frames looked at (the video rate's) in which a face was found."""
-    from trainer.extract.decode import at_rate
-    from trainer.extract.run import ExtractSettings, extract
 
     settings = ExtractSettings(video=kind)
     r = extract(media, out, settings, workers=workers)
@@ -316,8 +319,6 @@ def table(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    import argparse
-
     ap = argparse.ArgumentParser(description="Extraction speed on CREMA-D-shaped media.")
     ap.add_argument("--preset", default="full", choices=tuple(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
@@ -325,7 +326,5 @@ if __name__ == "__main__":
     a = ap.parse_args()
     report = measure(a.preset, a.seed)
     if a.out:
-        from trainer.storage import atomic_write_text
-
         atomic_write_text(Path(a.out), json.dumps(report, indent=2) + "\n")
     print(table(report), file=sys.stdout)

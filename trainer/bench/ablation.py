@@ -1,7 +1,7 @@
-"""The README's demo table: the hybrid against its ablations and the lstm baseline, over seeds.
+"""The demo ablation table (docs/training.md): the hybrid against its ablations and the lstm.
 
-    python -m trainer.ablation --data demo-data --out runs/ablation --seeds 0,1,2
-    python -m trainer.ablation --data demo-512 --out runs/ablation-512 --variants hybrid,late
+    python -m trainer.bench.ablation --data demo-data --out runs/ablation --seeds 0,1,2
+    python -m trainer.bench.ablation --data demo-512 --out runs/ablation-512 --variants hybrid,late
 
 Each variant and seed is one ordinary training run (``OUT/VARIANT-seed-S/``, its own process),
 on held-out speakers; a run already finished is read, not repeated, so an interrupted table
@@ -81,7 +81,7 @@ def ablation(data: str, out: str | Path, seeds: list[int], variants: list[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.ablation", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m trainer.bench.ablation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="clip feature files")
     p.add_argument("--out", required=True, help="folder for the runs and the table")

@@ -1,9 +1,9 @@
 """What a k-fold cross-validation run on a CREMA-D-sized data set would cost and take on AWS
 Batch: a projection from the bench's measured training throughput, not a measurement.
 
-    python -m trainer.projection                          # reads bench.json (make bench)
-    python -m trainer.projection --bench bench.json --epochs 25,50 --seeds 1,3
-    python -m trainer.projection --instances m7i.xlarge,c7i.xlarge --max-vcpus 32
+    python -m trainer.ops.projection                          # reads bench.json (make bench)
+    python -m trainer.ops.projection --bench bench.json --epochs 25,50 --seeds 1,3
+    python -m trainer.ops.projection --instances m7i.xlarge,c7i.xlarge --max-vcpus 32
 
 How (each assumption is an argument, and printed under the table):
 - A task (one fold, one seed) trains on the fold's training speakers for ``epochs`` epochs at
@@ -23,12 +23,13 @@ How (each assumption is an argument, and printed under the table):
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import math
 from pathlib import Path
 
-from trainer.folds import fold_split
+from trainer.cv.folds import fold_split
 from trainer.ops.pricing import FALLBACK
 
 CREMA_D = {"clips": 7442, "speakers": 91}
@@ -123,7 +124,7 @@ def project(bench: dict, folds: int = 5, seeds: tuple[int, ...] = (1, 3),
 
 def table(rows: list[dict], bench: dict, overhead_minutes: float, slowdown: float,
           max_vcpus: int) -> str:
-    """A Markdown table (the README quotes it), then the assumptions it rests on."""
+    """A Markdown table (docs/cross-validation.md quotes it), then the assumptions it rests on."""
     lines = ["| instance | folds x seeds | epochs | one task | wall clock | vCPU-hours | "
              "on demand | spot |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -151,12 +152,10 @@ def table(rows: list[dict], bench: dict, overhead_minutes: float, slowdown: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     def ints(s: str) -> tuple[int, ...]:
         return tuple(int(x) for x in s.split(","))
 
-    ap = argparse.ArgumentParser(prog="python -m trainer.projection", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m trainer.ops.projection", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", default="bench.json", help="bench report (default: bench.json)")
     ap.add_argument("--folds", type=int, default=5, help="(default: 5)")

@@ -14,44 +14,14 @@ Example:
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def is_s3(uri: str | os.PathLike) -> bool:
-    return str(uri).startswith("s3://")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def torch_bytes(obj: Any) -> bytes:
-    import torch  # here, not at the top: extract's worker processes write files without torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
+from trainer.store.files import atomic_write_bytes, torch_bytes
+from trainer.store.uri import is_s3
 
 
 class RunDir:
@@ -66,7 +36,9 @@ class RunDir:
         self.uri = str(uri)
         self.remote = None
         if is_s3(self.uri):
-            from trainer.s3mirror import S3Mirror  # boto3 only where S3 is used
+            from trainer.store.mirror import (
+                S3Mirror,  # boto3: loaded only where S3 is used
+            )
 
             self.local = Path(staging or tempfile.mkdtemp(prefix="run-staging-"))
             self.remote = S3Mirror(self.uri, self.local)

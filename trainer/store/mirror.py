@@ -19,8 +19,10 @@ from typing import Callable, TypeVar
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
-from trainer.storage import atomic_write_bytes
-from trainer import s3  # its helpers by attribute, so a test's patch of s3.retry reaches here
+from trainer.store import (
+    s3,  # its helpers by attribute, so a test's patch of s3.retry reaches here
+)
+from trainer.store.files import atomic_write_bytes
 
 log = structlog.get_logger()
 T = TypeVar("T")
@@ -53,7 +55,7 @@ class S3Mirror:
                  backoff: float = 1.0, max_backoff: float = 20.0):
         self.uri = str(uri)
         self.bucket, prefix = s3.parse_s3_uri(self.uri)
-        self.prefix = s3._folder(prefix)
+        self.prefix = s3.as_folder(prefix)
         self.local = Path(local)
         self.attempts, self.backoff, self.max_backoff = attempts, backoff, max_backoff
         self._s3 = s3.client()
@@ -134,13 +136,13 @@ class S3Mirror:
                     self._last_failure = attempt
                     self._quiet_until = time.monotonic() + min(60.0,
                                                                self.backoff * 2 ** self._failures)
-                    if not s3._transient(error) and self._pending.get(name) == seq:
+                    if not s3.is_transient(error) and self._pending.get(name) == seq:
                         # S3 refuses this one file (e.g. access denied): try the others first
                         self._pending[name] = self._pending.pop(name)
                 self._cond.notify_all()
             if error is not None:
                 log.error("s3.upload_pending", uri=self.uri, name=name,
-                          pending=len(self._pending), error=s3._brief(error))
+                          pending=len(self._pending), error=s3.error_text(error))
 
     def _enqueue(self, name: str) -> None:
         """Queue ``name`` at the back (called with the lock held); start the thread if needed."""
@@ -172,9 +174,9 @@ class S3Mirror:
         except ClientError as e:
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return False
-            raise s3._explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
+            raise s3.explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
         except BotoCoreError as e:
-            raise s3._explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
+            raise s3.explain(e, f"s3://{self.bucket}/{self._key(name)}") from None
         path = self.local / name
         atomic_write_bytes(path, data)
         st = path.stat()
@@ -194,7 +196,7 @@ class S3Mirror:
         with self._cond:
             for path in sorted(self.local.rglob("*")):
                 try:
-                    if not path.is_file() or s3._is_temp(path.name):
+                    if not path.is_file() or s3.is_temp_name(path.name):
                         continue
                     st = path.stat()
                 except FileNotFoundError:  # a temp file renamed meanwhile

@@ -1,7 +1,7 @@
 """The aggregate of a cross-validation run: ``cv.json``, ``cv.md`` and ``plots/cv_folds.png``.
 
     python -m trainer cv --out runs/cv --aggregate          # from the fold-*/ folders present
-    >>> from trainer.cv_report import aggregate
+    >>> from trainer.cv import aggregate
     >>> aggregate("s3://my-bucket/runs/cv1/")["summary"]["macro_f1"]
     {'mean': 0.93, 'std': 0.021}
 
@@ -13,63 +13,33 @@ is the sample one (n - 1): with 5 folds, the population one would understate the
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+
+import numpy as np
+
+from trainer.errors import DataError
+from trainer.store.rundir import RunDir
+from trainer.store.uri import is_s3, read_json
 
 TASK_DIR = re.compile(r"fold-(\d+)(?:-seed-(\d+))?")
 METRICS = ("accuracy", "macro_f1", "uar")
 NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR"}
 
 
-def join(out: str, name: str) -> str:
-    """``out/name`` for a folder or an s3:// prefix."""
-    return out.rstrip("/") + "/" + name
-
-
-def _s3_key(uri: str) -> tuple[object, str, str]:
-    from trainer import s3
-
-    bucket, key = s3.parse_s3_uri(uri)
-    return s3.client(), bucket, key
-
-
-def has(uri: str) -> bool:
-    """Whether the file ``uri`` (a path or an s3:// URI) exists."""
-    if not uri.startswith("s3://"):
-        return Path(uri).is_file()
-    from botocore.exceptions import ClientError
-
-    client, bucket, key = _s3_key(uri)
-    try:
-        client.head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-
-
-def read_json(uri: str) -> dict:
-    if not uri.startswith("s3://"):
-        return json.loads(Path(uri).read_text())
-    client, bucket, key = _s3_key(uri)
-    return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
 def _task_files(out: str) -> dict[str, dict[str, str]]:
     """{task dir: {file name: uri}} for the summary.json and cv-task.json files under ``out``."""
     found: dict[str, dict[str, str]] = {}
     wanted = ("summary.json", "cv-task.json")
-    if out.startswith("s3://"):
-        client, bucket, prefix = _s3_key(out)
-        prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                       Prefix=prefix):
-            for obj in page.get("Contents", []):
-                parts = obj["Key"][len(prefix):].split("/")
-                if len(parts) == 2 and TASK_DIR.fullmatch(parts[0]) and parts[1] in wanted:
-                    found.setdefault(parts[0], {})[parts[1]] = f"s3://{bucket}/{obj['Key']}"
+    if is_s3(out):
+        from trainer.store import s3  # boto3: loaded only where S3 is used
+
+        bucket, prefix = s3.parse_s3_uri(out)
+        prefix = s3.as_folder(prefix)
+        for rel in s3.retry(lambda: s3.list_objects(s3.client(), bucket, prefix), f"list {out}"):
+            parts = rel.split("/")
+            if len(parts) == 2 and TASK_DIR.fullmatch(parts[0]) and parts[1] in wanted:
+                found.setdefault(parts[0], {})[parts[1]] = f"s3://{bucket}/{prefix}{rel}"
     else:
         for name in wanted:
             for p in Path(out).glob(f"fold-*/{name}"):
@@ -79,8 +49,6 @@ def _task_files(out: str) -> dict[str, dict[str, str]]:
 
 
 def _mean_std(values: list[float]) -> dict:
-    import numpy as np
-
     v = np.asarray(values, dtype=float)
     return {"mean": round(float(v.mean()), 6),
             "std": round(float(v.std(ddof=1)) if len(v) > 1 else 0.0, 6)}
@@ -114,8 +82,6 @@ def aggregate_dict(summaries: list[tuple[str, dict]], settings: dict | None = No
     rows.sort(key=lambda r: (r["fold"], -1 if r["seed"] is None else r["seed"]))
     summary: dict = {}
     if rows:
-        import numpy as np
-
         summary = {k: _mean_std([r["test"][k] for r in rows]) for k in METRICS}
         labels = list(rows[0]["test"]["per_class"])
         summary["per_class_f1"] = {y: round(float(np.mean([r["test"]["per_class"][y]["f1"]
@@ -154,9 +120,7 @@ def markdown(cv: dict, title: str) -> str:
 
 def plot(cv: dict) -> bytes:
     """Per-task accuracy, macro-F1 and UAR as grouped bars, with each mean as a dashed line."""
-    import numpy as np
-
-    from trainer.plots import _png, plt
+    from trainer.plots import plt, png_bytes  # matplotlib: loaded only to draw
 
     rows = cv["folds"]
     x = np.arange(len(rows))
@@ -169,7 +133,7 @@ def plot(cv: dict) -> bytes:
            title="Per-fold test metrics (dashed: means)")
     ax.tick_params(axis="x", labelrotation=30 if len(rows) > 6 else 0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def aggregate(out: str) -> dict:
@@ -179,9 +143,6 @@ def aggregate(out: str) -> dict:
     Raises:
         DataError: no finished task under ``out``.
     """
-    from trainer.errors import DataError
-    from trainer.storage import RunDir
-
     out = str(out)
     files = _task_files(out)
     done = sorted(d for d, f in files.items() if "summary.json" in f)

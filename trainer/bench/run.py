@@ -1,6 +1,6 @@
 """Performance benchmark: the hybrid model against the LSTM baseline, on this machine, in one run.
 
-    python -m trainer bench                      # full mode: the README's figures (minutes)
+    python -m trainer bench                      # full mode: docs/performance.md's figures (minutes)
     python -m trainer bench --quick              # under a minute, for CI
     python -m trainer bench --out bench.json     # where the JSON goes (written atomically)
 
@@ -13,13 +13,14 @@ fp32 torch.mm rate, padding efficiency of bucketed against shuffled batches, dat
 overhead (real data path against batches collated beforehand), single-clip inference latency of
 the eager and the exported (ONNX Runtime, else TorchScript) model, the projected epoch
 time for a CREMA-D-sized data set, and (full mode) a 2-process gloo DDP epoch against a
-1-process one (trainer.bench_ddp), and extraction speed in media seconds per wall second
-(trainer.bench_extract; --quick: one short run per face kind). Speed is read from the figures;
+1-process one (trainer.bench.ddp), and extraction speed in media seconds per wall second
+(trainer.bench.extract_speed; --quick: one short run per face kind). Speed is read from the figures;
 nothing here asserts it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -32,21 +33,35 @@ import numpy as np
 import torch
 
 from trainer.batching import bucket_batches, collate, padding_efficiency
-from trainer.data import LABELS, Clip
-from trainer.measure import (HeapPeak, count_flops, machine, matmul_rate, mm_buffers,
-                             peak_rss_mb, rss_mb)
+from trainer.bench.ddp import measure as ddp_measure
+from trainer.bench.extract_speed import measure as extract_measure
+from trainer.bench.extract_speed import table as extract_table
+from trainer.bench.measure import (
+    HeapPeak,
+    count_flops,
+    machine,
+    matmul_rate,
+    mm_buffers,
+    peak_rss_mb,
+    rss_mb,
+)
+from trainer.bench.workload import (
+    AUDIO_FPS,
+    CREMA_D_CLIPS,
+    PRESETS,
+    VARIANTS,
+    Tiny,
+    build,
+    durations,
+    loader,
+    pooled,
+    training_step,
+    workload,
+)
+from trainer.config import TrainConfig
+from trainer.export import INPUTS, export_model, load_exported
+from trainer.store.files import atomic_write_text
 
-AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
-CREMA_D_CLIPS = 7442
-# clips: training workload; latency_runs: single-clip calls per model; mm: square matmul size.
-PRESETS = {
-    "full": dict(clips=288, batch_size=24, epochs=3, loader_repeats=7, latency_runs=200, mm=4096,
-                 mm_repeats=5),
-    "quick": dict(clips=8, batch_size=4, loader_repeats=1, latency_runs=30, mm=2048,
-                  mm_repeats=3),
-    "smoke": dict(clips=4, batch_size=2, loader_repeats=1, latency_runs=5, mm=256,
-                  mm_repeats=2, short=True),  # tests: figures meaningless, shapes exercised
-}
 TARGETS = {  # key: (comparison, threshold, what it means)
     "throughput_ratio": (">=", 10.0, "hybrid training clips/s over the lstm's"),
     "memory_ratio": ("<=", 1 / 3, "hybrid peak training memory over the lstm's"),
@@ -55,52 +70,6 @@ TARGETS = {  # key: (comparison, threshold, what it means)
     "loader_overhead": ("<=", 0.05, "share of epoch time the data path costs"),
     "latency_ms_p50_exported": ("<=", 10.0, "single-clip inference median, exported model"),
 }
-
-
-# ------------------------------------------------------------------------------- workload
-
-
-def durations(n: int, seed: int, short: bool = False) -> np.ndarray:
-    rng = np.random.default_rng([seed, 1])
-    return rng.uniform(0.3, 0.6, n) if short else rng.uniform(1.5, 5.0, n)
-
-
-def workload(n: int, seed: int = 0, short: bool = False) -> list[Clip]:
-    """``n`` CREMA-D-shaped clips (already normal, as after Normalizer), labels at random."""
-    rng = np.random.default_rng([seed, 2])
-    clips = []
-    for i, d in enumerate(durations(n, seed, short)):
-        t_a, t_v = int(d * AUDIO_FPS), int(d * VIDEO_FPS)
-        clips.append(Clip(f"bench-{i}", int(rng.integers(len(LABELS))), "bench",
-                          rng.standard_normal((t_a, AUDIO_DIM), dtype=np.float32),
-                          rng.standard_normal((t_v, VIDEO_DIM), dtype=np.float32),
-                          ((np.arange(t_a) + 0.5) / AUDIO_FPS).astype(np.float32),
-                          ((np.arange(t_v) + 0.5) / VIDEO_FPS).astype(np.float32)))
-    return clips
-
-
-# Full mode also times the hybrid with each of these settings changed (throughput only): what
-# cross-modal attention costs, and what twice the time resolution would.
-VARIANTS = {"late_fusion": {"fusion": "late"}, "rates_50_30": {"audio_rate": 50.0,
-                                                               "video_rate": 30.0}}
-
-
-def build(name: str, **overrides) -> torch.nn.Module:
-    """A model at the defaults train.py would use for this workload."""
-    from trainer.config import TrainConfig, model_settings
-    from trainer.model import build_model
-
-    cfg = TrainConfig(model=name, **overrides)
-    return build_model(name, **model_settings(cfg, AUDIO_DIM, VIDEO_DIM, len(LABELS)))
-
-
-def pooled(name: str, clips: list[Clip], **overrides) -> list[Clip]:
-    """The workload as train.py feeds ``name``: pooled to its rates once, at load time."""
-    from trainer.config import TrainConfig, prepare_settings
-    from trainer.prepare import pool_clips
-
-    s = prepare_settings(TrainConfig(model=name, **overrides))
-    return pool_clips(clips, s["audio_rate"], s["video_rate"])
 
 
 # ------------------------------------------------------------------- training (subprocess)
@@ -113,8 +82,6 @@ def train_worker(name: str, preset: str, seed: int, threads: int,
     p = PRESETS[preset]
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    from trainer.config import TrainConfig
-
     overrides = overrides or {}
     cfg = TrainConfig(model=name, **overrides)
     clips = pooled(name, workload(p["clips"], seed, p.get("short", False)), **overrides)
@@ -185,47 +152,6 @@ def train_worker(name: str, preset: str, seed: int, threads: int,
     return out
 
 
-def loader(clips: list[Clip], cfg, seed: int, rank: int = 0):
-    """train.py's data path: ``load(idx, b)`` collates clips ``idx`` (batch ``b``), then applies
-    the training masks. ``rank``: a DDP process's own mask draws (trainer.bench_ddp)."""
-    from trainer.prepare import augment
-
-    def load(idx, b):
-        batch = collate([clips[i] for i in idx])
-        return augment(batch, np.random.default_rng([seed, rank, b, 1]), cfg.time_mask,
-                       cfg.feature_mask) if cfg.time_mask or cfg.feature_mask else batch
-    return load
-
-
-def training_step(model: torch.nn.Module, cfg):
-    """train.py's step for ``model`` (also a DistributedDataParallel wrapper): focal loss,
-    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, detached."""
-    from trainer.losses import focal_loss
-
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=True)  # as train.py
-
-    def step(batch):
-        loss = focal_loss(model(**batch), batch["label"], None, 2.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss.detach()
-    return step
-
-
-class Tiny(torch.nn.Module):
-    """A model of one weight, for the warm-up step that sets the memory baseline."""
-
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(len(LABELS)))
-
-    def forward(self, audio, **_):
-        return audio.mean((1, 2))[:, None] * self.w
-
-
 def loader_ab(step, load, batches, repeats: int) -> dict:
     """The same epoch with the real data path (``load``: collate and masks) and on batches
     made beforehand."""
@@ -245,7 +171,7 @@ def loader_ab(step, load, batches, repeats: int) -> dict:
 def in_subprocess(name: str, preset: str, seed: int, threads: int,
                   overrides: dict | None = None) -> dict:
     """``train_worker`` in a fresh interpreter; its JSON is the last line of stdout."""
-    cmd = [sys.executable, "-m", "trainer.bench", "--worker", name, "--preset", preset,
+    cmd = [sys.executable, "-m", "trainer.bench.run", "--worker", name, "--preset", preset,
            "--seed", str(seed), "--threads", str(threads),
            "--overrides", json.dumps(overrides or {})]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -268,7 +194,6 @@ def padding(seed: int, batch_size: int, epochs: int = 5) -> dict:
 
 def latency(preset: str, seed: int, threads: int) -> dict:
     """Single-clip inference of the eager and the exported hybrid, and their agreement."""
-    from trainer.export import INPUTS, export_model, load_exported
 
     p = PRESETS[preset]
     torch.set_num_threads(threads)
@@ -329,12 +254,9 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
                              / hybrid["clips_per_second"]}
         # 1 process of 2 threads against 2 gloo DDP processes (issue 11); full mode only: its
         # five processes would add more than --quick's CI budget allows, for figures of 8 clips
-        from trainer.bench_ddp import measure as ddp_measure
 
         report["ddp"] = ddp_measure(preset, seed)
     if preset in ("full", "quick"):  # extraction speed (issue 10); quick: about 10 s
-        from trainer.bench_extract import measure as extract_measure
-
         report["extract"] = extract_measure(preset, seed)
     report.update({
         "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
@@ -436,7 +358,7 @@ def table(r: dict) -> str:
     for key, v in r.get("hybrid_variants", {}).items():
         rows.append((f"  hybrid, {key.replace('_', ' ')} (clips/s)", f"{v['clips_per_second']:.2f}",
                      "", f"{v['relative_to_defaults']:.2f}x the defaults' ({v['settings']})"))
-    for key, v in r.get("ddp", {}).get("variants", {}).items():  # trainer.bench_ddp
+    for key, v in r.get("ddp", {}).get("variants", {}).items():  # trainer.bench.ddp
         rows.append((f"  hybrid, {r['ddp']['world']}-process DDP, {key.replace('_', ' ')}",
                      f"{v['ddp']['clips_per_second']:.2f}", "",
                      f"{v['speedup']:.2f}x 1 process x {r['ddp']['world']} threads "
@@ -447,16 +369,12 @@ def table(r: dict) -> str:
     lines += [f"{a:{w[0]}}  {b:>{w[1]}}  {c:>{w[2]}}  {d}" for a, b, c, d in rows]
     held = [f"{k} {'holds' if t['holds'] else 'MISSED'}" for k, t in r["targets"].items()]
     lines.append(f"targets ({r['mode']} mode): " + ", ".join(held))
-    if "extract" in r:  # trainer.bench_extract
-        from trainer.bench_extract import table as extract_table
-
+    if "extract" in r:  # trainer.bench.extract_speed
         lines.append(extract_table(r["extract"]))
     return "\n".join(lines)
 
 
 def main(preset: str, out: str, seed: int = 0, threads: int = 0) -> dict:
-    from trainer.storage import atomic_write_text
-
     report = run(preset, seed, threads)
     atomic_write_text(Path(out), json.dumps(report, indent=2) + "\n")
     print(table(report))
@@ -465,8 +383,6 @@ def main(preset: str, out: str, seed: int = 0, threads: int = 0) -> dict:
 
 
 if __name__ == "__main__":  # the subprocess side of ``in_subprocess``
-    import argparse
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True, choices=("hybrid", "lstm"))
     ap.add_argument("--preset", default="quick", choices=tuple(PRESETS))

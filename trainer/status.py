@@ -1,0 +1,89 @@
+"""status.json, the run's heartbeat (DESIGN.md section 4): the state the training loop reports,
+rewritten by a thread of its own at least every ``HEARTBEAT_SECONDS``, with the process's
+resource use; the same thread publishes the run's log now and then.
+
+Example:
+    >>> status = Status(RunDir("runs/demo"), epochs_max=50)
+    >>> status.start(); status.update(state="training", epoch=1); status.stop()
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import structlog
+import torch
+
+from trainer import logs
+from trainer.store.rundir import RunDir
+
+log = structlog.get_logger()
+
+HEARTBEAT_SECONDS = 15  # status.json is rewritten at least this often (contract: 30 s)
+LOG_PUBLISH_SECONDS = 60
+
+
+class Status:
+    """status.json: the state the loop reports, rewritten by a heartbeat thread.
+
+    Each document is built and written under one lock, so a heartbeat's write can never land
+    after a newer state's; ``stop`` joins the thread, so nothing it writes comes after the
+    final state (done, stopped, failed) that the loop writes next.
+    """
+
+    def __init__(self, run: RunDir, epochs_max: int):
+        self.run, self.lock = run, threading.RLock()
+        self.state = {"state": "starting", "epoch": 0, "epochs_max": epochs_max, "best": None,
+                      "eta_seconds": None, "eta_early_stop_seconds": None, "pid": os.getpid()}
+        self.proc = psutil.Process()
+        self.proc.cpu_percent(None)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        self._last_log_publish = time.monotonic()
+
+    def update(self, **kw) -> None:
+        with self.lock:
+            self.state.update(kw)
+            self.write()
+
+    def resources(self) -> dict:
+        mem = self.proc.memory_info()
+        disk = psutil.disk_usage(str(self.run.local))
+        return {"cpu_percent": self.proc.cpu_percent(None), "rss_mb": round(mem.rss / 2**20, 1),
+                "system_memory_percent": psutil.virtual_memory().percent,
+                "disk_free_gb": round(disk.free / 2**30, 2), "threads": torch.get_num_threads()}
+
+    def write(self) -> None:
+        # Under the lock through the write: a local file and a queued upload, never a wait on S3.
+        with self.lock:
+            doc = dict(self.state, updated_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       resources=self.resources())
+            try:
+                self.run.write_json("status.json", doc)
+            except Exception as e:  # a heartbeat must never kill the run
+                log.warning("status_write_failed", error=str(e)[:200])
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.write()
+            if time.monotonic() - self._last_log_publish >= LOG_PUBLISH_SECONDS:
+                self._last_log_publish = time.monotonic()
+                logs.flush()
+                try:
+                    self.run.publish("train.log")
+                except Exception as e:
+                    log.warning("log_publish_failed", error=str(e)[:200])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the heartbeat and wait for it, so its last write is behind us."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("heartbeat_not_stopped", waited_seconds=timeout)

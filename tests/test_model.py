@@ -20,6 +20,7 @@ def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
 
 
 @pytest.mark.parametrize("name,extra", [("hybrid", {}), ("hybrid", {"fusion": "late"}),
+                                        ("hybrid", {"input_rank": 8, "input_dropout": 0.3}),
                                         ("lstm", {})])
 def test_padding_never_changes_a_prediction(name, extra):
     torch.manual_seed(0)
@@ -112,3 +113,28 @@ def test_norm_linear_recomputes_the_layer_norm_and_gets_the_same_gradients():
         torch.testing.assert_close(a, t.grad, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), fused.linear(fused.norm(x)))
+
+
+def test_a_narrow_input_projects_through_rank_dimensions():
+    """--input-rank r: each stream's features pass r dimensions, so the first layer has
+    (F + d) r weights instead of F d; 0, or a rank at least the width, is the full projection."""
+    wide = HybridModel(audio_dim=20, video_dim=512, n_classes=6, d_model=64, input_rank=8)
+    full = HybridModel(audio_dim=20, video_dim=512, n_classes=6, d_model=64)
+    first = wide.video_in[0]
+    assert first.weight.shape == (8, 512) and first.bias is None
+    assert sum(p.numel() for p in wide.video_in.parameters()) == 512 * 8 + 8 * 64 + 64
+    assert isinstance(full.video_in, torch.nn.Linear)
+    assert isinstance(HybridModel(20, 30, 6, d_model=64, input_rank=40).audio_in, torch.nn.Linear)
+    batch = collate([clip(40, 12, s, f_v=512) for s in range(2)])
+    assert wide(**batch).shape == (2, 6)
+
+
+def test_input_dropout_drops_whole_input_features_only_in_training():
+    torch.manual_seed(0)
+    model = HybridModel(audio_dim=20, video_dim=30, n_classes=6, d_model=32,
+                        input_dropout=0.5)
+    x = torch.ones(4, 10, 30)
+    dropped = model.in_drop.train()(x)
+    assert ((dropped == 0).all(1) | (dropped == 2).all(1)).all()  # whole features, per clip
+    assert (dropped == 0).any()
+    torch.testing.assert_close(model.in_drop.eval()(x), x)

@@ -79,3 +79,15 @@ def test_masks_are_drawn_from_the_rng_alone_and_spare_padding():
     assert zeroed.any() and not zeroed.all()
     off = augment(collate(clips), np.random.default_rng(7), 0.0, 0.0)
     torch.testing.assert_close(off["audio"], base["audio"])
+
+
+def test_noise_is_drawn_from_the_rng_alone_and_spares_padding():
+    clips = [clip("a", seconds=0.5), clip("a", seconds=0.2, seed=1)]
+    a = augment(collate(clips), np.random.default_rng(3), 0.0, 0.0, noise=0.5)
+    b = augment(collate(clips), np.random.default_rng(3), 0.0, 0.0, noise=0.5)
+    plain = collate(clips)
+    torch.testing.assert_close(a["audio"], b["audio"])  # the same draws: resume stays exact
+    diff = (a["audio"] - plain["audio"])[1]  # the shorter clip: 20 real frames, then padding
+    assert a["audio"].shape[1] == 50
+    assert diff[20:].abs().max() == 0
+    assert 0.4 < float(diff[:20].std()) < 0.6

@@ -53,6 +53,12 @@ class TrainConfig:
     time_mask: float = 0.05  # SpecAugment: up to 2 masks per stream of up to this many seconds
     feature_mask: float = 0.1  # SpecAugment: up to 2 masks per stream of this share of features
     dropout: float = 0.2  # small data sets are the norm here (RAVDESS: 1,440 clips)
+    input_rank: int = 0  # hybrid: each stream's input projection through this many dims (0 = full)
+    input_dropout: float = 0.0  # hybrid: share of input features dropped whole per clip (training)
+    center: bool = False  # hybrid: temporal branches read each clip's deviation from its mean
+    stats_head: bool = False  # hybrid: per-clip mean and std of each input feature to the logits
+    noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
+    select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss
     audio_fps: float = 100.0  # only for clips without timestamps
     threads: int = 0  # torch intra-op threads; 0 = all cores
     resume: bool = False  # continue from <out>/checkpoints/last.pt
@@ -63,7 +69,7 @@ class TrainConfig:
 
 CHOICES = {"model": ("hybrid", "lstm"), "split": ("speaker", "random"),
            "modality": ("both", "audio", "video"), "fusion": ("cross", "late"),
-           "norm": ("speaker", "clip", "none")}
+           "norm": ("speaker", "clip", "none"), "select": ("macro_f1", "loss")}
 
 
 def defaults() -> dict:
@@ -167,8 +173,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"threads must be 0 (all cores) or more, not {cfg.threads}")
     if not 0 <= cfg.feature_mask < 1:
         raise ValueError("feature_mask must be in [0, 1)")
-    if not 0 <= cfg.dropout < 1:
-        raise ValueError("dropout must be in [0, 1)")
+    for key in ("dropout", "input_dropout"):
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be in [0, 1)")
+    for key in ("input_rank", "noise"):
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"{key} must not be negative, not {getattr(cfg, key)}")
     if not 0 < cfg.lr_factor < 1:
         raise ValueError("lr_factor must be in (0, 1)")
     for key in ("lr", "grad_clip", "audio_fps"):
@@ -193,7 +203,9 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
     s = {"audio_dim": audio_dim, "video_dim": video_dim, "n_classes": n_classes}
     if cfg.model == "hybrid":
         s.update(d_model=cfg.d_model, heads=cfg.heads, dropout=cfg.dropout, fusion=cfg.fusion,
-                 time_scales=(cfg.time_scale_min, cfg.time_scale_max))
+                 time_scales=(cfg.time_scale_min, cfg.time_scale_max),
+                 input_rank=cfg.input_rank, input_dropout=cfg.input_dropout,
+                 center=cfg.center, stats_head=cfg.stats_head)
     return s
 
 

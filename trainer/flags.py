@@ -38,6 +38,15 @@ HELP = {
     "d_model": "hybrid model width",
     "heads": "attention heads (hybrid)",
     "dropout": "dropout (hybrid)",
+    "input_rank": "hybrid: project each stream's features through this many dimensions first "
+                  "(a narrow input for wide features whose cue is a small subspace; 0 = full)",
+    "input_dropout": "hybrid: share of input features dropped whole per clip while training",
+    "center": "hybrid: the temporal branches read each clip's deviation from its own mean (with "
+              "--norm speaker: clip-level offsets removed there, kept for --stats-head)",
+    "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
+                  "(the pooled linear model, inside the hybrid)",
+    "noise": "training: std of Gaussian noise added to the standardised input features",
+    "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "
               "concatenated: the ablation)",
     "time_scale_min": "hybrid: seconds, the sharpest cross-modal head's time scale",

@@ -69,6 +69,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 
+def mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation over real frames: (B, T, C) -> (B, C), (B, C)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean[:, None]) ** 2, mask)
+    return mean, (var + 1e-6).sqrt()
+
+
 def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Max over real frames: (B, T, C) -> (B, C); brief events survive it, unlike the mean."""
     # max with indices, not amax: backward then keeps the (B, C) indices, not (B, T, C) values
@@ -273,20 +280,38 @@ class CrossModalAttention(nn.Module):
         return masked(x + self.ff(x), x_m)
 
 
+def input_projection(d_in: int, d: int, rank: int = 0) -> nn.Module:
+    """A stream's features to the model's width: (B, T, d_in) -> (B, T, d). With ``rank``, through
+    ``rank`` dimensions first: a cue that lives in a small subspace of wide features (expression
+    in a face-identity embedding) needs few directions, and a full d_in x d map has the room to
+    memorise the background of a few hundred clips instead."""
+    if not rank or rank >= min(d_in, d):
+        return nn.Linear(d_in, d)
+    return nn.Sequential(nn.Linear(d_in, rank, bias=False), nn.Linear(rank, d))
+
+
 class HybridModel(nn.Module):
     """Multi-scale Conv1D audio, TCN + self-attention video, bidirectional cross-modal attention."""
 
     def __init__(self, audio_dim: int, video_dim: int, n_classes: int, d_model: int = 128,
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
-                 fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0)):
+                 fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0),
+                 input_rank: int = 0, input_dropout: float = 0.0, center: bool = False,
+                 stats_head: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
-        self.fusion = fusion
-        self.audio_in = nn.Linear(audio_dim, d_model)
+        self.fusion, self.center = fusion, center
+        # The pooled linear path: each stream's per-clip mean and deviation of every input
+        # feature, straight to the logits (what a linear model on clip statistics reads).
+        self.stats = (nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * (audio_dim + video_dim),
+                                                                   n_classes))
+                      if stats_head else None)
+        self.in_drop = ChannelDropout(input_dropout)
+        self.audio_in = input_projection(audio_dim, d_model, input_rank)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
                                          for _ in range(audio_layers))
-        self.video_in = nn.Linear(video_dim, d_model)
+        self.video_in = input_projection(video_dim, d_model, input_rank)
         self.tcn = TCN(d_model, tcn_levels, 3, dropout)
         self.video_attn = SelfAttentionBlock(d_model, heads, dropout)
         if fusion == "cross":
@@ -300,17 +325,25 @@ class HybridModel(nn.Module):
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
-        a = self.audio_in(audio)  # (B, T_a, d), T_a after pooling; convs mask their input
+        stats = None
+        if self.stats is not None:
+            stats = self.stats(torch.cat([*mean_std(audio, audio_mask),
+                                          *mean_std(video, video_mask)], -1))  # (B, classes)
+        if self.center:  # the temporal branches read each clip's deviations from its mean
+            audio = masked(audio - masked_mean(audio, audio_mask)[:, None], am)
+            video = masked(video - masked_mean(video, video_mask)[:, None], vm)
+        a = self.audio_in(self.in_drop(audio))  # (B, T_a, d), T_a after pooling; convs mask it
         for conv in self.audio_convs:
             a = conv(a, am)
-        v = self.video_in(video)  # (B, T_v, d); the TCN is causal: padding comes after
+        v = self.video_in(self.in_drop(video))  # (B, T_v, d); the TCN is causal: padding after
         v = self.video_attn(self.tcn(v, vm), vm, v_keep)
         if self.fusion == "cross":
             a, v = (self.a2v(a, am, audio_t, v, v_keep, video_t),  # (B, T_a, d)
                     self.v2a(v, vm, video_t, a, a_keep, audio_t))  # (B, T_v, d)
         pooled = torch.cat([masked_mean(a, audio_mask), masked_max(a, audio_mask),
                             masked_mean(v, video_mask), masked_max(v, video_mask)], -1)
-        return self.head(pooled)  # (B, 4d) -> (B, n_classes)
+        logits = self.head(pooled)  # (B, 4d) -> (B, n_classes)
+        return logits if stats is None else logits + stats
 
 
 def build_model(name: str, **settings) -> nn.Module:

@@ -97,17 +97,20 @@ def prepare(clips: list[Clip], settings: dict) -> list[Clip]:
 
 
 def augment(batch: dict, rng: np.random.Generator, time_mask: float, feature_mask: float,
-            masks: int = 2) -> dict:
+            masks: int = 2, noise: float = 0.0) -> dict:
     """SpecAugment (Park et al. 2019) on both streams of a training batch, in place.
 
     Each clip gets ``masks`` time masks of up to ``time_mask`` seconds (a span of its frames set
     to 0, the mean after standardisation) and ``masks`` feature masks of up to ``feature_mask``
     of its features, per stream. Spans are drawn from ``rng`` alone, so a resumed run draws the
-    same masks.
+    same masks. ``noise``: Gaussian noise of that std on every real frame, from ``rng`` too.
     """
     for key in ("audio", "video"):
         x, t, m = batch[key], batch[f"{key}_t"], batch[f"{key}_mask"]  # (B, T, F), (B, T)
         B, T, F = x.shape
+        if noise > 0:
+            e = torch.from_numpy(rng.standard_normal((B, T, F), dtype=np.float32))
+            x.add_(e.mul_(noise).mul_(m[:, :, None].to(x.dtype)))  # (B, T, F), padding stays 0
         if time_mask > 0:
             tt = t.numpy()  # (B, T); the last real frame's time bounds where a mask starts
             end = np.where(m.numpy(), tt, 0).max(1, keepdims=True)  # (B, 1)

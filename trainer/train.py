@@ -134,7 +134,7 @@ class Training:
         # Loop state; a resumed run takes all of it from the checkpoint.
         self.epoch, self.step = 0, 0  # completed epochs; batches done in the current epoch
         self.partial = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
-        self.best, self.best_epoch, self.since_best = -1.0, 0, 0
+        self.best, self.best_epoch, self.since_best = -float("inf"), 0, 0
         self.best_state = None
         self.history: list[dict] = []
         if self.ckpt:
@@ -210,9 +210,9 @@ class Training:
         last_log = time.monotonic()
         for b in bar:
             batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
-            if cfg.time_mask or cfg.feature_mask:  # masks drawn from (seed, epoch, batch) alone
+            if cfg.time_mask or cfg.feature_mask or cfg.noise:  # from (seed, epoch, batch) alone
                 augment(batch, np.random.default_rng([cfg.seed, self.epoch, b, 1]),
-                        cfg.time_mask, cfg.feature_mask)
+                        cfg.time_mask, cfg.feature_mask, noise=cfg.noise)
             loss = focal_loss(model(**batch), batch["label"], self.alpha, cfg.focal_gamma)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -259,10 +259,11 @@ class Training:
                    "val_accuracy": round(val["accuracy"], 6),
                    "val_macro_f1": round(val["macro_f1"], 6), "val_uar": round(val["uar"], 6),
                    "lr": self.opt.param_groups[0]["lr"], **ep}
-            self.sched.step(val["macro_f1"])
-            improved = val["macro_f1"] > self.best
+            score = val["macro_f1"] if cfg.select == "macro_f1" else -val_loss  # higher: better
+            self.sched.step(score)
+            improved = score > self.best
             if improved:
-                self.best, self.best_epoch, self.since_best = val["macro_f1"], self.epoch, 0
+                self.best, self.best_epoch, self.since_best = score, self.epoch, 0
                 self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
             else:
                 self.since_best += 1
@@ -271,8 +272,9 @@ class Training:
             logs.flush()
             self.run_dir.publish("train.log")  # a run killed at any moment keeps its log
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
-            log.info("epoch", **row, best=round(self.best, 4), best_epoch=self.best_epoch)
-            self.status.update(state="training", epoch=self.epoch, best=round(self.best, 6),
+            best = self.history[self.best_epoch - 1]["val_macro_f1"]  # what status calls best
+            log.info("epoch", **row, best=round(best, 4), best_epoch=self.best_epoch)
+            self.status.update(state="training", epoch=self.epoch, best=round(best, 6),
                                best_epoch=self.best_epoch, **self.eta())
             if self.stop_signal is not None:
                 raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal), 1))
@@ -298,7 +300,9 @@ class Training:
         ds = self.dataset
         summary = {
             "test": test,
-            "validation": {"best_macro_f1": self.best, "best_epoch": self.best_epoch},
+            "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
+                           if self.best_epoch else None, "best_epoch": self.best_epoch,
+                           "selected_by": cfg.select},
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": {

@@ -3,7 +3,14 @@
 import numpy as np
 import torch
 
-from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
+from trainer.batching import (
+    FeatureSums,
+    Normalizer,
+    bucket_batches,
+    collate,
+    feature_stats,
+    padding_efficiency,
+)
 from trainer.data import Clip
 
 
@@ -57,3 +64,27 @@ def test_bucketing_wastes_less_padding_than_shuffled_batches():
 def test_collate_returns_float32_tensors():
     b = collate([clip(2, 2)])
     assert b["audio"].dtype == torch.float32 and b["audio_mask"].dtype == torch.bool
+
+
+def test_running_sums_give_the_statistics_of_all_arrays_at_once_to_the_bit():
+    """Enrolment adds clips one at a time (trainer.enroll): the same mean and deviation as
+    feature_stats of the whole list, which training and evaluate use."""
+    rng = np.random.default_rng(3)
+    xs = [(rng.normal(size=(int(rng.integers(3, 60)), 5)) * 4 + 2).astype(np.float32)
+          for _ in range(40)]
+    acc = FeatureSums()
+    for x in xs:
+        acc.add(x)
+    halves = FeatureSums()
+    for x in xs[:20]:
+        halves.add(x)
+    rest = FeatureSums()
+    for x in xs[20:]:
+        rest.add(x)
+    mean, std = feature_stats(xs, 1e-3)
+    np.testing.assert_array_equal(acc.stats(1e-3)[0], mean)
+    np.testing.assert_array_equal(acc.stats(1e-3)[1], std)
+    merged = halves.merged(rest).stats(1e-3)  # sums added in another order: the last bits
+    np.testing.assert_allclose(merged[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(merged[1], std, rtol=1e-12)
+    assert acc.n == sum(x.shape[0] for x in xs)

@@ -18,7 +18,7 @@ from util import FAST, tiny_demo
 
 from trainer.cli import main
 from trainer.cv.plan import parse_seeds, plan, task_dir, task_from_env
-from trainer.cv.report import aggregate, aggregate_dict
+from trainer.cv.report import aggregate, aggregate_dict, fold_predictions
 from trainer.data import load_dataset
 
 TINY = [*FAST, "--epochs", "2", "--d-model", "16"]
@@ -101,6 +101,21 @@ def test_cv_json_matches_the_fold_summaries(five):
     assert f"| macro-F1 | {mf1['mean']:.3f} ± {mf1['std']:.3f} |" in md
     assert md.count("\n| ") == 3 + 5 + 2  # 3 metrics, 5 folds, 2 header rows
     assert (five / "plots/cv_folds.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_aggregate_concatenates_each_folds_test_predictions_with_its_number(data, five):
+    with open(five / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:4] == ["fold", "seed", "path", "speaker"]
+    for k in range(1, 6):
+        with open(five / f"fold-{k}/predictions.csv", newline="") as f:
+            fold = list(csv.DictReader(f))
+        assert [{"fold": str(k), "seed": "0", **r} for r in fold] == [
+            r for r in rows if r["fold"] == str(k)]
+        summary = json.loads((five / f"fold-{k}/summary.json").read_text())
+        assert len(fold) == summary["data"]["test"]["clips"]
+        assert {r["speaker"] for r in fold} == set(splits(five / f"fold-{k}")["test"])
+    assert len(rows) == len(load_dataset(data).clips)  # every clip tested once
 
 
 def test_resume_continues_only_the_unfinished_fold(five, tmp_path, capsys):
@@ -247,6 +262,13 @@ def test_aggregate_dict_uses_the_sample_deviation_and_the_task_names():
     assert "tasks_total" not in doc["summary"]  # not known without the plan
     with pytest.raises(ValueError, match="not a cv task directory"):
         aggregate_dict([("run-1", summary(0.5, ["a"]))])
+
+
+def test_fold_predictions_lead_each_row_with_its_fold_and_seed():
+    text = "path,label\na.npz,ANG\nb.npz,SAD\n"
+    got = fold_predictions([({"fold": 2, "seed": None}, text), ({"fold": 3, "seed": 1},
+                                                                "path,label\nc.npz,HAP\n")])
+    assert got == "fold,seed,path,label\n2,,a.npz,ANG\n2,,b.npz,SAD\n3,1,c.npz,HAP\n"
 
 
 def test_aggregate_reads_and_writes_an_s3_prefix(five, s3_bucket, capsys):

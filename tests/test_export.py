@@ -49,6 +49,9 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     side = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert side["labels"] == ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
     assert set(side["inputs"]) == set(INPUTS)
+    prep = side["preparation"]  # what to do before the artifact, in order (docs/training.md)
+    assert prep["norm"] == side["prepare"]["norm"] and len(prep["steps"]) == 3
+    assert prep["steps"][0].startswith("pool each stream") and "inside" in prep["steps"][2]
     trained = load_trained(ckpt[model])
     exported = load_exported(out, threads=1)
     clips = held_out(root, ckpt[model].parent.parent)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from trainer.ops import OpsError, runs, views
+from trainer.ops.report import summary_markdown
 from trainer.ops.upload import upload_data
 from trainer.store.s3 import sync_up
 
@@ -209,3 +210,21 @@ def test_the_views_tell_time_to_go_and_draw_the_metric():
     assert chart[3].startswith(" 0.200 |*")
     assert views.chart([0.3, 0.3], height=3)[1].endswith("**")  # flat: the middle row
     assert views.duration(3725) == "1h 02m" and views.duration(75) == "1m 15s"
+
+
+def test_summary_md_links_the_per_clip_predictions_and_the_lone_clip_figures():
+    per = {y: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for y in ("ANG", "SAD")}
+    summary = {"test": {"accuracy": 1.0, "macro_f1": 1.0, "uar": 1.0, "per_class": per,
+                        "confusion_matrix": [[1, 0], [0, 1]]},
+               "lone_clip": {"fallback": "pooled",
+                             "validation": {"speaker": 0.9, "fallback": 0.5, "pooled": 0.5,
+                                            "clip": 0.25, "blend": 0.4},
+                             "test": {"speaker": 0.8, "fallback": 0.45, "pooled": 0.45,
+                                      "clip": 0.2, "blend": 0.3}}}
+    md = summary_markdown("r1", {"state": "done"}, summary, [], {})
+    assert "[predictions.csv](predictions.csv)" in md
+    assert "uses the fallback `pooled`" in md
+    assert "| validation | 0.9000 | 0.5000 | 0.5000 | 0.2500 | 0.4000 |" in md
+    assert "| test | 0.8000 | 0.4500 | 0.4500 | 0.2000 | 0.3000 |" in md
+    plain = summary_markdown("r1", {"state": "done"}, dict(summary, lone_clip=None), [], {})
+    assert "lone clip" not in plain

@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.batching import collate
+from trainer.batching import collate, feature_stats
 from trainer.data import Clip
-from trainer.prepare import augment, pool_clips, pool_to_rate, speaker_stats, standardise
+from trainer.prepare import (
+    STD_FLOOR,
+    SpeakerSums,
+    augment,
+    pool_clips,
+    pool_to_rate,
+    speaker_stats,
+    standardise,
+)
 
 
 def clip(speaker, fps_a=100.0, fps_v=30.0, seconds=2.0, seed=0, offset=0.0, f_a=5, f_v=4):
@@ -91,3 +99,21 @@ def test_noise_is_drawn_from_the_rng_alone_and_spares_padding():
     assert a["audio"].shape[1] == 50
     assert diff[20:].abs().max() == 0
     assert 0.4 < float(diff[:20].std()) < 0.6
+
+
+def test_speaker_sums_one_clip_at_a_time_give_speaker_stats():
+    """What enrolment keeps (SpeakerSums, one clip at a time) and prepare's speaker norm give
+    the statistics of all the speaker's frames at once (feature_stats), to the bit."""
+    clips = [clip(s, seconds=1.0 + i / 3, seed=i) for i, s in enumerate("aabab")]
+    by_speaker = speaker_stats(clips)
+    for who in "ab":
+        mine = [c for c in clips if c.speaker == who]
+        want = (*feature_stats([c.audio for c in mine], STD_FLOOR),
+                *feature_stats([c.video for c in mine], STD_FLOOR))
+        acc = SpeakerSums()
+        for c in mine:
+            acc.add(c)
+        for got, via, ref in zip(acc.stats(), by_speaker[who], want):
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(via, ref)
+        assert acc.clips == len(mine)

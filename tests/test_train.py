@@ -155,7 +155,7 @@ def test_predict_gives_probabilities_per_clip(demo, tmp_path, capsys):
     assert "unreadable" in bad["error"]
 
 
-def test_predict_groups_clips_by_speaker_and_a_clip_alone_uses_its_own_statistics(
+def test_predict_groups_clips_by_speaker_and_a_clip_alone_uses_the_fallback(
         demo, tmp_path, capsys):
     out = tmp_path / "run"
     assert train(demo, out, "--epochs", "1", "--norm", "speaker") == 0
@@ -165,14 +165,16 @@ def test_predict_groups_clips_by_speaker_and_a_clip_alone_uses_its_own_statistic
     capsys.readouterr()
     assert main(["predict", "--checkpoint", ckpt, *map(str, three), str(alone)]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [r["norm"] for r in rows] == ["speaker (3 clips)"] * 3 + [
-        "clip (no other clip of its speaker given)"]
+    method = read_checkpoint(ckpt)["fallback"]["method"]
+    assert [r["norm"].split(" (")[0] for r in rows] == ["speaker"] * 3 + [
+        f"fallback: {method}"]
+    assert rows[0]["norm"] == "speaker (3 clips given together)"
     assert main(["predict", "--checkpoint", ckpt, str(three[0])]) == 0
     (first_alone,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert first_alone["probabilities"] != rows[0]["probabilities"]  # other statistics
     assert main(["predict", "--checkpoint", ckpt, str(alone)]) == 0
     (again,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert again["probabilities"] == rows[3]["probabilities"]  # its own, with others or not
+    assert again["probabilities"] == rows[3]["probabilities"]  # the fallback: the clip alone
 
 
 def test_per_speaker_normalisation_never_uses_a_held_out_speakers_clips(demo, tmp_path):

@@ -20,14 +20,44 @@ import torch
 from trainer.data import Clip
 
 
+@dataclass
+class FeatureSums:
+    """Running sums of arrays [T_i, F]: frames, and per feature the sum and the sum of squares,
+    in float64 so long data sets do not lose precision. Arrays added one at a time give the
+    same statistics, to the bit, as ``feature_stats`` of them all at once.
+
+    Example:
+        >>> acc = FeatureSums()
+        >>> for x in clips_audio: acc.add(x)       # one clip in memory at a time
+        >>> mean, std = acc.stats(1e-3)
+    """
+
+    n: int = 0
+    s: np.ndarray | float = 0.0  # (F,) once an array is added
+    ss: np.ndarray | float = 0.0  # (F,)
+
+    def add(self, x: np.ndarray) -> None:
+        self.n += x.shape[0]
+        self.s = self.s + x.sum(0, dtype=np.float64)
+        self.ss = self.ss + (x.astype(np.float64) ** 2).sum(0)
+
+    def merged(self, other: "FeatureSums") -> "FeatureSums":
+        return FeatureSums(self.n + other.n, self.s + other.s, self.ss + other.ss)
+
+    def stats(self, floor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Frame-weighted mean and standard deviation per feature; the deviation at least
+        ``floor``."""
+        mean = self.s / self.n
+        return mean, np.maximum(np.sqrt(np.maximum(self.ss / self.n - mean ** 2, 0.0)), floor)
+
+
 def feature_stats(xs: list[np.ndarray], floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Frame-weighted mean and standard deviation per feature over arrays [T_i, F], in float64
-    so long data sets do not lose precision; the deviation is at least ``floor``."""
-    n = sum(x.shape[0] for x in xs)
-    s = sum(x.sum(0, dtype=np.float64) for x in xs)
-    ss = sum((x.astype(np.float64) ** 2).sum(0) for x in xs)
-    mean = s / n
-    return mean, np.maximum(np.sqrt(np.maximum(ss / n - mean ** 2, 0.0)), floor)
+    """Frame-weighted mean and standard deviation per feature over arrays [T_i, F] (float64;
+    the deviation is at least ``floor``)."""
+    acc = FeatureSums()
+    for x in xs:
+        acc.add(x)
+    return acc.stats(floor)
 
 
 @dataclass

@@ -130,6 +130,12 @@ class CheckpointPair:
         if best:
             self.write("checkpoints/best.pt", state)
 
+    def amend(self, **extra) -> None:
+        """Add ``extra`` to both checkpoints of a finished run, in the order ``save`` keeps."""
+        for name in ("checkpoints/last.pt", "checkpoints/best.pt"):
+            if self.run.exists(name):
+                self.write(name, dict(read_checkpoint(self.run.path(name)), **extra))
+
     def best_weights(self, last: dict) -> dict | None:
         """The best weights, from best.pt, checked against what last.pt says they are.
 

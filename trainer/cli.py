@@ -7,6 +7,7 @@ Examples:
     python -m trainer train --data s3://my-bucket/data/ --out s3://my-bucket/runs/r1/ --resume
     python -m trainer evaluate --checkpoint runs/demo/checkpoints/best.pt --data held-out/
     python -m trainer predict --checkpoint runs/demo/checkpoints/best.pt clip.npz
+    python -m trainer enroll --checkpoint runs/demo/checkpoints/best.pt --out speakers.npz new/
 
 Bad input ends with one line on stderr and exit code 1 (2 for a wrong flag); a run stopped by
 SIGTERM or Ctrl-C saves its checkpoint and exits 143 or 130.
@@ -48,15 +49,38 @@ def build_parser() -> argparse.ArgumentParser:
                        "--checkpoint runs/demo/checkpoints/best.pt --data held-out/")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
     p.add_argument("--data", required=True, metavar="PATH", help="folder or manifest CSV")
-    p.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here "
-                   "(default: print only)")
+    p.add_argument("--out", metavar="FILE", help="also write the metrics as JSON here, and a "
+                   "row per clip to FILE's stem + .predictions.csv (default: print only)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: 32)")
 
     p = sub.add_parser("predict", help="class probabilities per clip", formatter_class=fmt,
-                       description="Prints one JSON line per clip.\n\nExamples:\n  python -m "
-                       "trainer predict --checkpoint runs/demo/checkpoints/best.pt a.npz b.npz")
+                       description="Prints one JSON line per clip. A model trained with --norm "
+                       "speaker takes each speaker's statistics from --enroll, else from the "
+                       "speaker's other clips given here, else its measured fallback (with one "
+                       "warning).\n\nExamples:\n  python -m trainer predict --checkpoint "
+                       "runs/demo/checkpoints/best.pt a.npz b.npz\n  python -m trainer predict "
+                       "--checkpoint best.pt --enroll speakers.npz clip.npz")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files or folders of them")
+    p.add_argument("--enroll", action="append", metavar="PATH", help="an enrolment file "
+                   "(trainer enroll), or clips, folders or media to enrol their speakers from; "
+                   "repeat for more (default: none)")
+    p.add_argument("--speaker", metavar="NAME", help="the speaker of every input and --enroll "
+                   "clip (default: from the file names)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files, folders of them, "
+                   "or raw media clips")
+
+    p = sub.add_parser("enroll", help="speakers' statistics for a --norm speaker model",
+                       formatter_class=fmt, description="Each speaker's running sums of their "
+                       "clips, pooled as the checkpoint pools, for predict --enroll.\n\n"
+                       "Examples:\n  python -m trainer enroll --checkpoint runs/demo/checkpoints/"
+                       "best.pt --out speakers.npz new-speaker/\n  python -m trainer enroll "
+                       "--checkpoint best.pt --out alice.npz --speaker alice a.mp4 b.mp4")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a .pt checkpoint")
+    p.add_argument("--out", required=True, metavar="FILE", help="the enrolment file (.npz)")
+    p.add_argument("--speaker", metavar="NAME", help="the speaker of every input (default: "
+                   "from the file names)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files, folders of them, "
+                   "or raw media clips")
 
     p = sub.add_parser("demo-data", help="write the built-in demo data set", formatter_class=fmt,
                        description="Synthetic clips in the real clip format: some classes "
@@ -127,12 +151,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from trainer.evaluate import evaluate  # torch
+    from trainer.evaluate import evaluate, predictions_csv, predictions_path  # torch
 
     report = evaluate(args.checkpoint, args.data, args.batch_size)
-    text = json.dumps(report, indent=2)
+    rows = report.pop("predictions")
     if args.out:
-        atomic_write_text(args.out, text + "\n")
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+        atomic_write_text(predictions_path(args.out), predictions_csv(rows))
     brief = {k: round(report[k], 6) for k in ("accuracy", "macro_f1", "uar")}
     print(json.dumps(dict(brief, clips=report["data"]["clips"],
                           skipped=len(report["data"]["skipped"]))))
@@ -140,12 +165,27 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from trainer.evaluate import predict  # torch
+    from trainer.predict import predict  # torch
 
-    results = predict(args.checkpoint, args.inputs)
+    results = predict(args.checkpoint, args.inputs, args.enroll, args.speaker)
     for r in results:
         print(json.dumps(r))
     return 0 if any("label" in r for r in results) else 1
+
+
+def cmd_enroll(args) -> int:
+    from trainer.enroll import enroll  # torch
+
+    got = enroll(args.checkpoint, args.inputs, args.out, args.speaker)
+    for s in got["skipped"]:
+        print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+    clips = sum(got["speakers"].values())
+    print(f"enrolled {len(got['speakers'])} speaker(s) from {clips} clip(s) into {got['out']}"
+          + (f"; {len(got['skipped'])} input(s) skipped" if got["skipped"] else ""))
+    if got["norm"] != "speaker":
+        print(f"note: this model standardises with norm {got['norm']}, not by speaker: "
+              "predict does not use these statistics", file=sys.stderr)
+    return 0
 
 
 def cmd_demo_data(args) -> int:
@@ -179,6 +219,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+            "enroll": cmd_enroll,
             "demo-data": cmd_demo_data, "bench": cmd_bench, "export": cmd_export}
 
 

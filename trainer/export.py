@@ -8,11 +8,12 @@ The artifact takes the six inputs the eager model takes, for a batch padded to i
     audio (B, T_a, F_a) float32, audio_mask (B, T_a) bool (True on real frames),
     audio_t (B, T_a) float32 (seconds), and the same three for video (B, T_v, ...).
 B, T_a and T_v may change from call to call (dynamic axes). Features are given *prepared* as
-the sidecar's ``prepare`` says (``trainer.prepare.prepare``: pooled to the model's frame rates
-and standardised per speaker or per clip; a clip alone is its own speaker group): those steps
-read several frames, or several clips, at once, which an artifact of one padded batch cannot
-see. The checkpoint's train-set scaling after them is inside the artifact. The output is
-``probabilities`` (B, n_classes), in the label order of the sidecar ``FILE.json``.
+the sidecar's ``preparation`` says: pooled to the model's frame rates, then standardised per
+speaker (with the speaker's enrolment, ``trainer enroll``, whose ``fit`` key the sidecar names;
+a speaker with none: the checkpoint's fallback) or per clip. Those steps read several frames,
+or several clips, at once, which an artifact of one padded batch cannot see. The checkpoint's
+train-set scaling after them is inside the artifact. The output is ``probabilities``
+(B, n_classes), in the label order of the sidecar ``FILE.json``.
 
 Both exporters go through the TorchScript tracer (``torch.jit.trace``, and the TorchScript-based
 ``torch.onnx.export(dynamo=False)``): in torch 2.13 the torch.export-based ONNX exporter fails to
@@ -32,8 +33,9 @@ import torch
 import torch.nn as nn
 
 from trainer.batching import Normalizer, collate
-from trainer.checkpoint import load_trained
+from trainer.checkpoint import Trained, load_trained
 from trainer.data import Clip
+from trainer.enroll import fit_of
 
 INPUTS = ("audio", "audio_mask", "audio_t", "video", "video_mask", "video_t")
 FORMATS = ("torchscript", "onnx")
@@ -108,8 +110,8 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normal
     tmp.replace(out)
     side = {"format": fmt, "inputs": {k: _describe(k, dims) for k in INPUTS},
             "output": "probabilities (B, n_classes), softmax over labels",
-            "normalisation": "give features as trainer.prepare.prepare makes them with the "
-                             "'prepare' settings here; the train-set scaling is inside",
+            "normalisation": "give features prepared as 'preparation' says (its steps, in "
+                             "order); the train-set scaling is inside",
             "modality": modality, **(meta or {})}
     Path(str(out) + ".json").write_text(json.dumps(side, indent=2) + "\n")
     return out
@@ -131,8 +133,34 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     t = load_trained(checkpoint)
     out = Path(out) if out else Path(checkpoint).with_suffix(SUFFIX[fmt])
     meta = {"labels": t.labels, "model": t.checkpoint["model_name"], "prepare": t.prepare,
-            "model_settings": t.checkpoint["model_settings"], "checkpoint": str(checkpoint)}
+            "preparation": preparation(t), "model_settings": t.checkpoint["model_settings"],
+            "checkpoint": str(checkpoint)}
     return export_model(t.model, fmt, out, t.normalizer, t.modality, meta)
+
+
+def preparation(t: Trained) -> dict:
+    """The sidecar's ``preparation``: what to do to a clip's features, in order, before the
+    artifact (docs/training.md, Export)."""
+    norm = t.prepare.get("norm", "none")
+    fb = t.checkpoint.get("fallback")
+    steps = [f"pool each stream to its rate (audio {t.prepare.get('audio_rate', 0.0)}/s, video "
+             f"{t.prepare.get('video_rate', 0.0)}/s; 0: as stored): "
+             "trainer.prepare.pool_clip(clip, prepare)",
+             {"speaker": "standardise each feature with the speaker's statistics: "
+                         "trainer.enroll.load_enrolment(FILE, trained)[speaker].stats(), from "
+                         "an enrolment file whose fit key is enrolment_key; a speaker with none: "
+                         "trainer.fallback.fallback_stats(checkpoint['fallback'], clip); apply "
+                         "with trainer.prepare.standardise_clip(clip, stats)",
+              "clip": "standardise each feature with the clip's own statistics: "
+                      "trainer.prepare.standardise_clip(clip, trainer.prepare.clip_stats(clip))",
+              "none": "no standardisation"}[norm],
+             "the training split's scaling: inside the artifact"]
+    out = {"norm": norm, "steps": steps}
+    if norm == "speaker":
+        out["enrolment_key"] = fit_of(t)["key"]
+        out["fallback"] = {"method": fb["method"], "validation_macro_f1":
+                           fb.get("validation_macro_f1")} if fb else None
+    return out
 
 
 def load_exported(path: str | Path, threads: int = 0) -> Callable[[dict], np.ndarray]:

@@ -20,11 +20,12 @@ clips being evaluated at evaluation time), never from another speaker's or anoth
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from trainer.batching import feature_stats
+from trainer.batching import FeatureSums
 from trainer.data import Clip
 
 NORMS = ("speaker", "clip", "none")
@@ -49,30 +50,59 @@ def pool_to_rate(x: np.ndarray, t: np.ndarray, rate: float) -> tuple[np.ndarray,
     return xp.astype(np.float32), tp.astype(np.float32)
 
 
+def pool_clip(c: Clip, settings: dict) -> Clip:
+    """One clip pooled to the rates of a checkpoint's ``prepare`` settings."""
+    a, at = pool_to_rate(c.audio, c.audio_t, settings.get("audio_rate", 0.0))
+    v, vt = pool_to_rate(c.video, c.video_t, settings.get("video_rate", 0.0))
+    return Clip(c.path, c.label, c.speaker, a, v, at, vt, c.split)
+
+
 def pool_clips(clips: list[Clip], audio_rate: float, video_rate: float) -> list[Clip]:
-    out = []
-    for c in clips:
-        a, at = pool_to_rate(c.audio, c.audio_t, audio_rate)
-        v, vt = pool_to_rate(c.video, c.video_t, video_rate)
-        out.append(Clip(c.path, c.label, c.speaker, a, v, at, vt, c.split))
-    return out
+    settings = {"audio_rate": audio_rate, "video_rate": video_rate}
+    return [pool_clip(c, settings) for c in clips]
 
 
-def _stats(xs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    return feature_stats(xs, STD_FLOOR)
+@dataclass
+class SpeakerSums:
+    """Running sums of a speaker's (pooled) clips, both streams, and how many clips: what
+    per-speaker standardisation needs, gathered one clip at a time (``trainer.enroll``)."""
+
+    audio: FeatureSums = field(default_factory=FeatureSums)
+    video: FeatureSums = field(default_factory=FeatureSums)
+    clips: int = 0
+
+    def add(self, c: Clip) -> None:
+        self.audio.add(c.audio)
+        self.video.add(c.video)
+        self.clips += 1
+
+    def merged(self, other: "SpeakerSums") -> "SpeakerSums":
+        return SpeakerSums(self.audio.merged(other.audio), self.video.merged(other.video),
+                           self.clips + other.clips)
+
+    def stats(self) -> tuple[np.ndarray, ...]:
+        """(audio mean, audio std, video mean, video std), as ``speaker_stats`` gives them."""
+        return (*self.audio.stats(STD_FLOOR), *self.video.stats(STD_FLOOR))
 
 
 def speaker_stats(clips: list[Clip]) -> dict[str, tuple[np.ndarray, ...]]:
     """Per speaker: (audio mean, audio std, video mean, video std) from that speaker's clips."""
-    groups: dict[str, list[Clip]] = defaultdict(list)
+    sums: dict[str, SpeakerSums] = defaultdict(SpeakerSums)
     for c in clips:
-        groups[c.speaker].append(c)
-    return {s: (*_stats([c.audio for c in g]), *_stats([c.video for c in g]))
-            for s, g in groups.items()}
+        sums[c.speaker].add(c)
+    return {s: acc.stats() for s, acc in sums.items()}
 
 
-def _apply(c: Clip, st) -> Clip:
-    am, asd, vm, vsd = st
+def clip_stats(c: Clip) -> tuple[np.ndarray, ...]:
+    """A clip's own statistics (``--norm clip``), in ``speaker_stats``' form."""
+    acc = SpeakerSums()
+    acc.add(c)
+    return acc.stats()
+
+
+def standardise_clip(c: Clip, stats: tuple[np.ndarray, ...]) -> Clip:
+    """``c`` standardised per feature with (audio mean, audio std, video mean, video std)."""
+    am, asd, vm, vsd = stats
     return Clip(c.path, c.label, c.speaker, ((c.audio - am) / asd).astype(np.float32),
                 ((c.video - vm) / vsd).astype(np.float32), c.audio_t, c.video_t, c.split)
 
@@ -85,15 +115,14 @@ def standardise(clips: list[Clip], norm: str) -> list[Clip]:
     if norm == "none":
         return list(clips)
     if norm == "clip":
-        return [_apply(c, (*_stats([c.audio]), *_stats([c.video]))) for c in clips]
+        return [standardise_clip(c, clip_stats(c)) for c in clips]
     stats = speaker_stats(clips)
-    return [_apply(c, stats[c.speaker]) for c in clips]
+    return [standardise_clip(c, stats[c.speaker]) for c in clips]
 
 
 def prepare(clips: list[Clip], settings: dict) -> list[Clip]:
     """Pooling then standardisation, as a checkpoint's ``prepare`` settings say."""
-    pooled = pool_clips(clips, settings.get("audio_rate", 0.0), settings.get("video_rate", 0.0))
-    return standardise(pooled, settings.get("norm", "none"))
+    return standardise([pool_clip(c, settings) for c in clips], settings.get("norm", "none"))
 
 
 def augment(batch: dict, rng: np.random.Generator, time_mask: float, feature_mask: float,

@@ -10,14 +10,16 @@ Example:
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 
+import numpy as np
 import psutil
 import structlog
 import torch
 
-from trainer import logs
+from trainer import __version__, logs
 from trainer.store.rundir import RunDir
 
 log = structlog.get_logger()
@@ -87,3 +89,16 @@ class Status:
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("heartbeat_not_stopped", waited_seconds=timeout)
+
+
+def eta(epoch_seconds: list[float], epochs_left: int, patience_left: int) -> dict:
+    """Seconds to the epoch cap, and to the earliest early stop, from the last 5 epoch times."""
+    per_epoch = float(np.mean(epoch_seconds[-5:] or [0.0]))
+    return {"eta_seconds": round(per_epoch * epochs_left, 1),
+            "eta_early_stop_seconds": round(per_epoch * min(epochs_left, patience_left), 1)}
+
+
+def versions() -> dict:
+    return {"trainer": __version__, "python": platform.python_version(),
+            "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "machine": platform.machine(), "cpus": os.cpu_count()}

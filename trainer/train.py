@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import time
 from dataclasses import asdict
@@ -24,28 +23,28 @@ import numpy as np
 import structlog
 import torch
 
-from trainer import __version__, logs, plots
+from trainer import logs, plots
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.checkpoint import CheckpointPair, load_weights, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped
-from trainer.evaluate import predict_logits, score
+from trainer.evaluate import predict_logits, predictions_csv, score_rows
+from trainer.fallback import choose, fallback_state
 from trainer.losses import focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
-from trainer.prepare import augment, prepare
+from trainer.prepare import augment, pool_clip, standardise
 from trainer.splits import given_split, make_split
 from trainer.spot import SpotWatcher
-from trainer.status import Status
+from trainer.status import Status, eta, versions
 from trainer.store.rundir import RunDir
 from trainer.store.uri import is_s3, resolve_data
 from trainer.train_media import extract_in_run
 
 log = structlog.get_logger()
 
-# How long the run's end waits for S3 uploads (the checkpoint first): a stop has the spot
-# notice's two minutes at most; a finished run can wait longer. What is left is logged.
+# The end's wait for S3 uploads (checkpoint first): a stop has the spot notice's 2 minutes.
 UPLOAD_WAIT_SECONDS = {"stopped": 90.0, "failed": 90.0, None: 300.0}
 
 
@@ -110,7 +109,12 @@ class Training:
         # Pooled to the model's rates and standardised split by split: a speaker's statistics
         # come from its clips in that split alone, so no held-out clip shapes training's inputs.
         self.prepare = prepare_settings(cfg)
-        ready = {k: prepare(v, self.prepare) for k, v in clips.items()}
+        pooled = {k: [pool_clip(c, self.prepare) for c in v] for k, v in clips.items()}
+        ready = {k: standardise(v, cfg.norm) for k, v in pooled.items()}
+        # A per-speaker model's lone-clip fallback, from the training split (trainer.fallback);
+        # its held-out clips, pooled, measure it at the end.
+        self.fallback = fallback_state(pooled["train"]) if cfg.norm == "speaker" else None
+        self.pooled = {k: pooled[k] for k in ("val", "test")} if self.fallback else {}
         self.normalizer = (Normalizer.from_state_dict(self.ckpt["normalizer"]) if self.ckpt
                            else Normalizer.fit(ready["train"]))
         self.clips = {k: [self.normalizer(c) for c in v] for k, v in ready.items()}
@@ -173,7 +177,7 @@ class Training:
             "epoch": self.epoch, "step": self.step, "partial": dict(self.partial),
             "best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best,
             "history": self.history, "normalizer": self.normalizer.state_dict(),
-            "prepare": dict(self.prepare),
+            "prepare": dict(self.prepare), "fallback": self.fallback,
             # how the clips were extracted (None: not by ``extract``): predict on raw media
             "extract": self.dataset.extraction,
             "labels": list(LABELS), "config": asdict(self.cfg),
@@ -274,21 +278,14 @@ class Training:
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
             best = self.history[self.best_epoch - 1]["val_macro_f1"]  # what status calls best
             log.info("epoch", **row, best=round(best, 4), best_epoch=self.best_epoch)
+            times = [h["epoch_seconds"] for h in self.history]
             self.status.update(state="training", epoch=self.epoch, best=round(best, 6),
-                               best_epoch=self.best_epoch, **self.eta())
+                               best_epoch=self.best_epoch, **eta(times, cfg.epochs - self.epoch,
+                                                                 cfg.patience - self.since_best))
             if self.stop_signal is not None:
                 raise Stopped(EXIT_STOPPED.get(signal.Signals(self.stop_signal), 1))
         if self.since_best >= cfg.patience:
             log.info("early_stop", epoch=self.epoch, best_epoch=self.best_epoch)
-
-    def eta(self) -> dict:
-        """Seconds to the epoch cap, and to the earliest early stop, from recent epoch times."""
-        recent = [h["epoch_seconds"] for h in self.history[-5:]] or [0.0]
-        per_epoch = float(np.mean(recent))
-        left = self.cfg.epochs - self.epoch
-        return {"eta_seconds": round(per_epoch * left, 1),
-                "eta_early_stop_seconds": round(per_epoch * min(
-                    left, self.cfg.patience - self.since_best), 1)}
 
     # ---------------------------------------------------------------------- test, summary
     def finish(self) -> dict:
@@ -296,13 +293,16 @@ class Training:
         self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        test = score(self.model, self.clips["test"], LABELS, cfg.batch_size, cfg.modality)
+        test, rows = score_rows(self.model, self.clips["test"], LABELS, self.prepare,
+                                cfg.batch_size, cfg.modality)
+        run.write_text("predictions.csv", predictions_csv(rows))  # a row per test clip
         ds = self.dataset
         summary = {
             "test": test,
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
                            if self.best_epoch else None, "best_epoch": self.best_epoch,
                            "selected_by": cfg.select},
+            "lone_clip": self.measure_fallback(),
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": {
@@ -328,6 +328,16 @@ class Training:
         self.status.update(state="done", epoch=self.epoch, eta_seconds=0,
                            eta_early_stop_seconds=0, test_macro_f1=round(test["macro_f1"], 6))
         return summary
+
+    def measure_fallback(self) -> dict | None:
+        """The lone-clip fallback chosen on the validation speakers, with held-out macro-F1 by
+        speaker statistics and by each candidate: into the checkpoints (predict quotes it)."""
+        if self.fallback is None:
+            return None
+        lone = choose(self.fallback, self.model, self.normalizer, self.pooled, LABELS,
+                      self.cfg.batch_size, self.cfg.modality)
+        self.ckpts.amend(fallback=self.fallback)
+        return lone
 
     def cleanup(self, state: str | None = None) -> None:
         if getattr(self, "spot", None) is not None:
@@ -381,12 +391,6 @@ class Training:
                 signal.signal(s, h)
         self.cleanup()
         return summary
-
-
-def versions() -> dict:
-    return {"trainer": __version__, "python": platform.python_version(),
-            "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
 def train(cfg: TrainConfig, split: dict[str, list[str]] | None = None) -> dict:

@@ -1,18 +1,22 @@
-"""The aggregate of a cross-validation run: ``cv.json``, ``cv.md`` and ``plots/cv_folds.png``.
+"""The aggregate of a cross-validation run: ``cv.json``, ``cv.md``, ``plots/cv_folds.png`` and
+``predictions.csv`` (every fold's test clips, one row each, with the fold's number).
 
     python -m trainer cv --out runs/cv --aggregate          # from the fold-*/ folders present
     >>> from trainer.cv import aggregate
     >>> aggregate("s3://my-bucket/runs/cv1/")["summary"]["macro_f1"]
     {'mean': 0.93, 'std': 0.021}
 
-Reads every ``fold-*/summary.json`` (and ``fold-*/cv-task.json``, the task's place in the plan)
-under a local folder or an ``s3://`` prefix, so it works on a run still going, on the folds a
-Batch array left in S3, and on a download of them (``make results``). The standard deviation
+Reads every ``fold-*/summary.json`` (and ``fold-*/cv-task.json``, the task's place in the plan,
+and ``fold-*/predictions.csv``) under a local folder or an ``s3://`` prefix, so it works on a
+run still going, on the folds a Batch array left in S3, and on a download of them
+(``make results``). The standard deviation
 is the sample one (n - 1): with 5 folds, the population one would understate the spread.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from pathlib import Path
 
@@ -20,7 +24,7 @@ import numpy as np
 
 from trainer.errors import DataError
 from trainer.store.rundir import RunDir
-from trainer.store.uri import is_s3, read_json
+from trainer.store.uri import is_s3, read_json, read_text
 
 TASK_DIR = re.compile(r"fold-(\d+)(?:-seed-(\d+))?")
 METRICS = ("accuracy", "macro_f1", "uar")
@@ -28,9 +32,10 @@ NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR"}
 
 
 def _task_files(out: str) -> dict[str, dict[str, str]]:
-    """{task dir: {file name: uri}} for the summary.json and cv-task.json files under ``out``."""
+    """{task dir: {file name: uri}} for the summary.json, cv-task.json and predictions.csv
+    files under ``out``."""
     found: dict[str, dict[str, str]] = {}
-    wanted = ("summary.json", "cv-task.json")
+    wanted = ("summary.json", "cv-task.json", "predictions.csv")
     if is_s3(out):
         from trainer.store import s3  # boto3: loaded only where S3 is used
 
@@ -114,7 +119,9 @@ def markdown(cv: dict, title: str) -> str:
                      f"{r['test_clips']} | {r['best_epoch']} | {t['accuracy']:.3f} | "
                      f"{t['macro_f1']:.3f} | {t['uar']:.3f} |")
     lines += ["", "Per-class F1, mean over tasks: " + ", ".join(
-        f"{y} {f:.3f}" for y, f in s["per_class_f1"].items()), ""]
+        f"{y} {f:.3f}" for y, f in s["per_class_f1"].items()), "",
+              "Every test clip's prediction, with its fold: "
+              "[predictions.csv](predictions.csv).", ""]
     return "\n".join(lines)
 
 
@@ -136,9 +143,27 @@ def plot(cv: dict) -> bytes:
     return png_bytes(fig)
 
 
+def fold_predictions(parts: list[tuple[dict, str]]) -> str:
+    """The tasks' ``predictions.csv`` as one CSV, each row led by its task's fold and seed.
+
+    Args:
+        parts: (a ``cv.json`` fold row, the text of that task's predictions.csv) pairs.
+    """
+    out = []
+    for r, text in parts:
+        rows = list(csv.reader(io.StringIO(text)))
+        if not out and rows:
+            out.append(["fold", "seed", *rows[0]])
+        out += [[r["fold"], "" if r["seed"] is None else r["seed"], *row] for row in rows[1:]]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(out)
+    return buf.getvalue()
+
+
 def aggregate(out: str) -> dict:
-    """Read every ``fold-*/summary.json`` under ``out`` and (re)write ``cv.json``, ``cv.md``
-    and ``plots/cv_folds.png`` there; returns the cv.json dict.
+    """Read every ``fold-*/summary.json`` under ``out`` and (re)write ``cv.json``, ``cv.md``,
+    ``plots/cv_folds.png`` and ``predictions.csv`` (every task's test clips, with their fold
+    and seed) there; returns the cv.json dict.
 
     Raises:
         DataError: no finished task under ``out``.
@@ -156,6 +181,11 @@ def aggregate(out: str) -> dict:
     cv = aggregate_dict([(d, read_json(files[d]["summary.json"])) for d in done], settings)
     run = RunDir(out)
     run.write_json("cv.json", cv)
+    found = [(r, files[r["dir"]]["predictions.csv"]) for r in cv["folds"]
+             if "predictions.csv" in files[r["dir"]]]
+    if found:
+        run.write_text("predictions.csv",
+                       fold_predictions([(r, read_text(u)) for r, u in found]))
     run.write_text("cv.md", markdown(cv, out))
     run.write_bytes("plots/cv_folds.png", plot(cv))
     run.close()

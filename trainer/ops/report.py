@@ -92,6 +92,10 @@ def summary_markdown(run_id: str, st: dict | None, summary: dict | None, rows: l
         out += ["", "## Confusion matrix (rows: true class, columns: predicted)", ""]
         out += _table(["true \\ predicted"] + labels,
                       [[lab] + row for lab, row in zip(labels, test["confusion_matrix"])])
+        out += ["", "Every test clip's prediction (path, speaker, true and predicted label, each "
+                "class's probability, how it was standardised): "
+                "[predictions.csv](predictions.csv)."]
+        out += _lone_clip_lines(summary.get("lone_clip"))
     out += ["", "## Training time and cost", ""]
     seconds = views.run_seconds(run_id, st)
     if summary:
@@ -116,6 +120,21 @@ def summary_markdown(run_id: str, st: dict | None, summary: dict | None, rows: l
     if summary:
         out.append("![confusion matrix](plots/confusion_matrix.png)")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _lone_clip_lines(lone: dict | None) -> list[str]:
+    """The per-speaker model's lone-clip figures (a clip with no enrolment: the fallback)."""
+    if not lone:
+        return []
+    v, t = lone.get("validation", {}), lone.get("test", {})
+    head = ["", "## A lone clip without enrolment", "",
+            f"This model standardises by speaker; a clip whose speaker has no statistics uses "
+            f"the fallback `{lone.get('fallback')}` (`trainer enroll` gives a speaker theirs).",
+            ""]
+    keys = ("speaker", "fallback", "pooled", "clip", "blend")
+    rows = [[name, *(f"{d[k]:.4f}" if isinstance(d.get(k), (int, float)) else "-" for k in keys)]
+            for name, d in (("validation", v), ("test", t))]
+    return head + _table(["macro-F1", "speaker statistics", *keys[1:]], rows)
 
 
 def _data_lines(summary: dict) -> list[str]:
@@ -198,6 +217,7 @@ def cv_markdown(run_id: str, record: dict, cv: dict | None, states: dict[str, di
                 f"{d} ({states[d].get('state', '?')}, epoch {states[d].get('epoch', 0)})"
                 for d in missing) + "."]
         out += ["", "cv.json has every figure (per class, the confusion matrix summed over folds); "
-                "cv.md and plots/cv_folds.png are the aggregate's own.", "",
+                "cv.md and plots/cv_folds.png are the aggregate's own; every test clip's "
+                "prediction, with its fold: [predictions.csv](predictions.csv).", "",
                 "![per-fold metrics](plots/cv_folds.png)"]
     return "\n".join(out).rstrip() + "\n"

@@ -1,6 +1,6 @@
 """Paths that are a local folder or an ``s3://`` prefix: one test for which, and the few reads
-that work on both (``join``, ``has``, ``read_json``), and the local cache that S3 data is
-synced into.
+that work on both (``join``, ``has``, ``read_text``, ``read_json``), and the local cache that
+S3 data is synced into.
 
 Example:
     >>> is_s3("s3://my-bucket/runs/r1/")
@@ -39,13 +39,18 @@ def has(uri: str) -> bool:
     return s3.exists(uri)
 
 
-def read_json(uri: str) -> dict:
-    """The JSON document at ``uri`` (a path or an s3:// URI)."""
+def read_text(uri: str) -> str:
+    """The text file at ``uri`` (a path or an s3:// URI)."""
     if not is_s3(uri):
-        return json.loads(Path(uri).read_text())
+        return Path(uri).read_text()
     from trainer.store import s3  # boto3: loaded only where S3 is used
 
-    return json.loads(s3.read_bytes(uri))
+    return s3.read_bytes(uri).decode("utf-8")
+
+
+def read_json(uri: str) -> dict:
+    """The JSON document at ``uri`` (a path or an s3:// URI)."""
+    return json.loads(read_text(uri))
 
 
 def resolve_data(uri: str, given_cache: str = "") -> Path:

@@ -1,0 +1,127 @@
+"""What ``predict`` and ``enroll`` take: clip files, folders of them, or raw media clips, read one
+at a time for a checkpoint (raw media extracted as its training data were).
+
+    reader = InputReader(load_trained("runs/demo/checkpoints/best.pt"))
+    for f in input_files(["clip.npz", "more-clips/", "clip.mp4"]):
+        got = reader.read(f)          # a Clip as stored (not yet prepared), or why not
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from trainer.checkpoint import Trained
+from trainer.data import Clip, parse_name, read_clip
+from trainer.errors import CheckpointError, MediaError
+from trainer.extract.clips import media_clip
+from trainer.extract.run import ExtractSettings, extract_clip
+
+# Raw media ``predict`` extracts itself (a CREMA-D .flv brings its .wav: trainer.extract.clips).
+MEDIA_SUFFIXES = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def input_files(inputs: list[str]) -> list[Path]:
+    """Each input as given, a folder as the clip files (``*.npz``) under it, sorted."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        files += sorted(p.rglob("*.npz")) if p.is_dir() else [p]
+    return files
+
+
+def iter_input_files(inputs: list[str]) -> Iterator[Path]:
+    """``input_files``' files one at a time, a folder's in the order the file system lists
+    them, so that no list of names grows with the folder (``enroll``)."""
+    for item in inputs:
+        p = Path(item)
+        yield from _walk(p) if p.is_dir() else [p]
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                yield from _walk(Path(e.path))
+            elif e.name.endswith(".npz"):
+                yield Path(e.path)
+
+
+def speaker_of(f: Path, given: str | None = None) -> str | None:
+    """The speaker ``given`` for every input, else the one a CREMA-D or RAVDESS file name tells
+    (None: the name tells none, or it is a RAVDESS emotion outside the label set, which
+    training never saw and whose clips no speaker's statistics were taken from)."""
+    if given:
+        return given
+    parsed = parse_name(f.stem)
+    return parsed[1] if isinstance(parsed, tuple) else None
+
+
+def extraction_of(t: Trained, what: str) -> ExtractSettings:
+    """The ``ExtractSettings`` the checkpoint's training data were extracted with.
+
+    Raises:
+        CheckpointError: the training data were not made by ``trainer extract``, or with
+            settings that need files of their own (OpenFace CSVs, FaceNet weights).
+    """
+    params = t.checkpoint.get("extract")
+    if not params:
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint's training data were not made by "
+            "`trainer extract` (their clip files carry no extraction params), so the same "
+            "features cannot be made from it: extract it as the training data were extracted "
+            "and predict on the .npz")
+    settings = ExtractSettings.from_params(params["settings"])
+    if settings.video == "openface":
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint was trained on OpenFace CSV features, "
+            "which OpenFace itself makes: run its FeatureExtraction on the clip, then "
+            "`trainer extract --video openface --openface-csv DIR` and predict on the .npz")
+    if settings.video == "facenet":
+        raise CheckpointError(
+            f"{what} is raw media, but this checkpoint was trained on FaceNet features, whose "
+            "weights file predict is not given: extract the clip with `trainer extract --video "
+            "facenet --face-weights FILE` and predict on the .npz")
+    return settings
+
+
+def read_media(path: Path, settings: ExtractSettings) -> tuple[np.ndarray, ...] | str:
+    """(audio, video, audio_t, video_t) extracted from one raw clip, or the reason it cannot."""
+    try:
+        z = extract_clip(media_clip(path), settings)
+    except MediaError as e:
+        return str(e)
+    return tuple(np.asarray(z[k], dtype=np.float32) for k in (
+        "audio_features", "video_features", "audio_timestamps", "video_timestamps"))
+
+
+class InputReader:
+    """Reads inputs for checkpoint ``t``: a clip file as stored, a raw clip extracted with the
+    training data's settings (looked up at the first raw clip, so a checkpoint without them
+    fails only when media are given), each checked against the model's feature widths."""
+
+    def __init__(self, t: Trained):
+        self.t = t
+        s = t.checkpoint["model_settings"]
+        self.widths = (s["audio_dim"], s["video_dim"])
+        self.settings: ExtractSettings | None = None
+
+    def read(self, f: Path, speaker: str = "") -> Clip | str:
+        """Clip ``f`` (label 0: unknown), or the reason it cannot be used."""
+        if not f.exists():
+            return "file not found"
+        if f.suffix.lower() in MEDIA_SUFFIXES:
+            if self.settings is None:
+                self.settings = extraction_of(self.t, str(f))
+            got = read_media(f, self.settings)
+        else:
+            got = read_clip(f)
+        if isinstance(got, str):
+            return got
+        if (got[0].shape[1], got[1].shape[1]) != self.widths:
+            return (f"feature widths {got[0].shape[1]}, {got[1].shape[1]}; the model takes "
+                    f"{self.widths[0]}, {self.widths[1]}")
+        return Clip(str(f), 0, speaker, *got)

@@ -85,3 +85,12 @@ results: $(STAMP)
 
 destroy: $(STAMP)
 	$(PY) -m trainer destroy $(OPS) $(if $(call on,$(KEEP)),--keep-runs) $(if $(call on,$(YES)),--yes)
+
+## The robustness suite (DESIGN.md section 9; docs/training.md): every variant on every data
+## profile, over seeds, 12 held-out speakers per run; resumable; runs/robustness/robustness.md.
+## PROFILES=a,b (default: all) SEEDS=0,1,2 VARIANTS=hybrid,late,linear (only when given here: the
+## suite's default is every variant; ablation's VARIANTS default above lacks linear) ARGS='--parallel 2'
+PROFILES ?=
+.PHONY: robustness
+robustness: $(STAMP)
+	$(PY) -m trainer.bench.robustness --out runs/robustness $(if $(PROFILES),--profiles $(PROFILES)) --seeds $(SEEDS) $(if $(filter-out file,$(origin VARIANTS)),--variants $(VARIANTS)) $(ARGS)

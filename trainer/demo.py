@@ -230,8 +230,10 @@ def make_demo_data(out: str | Path, seed: int = 0, speakers: int = 36, clips_per
                         f"{CREMA_LEVELS[(k // 12) % 4]}.npz")
             else:
                 actor = f"{s + 1:02d}"
+                # intensity, statement, repetition: RAVDESS has 8 per emotion; a 9th clip of
+                # one emotion takes repetition 03, rather than overwrite the first
                 name = (f"Actor_{actor}/01-01-{RAVDESS_CODE[emo]}-{1 + k % 2:02d}-"
-                        f"{1 + (k // 2) % 2:02d}-{1 + (k // 4) % 2:02d}-{actor}.npz")
+                        f"{1 + (k // 2) % 2:02d}-{1 + k // 4:02d}-{actor}.npz")
             atomic_write_bytes(out / name, _npz_bytes(**maker.clip(int(label), spk, j % 5 == 0)))
             written += 1
         if not crema and s < 6:

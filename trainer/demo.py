@@ -88,7 +88,11 @@ def _unit_rows(rng, n: int, dim: int) -> np.ndarray:
 
 def _ar_noise(rng, n: int, dim: int, fps: float, tau: float) -> np.ndarray:
     """Unit-variance noise correlated over ``tau`` seconds (an AR(1) process per feature)."""
-    rho = float(np.exp(-1.0 / (fps * tau)))
+    return ar1_noise(rng, n, dim, float(np.exp(-1.0 / (fps * tau))))
+
+
+def ar1_noise(rng, n: int, dim: int, rho: float) -> np.ndarray:
+    """AR(1) noise of unit variance per feature: x[i] = rho x[i-1] + sqrt(1 - rho^2) e[i]."""
     e = rng.normal(size=(n, dim)) * np.sqrt(1 - rho ** 2)
     x = np.empty((n, dim))
     x[0] = rng.normal(size=dim)

@@ -45,6 +45,7 @@ from trainer.demo import (
     CLASS_SHARE,
     RAVDESS_CODE,
     SYNC_WITHIN,
+    ar1_noise,
     Shape,
     cues,
     make_demo_data,
@@ -145,19 +146,9 @@ def _noise(rng, n: int, dim: int, fps: float, p: Profile) -> np.ndarray:
     if p.background == "white":
         return rng.normal(size=(n, dim))
     if p.background == "ar":
-        return _ar(rng, n, dim, np.exp(-1.0 / p.background_frames))
-    slow = _ar(rng, n, dim, np.exp(-1.0 / (DRIFT_SECONDS * fps)))
+        return ar1_noise(rng, n, dim, np.exp(-1.0 / p.background_frames))
+    slow = ar1_noise(rng, n, dim, np.exp(-1.0 / (DRIFT_SECONDS * fps)))
     return np.sqrt(0.5) * slow + np.sqrt(0.5) * rng.normal(size=(n, dim))
-
-
-def _ar(rng, n: int, dim: int, rho: float) -> np.ndarray:
-    """AR(1) noise of unit variance per dimension: x[i] = rho x[i-1] + sqrt(1 - rho^2) e[i]."""
-    e = rng.normal(size=(n, dim)) * np.sqrt(1 - rho ** 2)
-    x = np.empty((n, dim))
-    x[0] = rng.normal(size=dim)
-    for i in range(1, n):
-        x[i] = rho * x[i - 1] + e[i]
-    return x
 
 
 class Stream:

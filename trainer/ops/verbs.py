@@ -90,16 +90,22 @@ def fold_logs(backend, out: dict, run_id: str, record: dict, args) -> int:
         lines = backend.child_log_lines(out, record, kid, tail=args.tail, follow=args.follow,
                                         done=done)
         if lines is None:
-            data = runs.read_bytes(out["bucket"], f"runs/{run_id}/{where}/train.log")
-            if not data:
-                raise OpsError(f"no logs yet for {where} of run {run_id} (Batch: "
-                               f"{kid['status']}): it has not started; try again in a minute")
-            print(f"(no live log for {where}; its train.log from the run directory)",
-                  file=sys.stderr)
-            lines = data.decode(errors="replace").splitlines()[-args.tail:]
+            lines = stored_log(out["bucket"], f"runs/{run_id}/{where}/train.log", where,
+                               f"no logs yet for {where} of run {run_id} (Batch: {kid['status']}"
+                               "): it has not started; try again in a minute")[-args.tail:]
         for line in lines:
             print(line, flush=True)
     return 0
+
+
+def stored_log(bucket: str, key: str, what: str, not_yet: str) -> list[str]:
+    """The lines of a train.log in the run directory, for a run without a live log; OpsError
+    ``not_yet`` when there is none."""
+    data = runs.read_bytes(bucket, key)
+    if not data:
+        raise OpsError(not_yet)
+    print(f"(no live log for {what}; its train.log from the run directory)", file=sys.stderr)
+    return data.decode(errors="replace").splitlines()
 
 
 def cmd_logs(args) -> int:
@@ -113,13 +119,9 @@ def cmd_logs(args) -> int:
     lines = backend.log_lines(out, run_id, tail=args.tail, follow=args.follow,
                               done=lambda: not runs.is_going(runs.status(out["bucket"], run_id)))
     if lines is None:  # no stream or container: the run directory's own log, if there is one
-        data = runs.read_bytes(out["bucket"], f"runs/{run_id}/train.log")
-        if not data:
-            raise OpsError(f"no logs yet for run {run_id}: its container has not started; try "
-                           "again in a minute")
-        print(f"(no live log for run {run_id}; its train.log from the run directory)",
-              file=sys.stderr)
-        lines = data.decode(errors="replace").splitlines()[-args.tail:]
+        lines = stored_log(out["bucket"], f"runs/{run_id}/train.log", f"run {run_id}",
+                           f"no logs yet for run {run_id}: its container has not started; try "
+                           "again in a minute")[-args.tail:]
     for line in lines:
         print(line, flush=True)
     return 0

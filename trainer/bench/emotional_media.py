@@ -41,8 +41,15 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.bench.extract_speed import FPS, HEIGHT, SAMPLE_RATE, WIDTH, portrait, write_flv, \
-    write_wav
+from trainer.bench.extract_speed import (
+    FPS,
+    HEIGHT,
+    SAMPLE_RATE,
+    WIDTH,
+    portrait,
+    write_flv,
+    write_wav,
+)
 from trainer.data import LABELS, MANIFEST_NAME, parse_name
 
 SENTENCES = {  # CREMA-D's sentence codes and texts

@@ -41,8 +41,8 @@ def media(tmp_path_factory):
 
 def test_files_are_crema_d_named_and_shaped_and_decode(media):
     root, rows = media
-    assert [r["stem"] for r in rows] == ["1001_IEO_ANG_XX", "1001_MTI_DIS_XX",
-                                         "1002_TIE_DIS_XX", "1002_IWL_FEA_XX"]
+    assert [r["stem"] for r in rows] == ["1001_DFA_ANG_XX", "1001_ITH_DIS_XX",
+                                         "1002_MTI_DIS_XX", "1002_DFA_FEA_XX"]
     with open(root / "media.csv", newline="") as f:
         assert [r["stem"] for r in csv.DictReader(f)] == [r["stem"] for r in rows]
     for r in rows:

@@ -85,7 +85,7 @@ EXPRESSIONS = {
     "HAP": _both(MOUTH_L, MOUTH_R, 4, -9, 12) + _both(LID_R[1], LID_L[1], 0, -3, 7),
     "SAD": _both(MOUTH_L, MOUTH_R, 1, 8, 12) + _both(BROW_R[0], BROW_L[0], 0, -5, 9)
     + [(*LOWER_LIP, 0, -2, 9)],
-    "ANG": _both(BROW_R[0], BROW_L[0], -4, 7, 10) + _both(BROW_R[1], BROW_L[1], 0, 5, 10)
+    "ANG": _both(BROW_R[0], BROW_L[0], -6, 10, 10) + _both(BROW_R[1], BROW_L[1], 0, 7, 10)
     + _both(LID_R[0], LID_L[0], 0, 2, 6) + [(*UPPER_LIP, 0, 2, 8), (*LOWER_LIP, 0, -3, 9)],
     "FEA": [p for i in range(3) for p in _both(BROW_R[i], BROW_L[i], -2 if i == 0 else 0, -8, 10)]
     + _both(LID_R[0], LID_L[0], 0, -3, 6) + _both(LID_R[1], LID_L[1], 0, 2, 6)
@@ -147,14 +147,16 @@ def speakers(n: int, seed: int = 0) -> list[Speaker]:
 
 
 def plan(people: list[Speaker], clips_per_speaker: int, seed: int = 0) -> list[ClipSpec]:
-    """Each speaker's clips, the classes in turn (balanced), with per-clip jitter."""
+    """Each speaker's clips, the classes in turn (balanced), with per-clip jitter. Sentences
+    come in a random order per speaker, so that no sentence tells the class (as in CREMA-D,
+    where every sentence is said in every emotion)."""
     rng = np.random.default_rng([seed, 11])
-    codes = list(SENTENCES)
     out = []
     for s_i, s in enumerate(people):
+        codes = rng.permutation(list(SENTENCES))
         for k in range(clips_per_speaker):
             emotion = LABELS[(k + s_i) % len(LABELS)]
-            sentence = codes[(k * 5 + s_i) % len(codes)]
+            sentence = str(codes[k % len(codes)])
             pitch, rate, amp = prosody(s, emotion, rng)
             out.append(ClipSpec(
                 stem=f"{s.code}_{sentence}_{emotion}_XX", speaker=s.code, sentence=sentence,

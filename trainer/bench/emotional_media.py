@@ -146,8 +146,10 @@ def speakers(n: int, seed: int = 0) -> list[Speaker]:
     return out
 
 
-def plan(people: list[Speaker], clips_per_speaker: int, seed: int = 0) -> list[ClipSpec]:
-    """Each speaker's clips, the classes in turn (balanced), with per-clip jitter. Sentences
+def plan(people: list[Speaker], clips_per_speaker: int, seed: int = 0,
+         expression: tuple[float, float] = (0.35, 1.0)) -> list[ClipSpec]:
+    """Each speaker's clips, the classes in turn (balanced), with per-clip jitter; a clip's
+    expression strength is uniform in ``expression`` times its speaker's expressiveness. Sentences
     come in a random order per speaker, so that no sentence tells the class (as in CREMA-D,
     where every sentence is said in every emotion)."""
     rng = np.random.default_rng([seed, 11])
@@ -162,7 +164,8 @@ def plan(people: list[Speaker], clips_per_speaker: int, seed: int = 0) -> list[C
                 stem=f"{s.code}_{sentence}_{emotion}_XX", speaker=s.code, sentence=sentence,
                 emotion=emotion, voice=s.voice, pitch=pitch, rate=rate, amplitude=amp,
                 gain_db=round(s.gain_db, 2),
-                strength=0.0 if emotion == "NEU" else round(s.expressive * rng.uniform(0.35, 1), 3),
+                strength=0.0 if emotion == "NEU" else round(s.expressive * rng.uniform(*expression),
+                                                             3),
                 seed=int(rng.integers(1 << 30))))
     return out
 
@@ -293,12 +296,13 @@ def make_clip(root: Path, s: Speaker, c: ClipSpec) -> dict:
 
 
 def make_media(root: Path, n_speakers: int, clips_per_speaker: int, seed: int = 0,
-               progress: bool = False) -> list[dict]:
+               expression: tuple[float, float] = (0.35, 1.0), progress: bool = False
+               ) -> list[dict]:
     """A CREMA-D-shaped folder of emotional clips under ``root`` and its ``media.csv``."""
     people = speakers(n_speakers, seed)
     by_code = {s.code: s for s in people}
     rows = []
-    for i, c in enumerate(plan(people, clips_per_speaker, seed)):
+    for i, c in enumerate(plan(people, clips_per_speaker, seed, expression)):
         rows.append(make_clip(root, by_code[c.speaker], c))
         if progress and (i + 1) % 12 == 0:
             print(f"{i + 1} clips", file=sys.stderr, flush=True)
@@ -336,6 +340,9 @@ if __name__ == "__main__":
     ap.add_argument("--speakers", type=int, default=24, help="(default: 24)")
     ap.add_argument("--clips-per-speaker", type=int, default=12, help="(default: 12)")
     ap.add_argument("--seed", type=int, default=0, help="(default: 0)")
+    ap.add_argument("--expression", type=float, nargs=2, default=(0.35, 1.0), metavar=("LO", "HI"),
+                    help="range of a clip's expression strength, before the speaker's "
+                    "expressiveness (0.6-1.3) scales it (default: 0.35 1.0)")
     ap.add_argument("--split", default=None, metavar="DATA",
                     help="instead: write DATA/manifest.csv for extracted clips (default: none)")
     ap.add_argument("--test-speakers", type=int, default=8, help="(default: 8)")
@@ -345,7 +352,8 @@ if __name__ == "__main__":
         print(split_manifest(Path(a.split), a.test_speakers, a.val_speakers, a.seed))
     elif a.out:
         t0 = time.perf_counter()
-        made = make_media(Path(a.out), a.speakers, a.clips_per_speaker, a.seed, progress=True)
+        made = make_media(Path(a.out), a.speakers, a.clips_per_speaker, a.seed,
+                          tuple(a.expression), progress=True)
         print(f"{len(made)} clips, {sum(r['seconds'] for r in made):.1f} s of media, in "
               f"{time.perf_counter() - t0:.1f} s: {a.out}")
     else:

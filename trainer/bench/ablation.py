@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from trainer.bench.robustness import train_run
 
 # name: (description, train flags)
 VARIANTS = {
@@ -31,19 +31,12 @@ METRICS = ("macro_f1", "accuracy", "uar")
 
 
 def run_one(data: str, out: Path, flags: list[str]) -> dict:
-    """One training run's test metrics (its summary.json), training it first if needed."""
-    summary = out / "summary.json"
-    if not summary.exists():
-        if out.exists():  # an interrupted run: continue it
-            flags = flags + ["--resume"]
-        log = out.with_suffix(".console.txt")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", "trainer", "train", "--data", data,
-                                   "--out", str(out), *flags], stdout=f, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: {out.name} failed (exit {proc.returncode}); see {log}")
-    s = json.loads(summary.read_text())
+    """One training run's test metrics (its summary.json), training it first if needed (the
+    suite's ``train_run``: an interrupted run with a checkpoint is resumed)."""
+    try:
+        s = train_run(Path(data), out, flags)
+    except RuntimeError as e:
+        raise SystemExit(f"error: {e}") from None
     return {"epochs": s["epochs"], "best_epoch": s["validation"]["best_epoch"],
             **{k: s["test"][k] for k in METRICS},
             "test_speakers": len(s["data"]["test"]["speakers"])}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer.bench.linear import clip_features, linear_baseline
-from trainer.bench.profiles import ASYNC_MARGIN, PROFILES, Maker, Profile, generate
+from trainer.bench.profiles import ASYNC_MARGIN, PROFILES, Maker, Profile, ceiling, generate
 from trainer.bench.robustness import grouped, main
 from trainer.data import LABELS, load_dataset, parse_name
 from trainer.demo import SYNC_WITHIN, cues
@@ -122,6 +122,28 @@ def test_every_named_profile_is_a_valid_data_set_with_eight_held_out_speakers():
     assert min(shares) <= 0.1 and max(shares) == 1.0
     assert min(p.video_cue for p in PROFILES.values()) < 1.0
     assert {p.background for p in PROFILES.values()} == {"white", "ar", "drift"}
+
+
+def test_every_profile_holds_cues_a_matched_filter_can_tell():
+    """However faint, each profile's cue is there to learn: a profile no model can learn would
+    rank settings on noise. The filter knows the cue dims and patterns; a faint one still fails."""
+    for name, p in PROFILES.items():
+        if p.generator == "profile":
+            assert min(ceiling(p, clips=96)) >= 0.9, name
+    faint = Profile(audio_share=0.05, video_share=0.05, audio_cue=0.3, video_cue=0.3,
+                    event_frames=(2, 3))
+    assert max(ceiling(faint, clips=96)) < 0.8
+
+
+def test_a_data_set_made_with_other_properties_is_made_again(tmp_path):
+    generate(TINY, tmp_path, seed=0)
+    before = rows(tmp_path)
+    generate(replace(TINY, video_cue=TINY.video_cue / 2), tmp_path, seed=0)
+    info = json.loads((tmp_path / "profile.json").read_text())
+    assert info["profile"]["video_cue"] == TINY.video_cue / 2
+    assert rows(tmp_path) == before  # the same names and splits from the same seed
+    generate(TINY, tmp_path, seed=1)
+    assert json.loads((tmp_path / "profile.json").read_text())["seed"] == 1
 
 
 def test_pooled_features_are_three_statistics_per_dimension(tmp_path):

@@ -5,7 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from trainer.losses import focal_loss, inverse_frequency_weights
+from trainer.losses import focal_loss, inverse_frequency_weights, mixed_focal_loss
 
 
 def test_focal_loss_matches_the_formula_computed_by_hand():
@@ -40,3 +40,12 @@ def test_inverse_frequency_weights():
     w = inverse_frequency_weights([0, 0, 0, 1, 2, 2], n_classes=4)
     # N / (C_present * n_c) = 6 / (3 * n_c); the absent class gets 0.
     torch.testing.assert_close(w, torch.tensor([6 / 9, 6 / 3, 6 / 6, 0.0]))
+
+
+def test_mixed_focal_loss_weighs_both_labels_by_lam():
+    torch.manual_seed(0)
+    logits, y, y2 = torch.randn(5, 6), torch.tensor([0, 1, 2, 3, 4]), torch.tensor([5, 4, 3, 2, 1])
+    alpha = torch.rand(6) + 0.5
+    torch.testing.assert_close(mixed_focal_loss(logits, y, y2, 1.0, alpha), focal_loss(logits, y, alpha))
+    torch.testing.assert_close(mixed_focal_loss(logits, y, y2, 0.7, alpha),
+                               0.7 * focal_loss(logits, y, alpha) + 0.3 * focal_loss(logits, y2, alpha))

@@ -21,6 +21,7 @@ def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
 
 @pytest.mark.parametrize("name,extra", [("hybrid", {}), ("hybrid", {"fusion": "late"}),
                                         ("hybrid", {"input_rank": 8, "input_dropout": 0.3}),
+                                        ("hybrid", {"stats_head": True, "center": True}),
                                         ("lstm", {})])
 def test_padding_never_changes_a_prediction(name, extra):
     torch.manual_seed(0)

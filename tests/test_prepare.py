@@ -11,6 +11,7 @@ from trainer.prepare import (
     STD_FLOOR,
     SpeakerSums,
     augment,
+    mix,
     pool_clips,
     pool_to_rate,
     speaker_stats,
@@ -99,6 +100,29 @@ def test_noise_is_drawn_from_the_rng_alone_and_spares_padding():
     assert a["audio"].shape[1] == 50
     assert diff[20:].abs().max() == 0
     assert 0.4 < float(diff[:20].std()) < 0.6
+
+
+def test_mixup_mixes_each_clip_with_a_partner_and_keeps_it_the_larger_part():
+    clips = [clip("a", seconds=s, seed=i) for i, s in enumerate((1.0, 0.6, 1.0, 0.9))]
+    for i, c in enumerate(clips):
+        c.label = i
+    plain = collate(clips)
+    batch = collate(clips)
+    other, lam = mix(batch, np.random.default_rng(5), alpha=0.4)
+    again = collate(clips)
+    assert mix(again, np.random.default_rng(5), alpha=0.4)[1] == lam  # the rng's draws alone
+    torch.testing.assert_close(again["video"], batch["video"])
+    assert 0.5 <= lam < 1.0
+    perm = other.tolist()  # partners' labels are their indices here
+    assert sorted(perm) == [0, 1, 2, 3] and perm != [0, 1, 2, 3]
+    for k in ("audio", "video"):
+        want = lam * plain[k] + (1 - lam) * plain[k][perm]
+        torch.testing.assert_close(batch[k], want)
+        torch.testing.assert_close(batch[f"{k}_mask"], plain[f"{k}_mask"] | plain[f"{k}_mask"][perm])
+        assert (batch[k][~batch[f"{k}_mask"]] == 0).all()  # padding of both stays zero
+        real = batch[f"{k}_mask"]
+        torch.testing.assert_close(batch[f"{k}_t"][real], torch.where(
+            plain[f"{k}_mask"], plain[f"{k}_t"], plain[f"{k}_t"][perm])[real])
 
 
 def test_speaker_sums_one_clip_at_a_time_give_speaker_stats():

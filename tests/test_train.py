@@ -67,10 +67,11 @@ def test_existing_run_is_not_overwritten_without_resume(demo, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
-def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(demo, tmp_path):
-    assert train(demo, tmp_path / "full", "--epochs", "4") == 0
-    assert train(demo, tmp_path / "part", "--epochs", "2") == 0
-    assert train(demo, tmp_path / "part", "--epochs", "4", "--resume") == 0
+@pytest.mark.parametrize("extra", [[], ["--mixup", "0.4", "--noise", "0.1"]])
+def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(demo, tmp_path, extra):
+    assert train(demo, tmp_path / "full", "--epochs", "4", *extra) == 0
+    assert train(demo, tmp_path / "part", "--epochs", "2", *extra) == 0
+    assert train(demo, tmp_path / "part", "--epochs", "4", "--resume", *extra) == 0
     full = read_jsonl(tmp_path / "full" / "metrics.jsonl")
     part = read_jsonl(tmp_path / "part" / "metrics.jsonl")
     assert without_timing(part) == without_timing(full)

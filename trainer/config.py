@@ -57,6 +57,7 @@ class TrainConfig:
     input_dropout: float = 0.0  # hybrid: share of input features dropped whole per clip (training)
     center: bool = False  # hybrid: temporal branches read each clip's deviation from its mean
     stats_head: bool = False  # hybrid: per-clip mean and std of each input feature to the logits
+    mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
     noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
     select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss
     audio_fps: float = 100.0  # only for clips without timestamps
@@ -176,7 +177,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("dropout", "input_dropout"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be in [0, 1)")
-    for key in ("input_rank", "noise"):
+    for key in ("input_rank", "noise", "mixup"):
         if getattr(cfg, key) < 0:
             raise ValueError(f"{key} must not be negative, not {getattr(cfg, key)}")
     if not 0 < cfg.lr_factor < 1:

@@ -45,6 +45,7 @@ HELP = {
               "--norm speaker: clip-level offsets removed there, kept for --stats-head)",
     "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
                   "(the pooled linear model, inside the hybrid)",
+    "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",
     "noise": "training: std of Gaussian noise added to the standardised input features",
     "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "

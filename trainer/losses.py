@@ -30,3 +30,13 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: torch.Tensor |
     if alpha is not None:
         loss = alpha.to(logits.dtype)[target] * loss
     return loss.mean()
+
+
+def mixed_focal_loss(logits: torch.Tensor, target: torch.Tensor, other: torch.Tensor, lam: float,
+                     alpha: torch.Tensor | None = None, gamma: float = 2.0) -> torch.Tensor:
+    """The focal loss of a mixup batch: ``lam`` of the clips' own labels', ``1 - lam`` of their
+    partners' (``trainer.prepare.mix``); the plain focal loss when ``lam`` is 1."""
+    loss = focal_loss(logits, target, alpha, gamma)
+    return loss if lam == 1.0 else lam * loss + (1.0 - lam) * focal_loss(logits, other, alpha,
+                                                                          gamma)
+

@@ -158,3 +158,36 @@ def augment(batch: dict, rng: np.random.Generator, time_mask: float, feature_mas
                     keep[b, start[b, k]:start[b, k] + width[b, k]] = 0.0
             x.mul_(torch.from_numpy(keep)[:, None, :])  # (B, 1, F)
     return batch
+
+
+def mix(batch: dict, rng: np.random.Generator, alpha: float) -> tuple[torch.Tensor, float]:
+    """mixup (Zhang et al. 2018) inside a training batch, in place: each clip plus another clip
+    of the batch, ``lam * x + (1 - lam) * x_other`` with ``lam ~ Beta(alpha, alpha)`` kept at
+    0.5 or more, so each clip stays the larger part of its mix. Frames count as real where
+    either clip's are, at the longer clip's times (length buckets keep the two near in length).
+
+    Returns the partners' labels and ``lam``: the loss is ``lam`` of the clip's own label's
+    and ``1 - lam`` of the partner's. A model that meets the training loss by memorising each
+    clip's background cannot do it for mixes it never saw twice.
+    """
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(batch["label"].shape[0]))
+    for key in ("audio", "video"):
+        x, m, t = batch[key], batch[f"{key}_mask"], batch[f"{key}_t"]
+        batch[key] = x * lam + x[perm] * (1.0 - lam)  # padded frames are 0 in both
+        batch[f"{key}_t"] = torch.where(m, t, t[perm])
+        batch[f"{key}_mask"] = m | m[perm]
+    return batch["label"][perm], lam
+
+
+def training_views(batch: dict, key: list[int], time_mask: float, feature_mask: float,
+                   noise: float, mixup: float) -> tuple[torch.Tensor | None, float]:
+    """Every training-time change of a batch, in place: SpecAugment and noise (``augment``),
+    then mixup (``mix``), each from a generator seeded by ``key`` (seed, epoch, batch) alone,
+    so a resumed run draws the same. Returns mix's partners' labels and lam (None and 1.0
+    without mixup)."""
+    if time_mask or feature_mask or noise:
+        augment(batch, np.random.default_rng([*key, 1]), time_mask, feature_mask, noise=noise)
+    return mix(batch, np.random.default_rng([*key, 2]), mixup) if mixup else (None, 1.0)
+

@@ -31,10 +31,10 @@ from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
-from trainer.losses import focal_loss, inverse_frequency_weights
+from trainer.losses import focal_loss, inverse_frequency_weights, mixed_focal_loss
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
-from trainer.prepare import augment, pool_clip, standardise
+from trainer.prepare import pool_clip, standardise, training_views
 from trainer.splits import given_split, make_split
 from trainer.spot import SpotWatcher
 from trainer.status import Status, eta, versions
@@ -214,10 +214,10 @@ class Training:
         last_log = time.monotonic()
         for b in bar:
             batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
-            if cfg.time_mask or cfg.feature_mask or cfg.noise:  # from (seed, epoch, batch) alone
-                augment(batch, np.random.default_rng([cfg.seed, self.epoch, b, 1]),
-                        cfg.time_mask, cfg.feature_mask, noise=cfg.noise)
-            loss = focal_loss(model(**batch), batch["label"], self.alpha, cfg.focal_gamma)
+            other, lam = training_views(batch, [cfg.seed, self.epoch, b], cfg.time_mask,
+                                        cfg.feature_mask, cfg.noise, cfg.mixup)
+            loss = mixed_focal_loss(model(**batch), batch["label"], other, lam, self.alpha,
+                                    cfg.focal_gamma)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

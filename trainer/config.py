@@ -49,7 +49,7 @@ class TrainConfig:
     time_scale_max: float = 2.0  # hybrid: seconds; the broadest head's
     audio_rate: float = 25.0  # hybrid: audio pooled to this many frames per second (0 = as is)
     video_rate: float = 15.0  # hybrid: video pooled to this many frames per second (0 = as is)
-    norm: str = "clip"  # clip | speaker | none: standardisation before the train-set scaling
+    norm: str = "speaker"  # speaker | clip | none: standardisation before the train-set scaling
     time_mask: float = 0.05  # SpecAugment: up to 2 masks per stream of up to this many seconds
     feature_mask: float = 0.1  # SpecAugment: up to 2 masks per stream of this share of features
     dropout: float = 0.2  # small data sets are the norm here (RAVDESS: 1,440 clips)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import subprocess
 import sys
 import threading
@@ -37,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.bench.linear import linear_baseline
-from trainer.bench.profiles import PROFILES, generate, quick
+from trainer.bench.profiles import DONE, PROFILES, ceiling, generate, is_made, quick
 from trainer.data import LABELS
 from trainer.demo import cues
 from trainer.store.files import atomic_write_text
@@ -45,6 +46,8 @@ from trainer.store.files import atomic_write_text
 # name: (description, train flags); None: the in-process linear baseline
 VARIANTS = {
     "hybrid": ("hybrid at its defaults", []),
+    "clip": ("hybrid `--norm clip` (the default until the suite chose `speaker`)",
+             ["--norm", "clip"]),
     "late": ("hybrid `--fusion late`", ["--fusion", "late"]),
     "audio": ("hybrid, audio only", ["--modality", "audio"]),
     "video": ("hybrid, video only", ["--modality", "video"]),
@@ -177,7 +180,13 @@ def markdown(doc: dict) -> str:
             cells.append(" / ".join(f"{t[k]['mean']:.2f}" if t[k]["mean"] is not None else "-"
                                     for k in FIGURES[1:]) if t else "")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
-    lines += ["", "## Profiles", ""] + [f"- `{p}`: {PROFILES[p].about}" for p in profiles]
+    lines += ["", "## Profiles", "", "What each holds, and how often a matched filter that knows "
+              "the cue tells each stream's cue kind (audio / video; the most any model can "
+              "hope for on the grouped figures):", ""]
+    for p in profiles:
+        c = doc.get("ceiling", {}).get(p)
+        lines.append(f"- `{p}`: {PROFILES[p].about}" +
+                     (f" (matched filter {c[0]:.2f} / {c[1]:.2f})" if c else ""))
     flags = " ".join(doc["extra_flags"]) or "none"
     lines += ["", f"Seeds {', '.join(map(str, doc['seeds']))}; extra train flags: {flags}."]
     if doc["errors"]:
@@ -203,6 +212,9 @@ def suite(out: str | Path, profiles: list[str], seeds: list[int], variants: list
         path = out / "data" / f"{p}-seed-{seed}"
         with data_locks[(p, seed)]:  # made once, by whichever run needs it first
             prof = quick(PROFILES[p]) if is_quick else PROFILES[p]
+            if (path / DONE).exists() and not is_made(prof, path, seed):
+                for run in (out / p).glob(f"*-seed-{seed}"):  # trained on the old data set
+                    shutil.rmtree(run) if run.is_dir() else run.unlink()
             generate(prof, path, seed)
         return path
 
@@ -215,7 +227,9 @@ def suite(out: str | Path, profiles: list[str], seeds: list[int], variants: list
         return dict(record(run, summary), wall_seconds=round(time.time() - t0, 1))
 
     runs: dict = {}
-    doc = {"profiles": profiles, "variants": variants, "seeds": seeds, "extra_flags": extra,
+    ceilings = {p: ceiling(quick(PROFILES[p]) if is_quick else PROFILES[p])
+                for p in profiles if PROFILES[p].generator == "profile"}
+    doc = {"profiles": profiles, "ceiling": ceilings, "variants": variants, "seeds": seeds, "extra_flags": extra,
            "quick": is_quick, "errors": [], "runs": {},
            "summary": summarise({}, profiles, variants, len(seeds))}
     # seed-major order: a suite stopped early still has every profile at its first seeds

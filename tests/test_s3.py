@@ -469,8 +469,8 @@ def train_cmd(data: str, out: str, cache: Path, *extra: str) -> list[str]:
             "--cache-dir", str(cache), *TINY, *extra]
 
 
-def run_trainer(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True,
+def run_trainer(cmd: list[str], timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -493,9 +493,12 @@ def assert_complete_run(client, bucket: str, prefix: str, epochs: int) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_training_run_lives_in_s3(s3_data, s3_bucket, s3_client, tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     run_trainer(train_cmd(s3_data, f"s3://{s3_bucket}/runs/r1/", tmp_path / "cache",
-                          "--epochs", "2"))
+                          "--epochs", "2"), TMPDIR=str(tmp))
     assert_complete_run(s3_client, s3_bucket, "runs/r1/", epochs=2)
+    assert not list(tmp.glob("run-staging-*"))  # all of it is on S3: no copy left behind
     log_lines = get(s3_client, s3_bucket, "runs/r1/train.log").decode().splitlines()
     assert any(json.loads(line).get("event") == "test" for line in log_lines)
 

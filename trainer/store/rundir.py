@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,15 @@ class RunDir:
     def __init__(self, uri: str | os.PathLike, staging: str | os.PathLike | None = None):
         self.uri = str(uri)
         self.remote = None
+        self.temp: str | None = None
         if is_s3(self.uri):
             from trainer.store.mirror import (
                 S3Mirror,  # boto3: loaded only where S3 is used
             )
 
-            self.local = Path(staging or tempfile.mkdtemp(prefix="run-staging-"))
+            if staging is None:  # a folder of its own, removed by close once all is on S3
+                staging = self.temp = tempfile.mkdtemp(prefix="run-staging-")
+            self.local = Path(staging)
             self.remote = S3Mirror(self.uri, self.local)
         else:
             self.local = Path(self.uri)
@@ -87,6 +91,11 @@ class RunDir:
 
     def close(self, timeout: float = 300.0) -> None:
         """Publish whatever is still pending (the log, plots), waiting at most ``timeout``
-        seconds for S3; raises ``S3Error`` naming what is still pending then."""
+        seconds for S3; raises ``S3Error`` naming what is still pending then. Then removes the
+        temp staging folder of an S3 run directory, since all of it is on S3: every run to
+        ``s3://`` from a workstation left its checkpoints in /tmp. A folder whose upload failed
+        stays: it holds what S3 lacks."""
         if self.remote is not None:
             self.remote.flush(timeout)
+            if self.temp is not None:
+                shutil.rmtree(self.temp, ignore_errors=True)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections import Counter
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import DataError  # noqa: F401 - raised here, imported from here by callers
+from trainer.store.files import atomic_write_text
 
 LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 
@@ -94,6 +96,16 @@ def parse_name(stem: str) -> tuple[str, str] | str | None:
 
 SPLIT_VALUES = ("train", "val", "test")  # a manifest's split column: all empty, or these
 FOLD_VALUE = re.compile(r"fold[1-9][0-9]*")  # or, for cv, folds: fold1, fold2, ...
+
+
+def write_manifest(path: Path, rows) -> None:
+    """A manifest CSV ``path,label,speaker,split`` (as ``read_manifest`` reads it) from rows of
+    those four values, written whole or not at all."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "speaker", "split"])
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_manifest(path: Path) -> list[dict]:

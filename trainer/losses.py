@@ -39,4 +39,3 @@ def mixed_focal_loss(logits: torch.Tensor, target: torch.Tensor, other: torch.Te
     loss = focal_loss(logits, target, alpha, gamma)
     return loss if lam == 1.0 else lam * loss + (1.0 - lam) * focal_loss(logits, other, alpha,
                                                                           gamma)
-

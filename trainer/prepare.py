@@ -190,4 +190,3 @@ def training_views(batch: dict, key: list[int], time_mask: float, feature_mask: 
     if time_mask or feature_mask or noise:
         augment(batch, np.random.default_rng([*key, 1]), time_mask, feature_mask, noise=noise)
     return mix(batch, np.random.default_rng([*key, 2]), mixup) if mixup else (None, 1.0)
-

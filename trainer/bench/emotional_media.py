@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import shutil
 import subprocess
@@ -50,7 +51,8 @@ from trainer.bench.extract_speed import (
     write_flv,
     write_wav,
 )
-from trainer.data import LABELS, MANIFEST_NAME, parse_name
+from trainer.data import LABELS, MANIFEST_NAME, parse_name, write_manifest
+from trainer.store.files import atomic_write_text
 
 SENTENCES = {  # CREMA-D's sentence codes and texts
     "IEO": "It's eleven o'clock", "TIE": "That is exactly what happened",
@@ -306,10 +308,11 @@ def make_media(root: Path, n_speakers: int, clips_per_speaker: int, seed: int = 
         rows.append(make_clip(root, by_code[c.speaker], c))
         if progress and (i + 1) % 12 == 0:
             print(f"{i + 1} clips", file=sys.stderr, flush=True)
-    with open(root / "media.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(root / "media.csv", buf.getvalue())
     return rows
 
 
@@ -326,10 +329,7 @@ def split_manifest(data: Path, test: int = 8, val: int = 3, seed: int = 0) -> Pa
     order = np.random.default_rng(seed).permutation(names)
     split = {n: "test" for n in order[:test]} | {n: "val" for n in order[test:test + val]}
     out = data / MANIFEST_NAME
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "speaker", "split"])
-        w.writerows([(*r, split.get(r[2], "train")) for r in rows])
+    write_manifest(out, [(*r, split.get(r[2], "train")) for r in rows])
     return out
 
 

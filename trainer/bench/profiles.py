@@ -32,7 +32,6 @@ times within each stream follow one process in both timings: no stream alone tel
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -41,9 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import LABELS, load_dataset
+from trainer.data import LABELS, MANIFEST_NAME, load_dataset, write_manifest
 from trainer.demo import (
     CLASS_SHARE,
+    CREMA_LEVELS,
+    CREMA_SENTENCES,
     RAVDESS_CODE,
     SYNC_WITHIN,
     ar1_noise,
@@ -56,9 +57,6 @@ from trainer.store.files import atomic_write_bytes, atomic_write_text
 BACKGROUNDS = ("white", "ar", "drift")
 DRIFT_SECONDS = 1.0  # drift: correlation time of its slow part
 ASYNC_MARGIN = 0.1  # s: an asynchronous video event starts this long after the longest event
-CREMA_SENTENCES = ["DFA", "IEO", "IOM", "ITH", "ITS", "IWL", "IWW", "MTI", "TAI", "TIE", "TSI",
-                   "WSI"]
-CREMA_LEVELS = ["XX", "LO", "MD", "HI"]
 NAMES_PER_EMOTION = 48  # distinct file names per speaker and emotion in both styles
 DONE = "profile.json"  # written last: a data set without it is regenerated
 
@@ -294,15 +292,6 @@ def split_of(p: Profile, speakers: list[str], seed: int) -> dict[str, str]:
             for j, i in enumerate(order)}
 
 
-def _write_manifest(out: Path, rows: list[tuple[str, int, str]], split: dict[str, str]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "speaker", "split"])
-    for path, label, spk in rows:
-        w.writerow([path, LABELS[label], spk, split[spk]])
-    atomic_write_text(out / "manifest.csv", buf.getvalue())
-
-
 def is_made(p: Profile, out: str | Path, seed: int) -> bool:
     """Whether ``out`` holds the finished data set of profile ``p`` and ``seed``."""
     done = Path(out) / DONE
@@ -323,7 +312,7 @@ def generate(p: Profile, out: str | Path, seed: int = 0) -> dict:
         return json.loads((out / DONE).read_text())
     if (out / DONE).exists():
         shutil.rmtree(out)
-    (out / "manifest.csv").unlink(missing_ok=True)  # from an interrupted generation
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # from an interrupted generation
     n_speakers = p.train_speakers + p.val_speakers + p.test_speakers
     if p.generator == "demo":
         make_demo_data(out, seed=seed, speakers=n_speakers, clips_per_speaker=p.clips_per_speaker,
@@ -343,7 +332,8 @@ def generate(p: Profile, out: str | Path, seed: int = 0) -> dict:
                 rows.append((path, int(label), sid))
     speakers = sorted({r[2] for r in rows})
     split = split_of(p, speakers, seed)
-    _write_manifest(out, rows, split)
+    write_manifest(out / MANIFEST_NAME, [(path, LABELS[label], spk, split[spk])
+                                         for path, label, spk in rows])
     counts = {k: sum(split[r[2]] == k for r in rows) for k in ("train", "val", "test")}
     info = {"profile": asdict(p), "seed": seed, "clips": counts,
             "speakers": {k: sum(v == k for v in split.values()) for k in counts}}

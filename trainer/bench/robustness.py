@@ -229,8 +229,8 @@ def suite(out: str | Path, profiles: list[str], seeds: list[int], variants: list
     runs: dict = {}
     ceilings = {p: ceiling(quick(PROFILES[p]) if is_quick else PROFILES[p])
                 for p in profiles if PROFILES[p].generator == "profile"}
-    doc = {"profiles": profiles, "ceiling": ceilings, "variants": variants, "seeds": seeds, "extra_flags": extra,
-           "quick": is_quick, "errors": [], "runs": {},
+    doc = {"profiles": profiles, "ceiling": ceilings, "variants": variants, "seeds": seeds,
+           "extra_flags": extra, "quick": is_quick, "errors": [], "runs": {},
            "summary": summarise({}, profiles, variants, len(seeds))}
     # seed-major order: a suite stopped early still has every profile at its first seeds
     jobs = [(p, v, s) for s in seeds for p in profiles for v in variants

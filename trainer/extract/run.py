@@ -14,7 +14,6 @@ processes live in trainer.extract.pool, the ``s3://`` staging in trainer.extract
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -30,7 +29,13 @@ import structlog
 from tqdm import tqdm
 
 from trainer import __version__
-from trainer.data import EXTRACTOR, clip_params_json, read_extraction
+from trainer.data import (
+    EXTRACTOR,
+    MANIFEST_NAME,
+    clip_params_json,
+    read_extraction,
+    write_manifest,
+)
 from trainer.errors import DataError, MediaError
 from trainer.extract import staging
 from trainer.extract.audio import audio_features, check_audio_kind
@@ -254,13 +259,8 @@ def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
     """OUT/manifest.csv for clips a media manifest labelled, as trainer.data reads it."""
 
     rows = [(f"{c.rel}.npz", *c.row) for c in clips if c.row and c.rel in kept]
-    if not rows:
-        return
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "speaker", "split"])
-    w.writerows(rows)
-    atomic_write(out / "manifest.csv", buf.getvalue().encode())
+    if rows:
+        write_manifest(out / MANIFEST_NAME, rows)
 
 
 def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None = None,

@@ -323,7 +323,8 @@ def test_extract_reports_each_bad_file_and_the_clip_without_a_face(extracted):
     assert "FLV without its WAV" in reasons["crema/VideoFlash/1003_TIE_SAD_XX.flv"]
     assert "video-only" in reasons["ravdess/Actor_01/02-01-03-01-01-01-01.mp4"]
     assert "unreadable media" in reasons["ravdess/Actor_02/01-01-04-01-01-01-02.mp4"]
-    assert report["counts"] == {"clips": 4, "written": 2, "already_done": 0, "skipped": 4}
+    assert report["counts"] == {"clips": 4, "written": 2, "already_done": 0, "skipped": 4,
+                               "excluded": 0}
     assert not (out / "crema" / "1002_IEO_HAP_HI.npz").exists()  # never a zero-filled clip
     stages = report["timing"]["stage_seconds"]
     assert all(stages[k] > 0 for k in ("decode_audio", "audio_features", "decode_video", "face"))

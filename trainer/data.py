@@ -30,6 +30,10 @@ LABELS = ["ANG", "DIS", "FEA", "HAP", "NEU", "SAD"]
 # RAVDESS emotion codes; 02 (calm) and 08 (surprised) are outside the label set.
 RAVDESS_EMOTIONS = {"01": "NEU", "03": "HAP", "04": "SAD", "05": "ANG", "06": "FEA", "07": "DIS"}
 RAVDESS_EXCLUDED = {"02": "calm", "08": "surprised"}
+# RAVDESS vocal channel 02 is song (01 speech): sung lines unpack into the same Actor_NN/
+# folders, but the label set and the models are for speech, so songs are excluded and counted.
+RAVDESS_SONG = "song"
+EXCLUDED = (*RAVDESS_EXCLUDED.values(), RAVDESS_SONG)  # parse_name's answers counted, not skipped
 
 CREMA_RE = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
 RAVDESS_RE = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
@@ -54,7 +58,7 @@ class Dataset:
     root: str
     clips: list[Clip]
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
-    excluded: Counter = field(default_factory=Counter)  # RAVDESS calm/surprised, counted
+    excluded: Counter = field(default_factory=Counter)  # RAVDESS calm/surprised/song, counted
     # How ``trainer extract`` made the clips (their ``params``: extractor, version, settings),
     # or None when they were not made by it. A checkpoint keeps it, so that ``predict`` on a
     # raw clip extracts exactly as the training data were extracted.
@@ -72,20 +76,24 @@ class Dataset:
 def parse_name(stem: str) -> tuple[str, str] | str | None:
     """(label, speaker) from a CREMA-D or RAVDESS file name stem.
 
-    Returns a string reason for RAVDESS emotions outside the label set, None if the name
-    matches neither data set.
+    Returns a string reason for RAVDESS emotions outside the label set and for RAVDESS songs
+    (vocal channel 02: ``"song"``), None if the name matches neither data set.
 
     >>> parse_name("1001_DFA_ANG_XX")
     ('ANG', 'crema-d/1001')
     >>> parse_name("01-01-05-01-01-01-12")
     ('ANG', 'ravdess/12')
+    >>> parse_name("01-02-05-01-01-01-12")
+    'song'
     """
     m = CREMA_RE.match(stem)
     if m:
         return m.group(3), f"crema-d/{m.group(1)}"
     m = RAVDESS_RE.match(stem)
     if m:
-        code, actor = m.group(3), m.group(7)
+        vocal, code, actor = m.group(2), m.group(3), m.group(7)
+        if vocal == "02":
+            return RAVDESS_SONG
         if code in RAVDESS_EXCLUDED:
             return RAVDESS_EXCLUDED[code]
         if code not in RAVDESS_EMOTIONS:
@@ -306,7 +314,7 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
                                 "RAVDESS, and there is no manifest row"})
                 continue
             if isinstance(parsed, str):
-                if parsed in RAVDESS_EXCLUDED.values():
+                if parsed in EXCLUDED:
                     excluded[parsed] += 1
                 else:
                     skipped.append({"path": rel, "reason": parsed})
@@ -328,7 +336,7 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
     if not clips:
         raise DataError(f"no usable clips under {root}: {len(skipped)} skipped "
                         f"({_top_reason(skipped)})" + (f", {sum(excluded.values())} excluded "
-                                                        "(RAVDESS calm/surprised)" if excluded else ""))
+                                                        "(RAVDESS calm/surprised/song)" if excluded else ""))
     return Dataset(str(root), clips, skipped, excluded, params)
 
 

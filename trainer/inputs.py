@@ -1,6 +1,12 @@
 """What ``predict`` and ``enroll`` take: clip files, folders of them, or raw media clips, read one
 at a time for a checkpoint (raw media extracted as its training data were).
 
+A ``.npz`` is a clip file; every other file is media: a video (``trainer.extract.clips``'
+``VIDEO_EXTENSIONS``: ``.wmv`` as ``extract`` takes it), or a file whose reason it cannot be
+used is reported. A folder gives its clip files and its media, and every other file in it
+except a video's own audio (CREMA-D's ``AudioWAV/NAME.wav``) and companions such as
+``extract.json`` or a ``manifest.csv``: nothing in it is passed over silently.
+
     reader = InputReader(load_trained("runs/demo/checkpoints/best.pt"))
     for f in input_files(["clip.npz", "more-clips/", "clip.mp4"]):
         got = reader.read(f)          # a Clip as stored (not yet prepared), or why not
@@ -17,19 +23,24 @@ import numpy as np
 from trainer.checkpoint import Trained
 from trainer.data import Clip, parse_name, read_clip
 from trainer.errors import CheckpointError, MediaError
-from trainer.extract.clips import media_clip
+from trainer.extract.clips import (
+    AUDIO_EXTENSIONS,
+    IGNORED_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    MediaClip,
+    media_clip,
+)
 from trainer.extract.run import ExtractSettings, extract_clip
 
-# Raw media ``predict`` extracts itself (a CREMA-D .flv brings its .wav: trainer.extract.clips).
-MEDIA_SUFFIXES = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+CLIP_SUFFIX = ".npz"  # a clip file; any other file is media
 
 
 def input_files(inputs: list[str]) -> list[Path]:
-    """Each input as given, a folder as the clip files (``*.npz``) under it, sorted."""
+    """Each input as given, a folder as its clip files and media (``_walk``), sorted."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
-        files += sorted(p.rglob("*.npz")) if p.is_dir() else [p]
+        files += sorted(_walk(p)) if p.is_dir() else [p]
     return files
 
 
@@ -42,12 +53,28 @@ def iter_input_files(inputs: list[str]) -> Iterator[Path]:
 
 
 def _walk(folder: Path) -> Iterator[Path]:
+    """The files of ``folder`` that are inputs: all but hidden ones, companions and a video's
+    own audio (see the module's docstring)."""
     with os.scandir(folder) as entries:
         for e in entries:
+            if e.name.startswith("."):
+                continue
             if e.is_dir(follow_symlinks=False):
                 yield from _walk(Path(e.path))
-            elif e.name.endswith(".npz"):
-                yield Path(e.path)
+                continue
+            path, ext = Path(e.path), Path(e.name).suffix.lower()
+            if ext == CLIP_SUFFIX or ext in VIDEO_EXTENSIONS:
+                yield path
+            elif not (ext in IGNORED_EXTENSIONS or ext in AUDIO_EXTENSIONS and _video_of(path)):
+                yield path  # read() says why it cannot be used
+
+
+def _video_of(audio: Path) -> bool:
+    """Whether a video has this audio file's name (beside it, or CREMA-D's
+    ``VideoFlash/NAME.flv`` for ``AudioWAV/NAME.wav`` and ``AudioMP3/NAME.mp3``)."""
+    beside = (audio.with_suffix(ext) for ext in VIDEO_EXTENSIONS)
+    return any(p.is_file() for p in beside) or \
+        (audio.parent.parent / "VideoFlash" / f"{audio.stem}.flv").is_file()
 
 
 def speaker_of(f: Path, given: str | None = None) -> str | None:
@@ -88,10 +115,10 @@ def extraction_of(t: Trained, what: str) -> ExtractSettings:
     return settings
 
 
-def read_media(path: Path, settings: ExtractSettings) -> tuple[np.ndarray, ...] | str:
+def read_media(clip: MediaClip, settings: ExtractSettings) -> tuple[np.ndarray, ...] | str:
     """(audio, video, audio_t, video_t) extracted from one raw clip, or the reason it cannot."""
     try:
-        z = extract_clip(media_clip(path), settings)
+        z = extract_clip(clip, settings)
     except MediaError as e:
         return str(e)
     return tuple(np.asarray(z[k], dtype=np.float32) for k in (
@@ -113,12 +140,16 @@ class InputReader:
         """Clip ``f`` (label 0: unknown), or the reason it cannot be used."""
         if not f.exists():
             return "file not found"
-        if f.suffix.lower() in MEDIA_SUFFIXES:
+        if f.suffix.lower() == CLIP_SUFFIX:
+            got = read_clip(f)
+        else:
+            try:  # a video, or the reason this file is none (audio only, unsupported)
+                clip = media_clip(f)
+            except MediaError as e:
+                return str(e)
             if self.settings is None:
                 self.settings = extraction_of(self.t, str(f))
-            got = read_media(f, self.settings)
-        else:
-            got = read_clip(f)
+            got = read_media(clip, self.settings)
         if isinstance(got, str):
             return got
         if (got[0].shape[1], got[1].shape[1]) != self.widths:

@@ -102,7 +102,8 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
     else:
         local = Path(data)
     with Uploader(local, data if is_s3(data) else "", every, progress):
-        report = extract(media, local, settings, workers, cache_dir=cache)
+        # isolate: a clip killed for memory takes only itself, not this training run
+        report = extract(media, local, settings, workers, cache_dir=cache, isolate=True)
     if is_s3(data):  # the report and manifest.csv, after every clip file
         from trainer.store.s3 import sync_up  # boto3
 

@@ -72,13 +72,17 @@ def add_extract_command(sub, commands: dict) -> None:
                    help="log-mel bands (default: 64)")
     p.add_argument("--min-face-frames", type=int, default=5, metavar="N",
                    help="skip a clip with fewer frames with a face (default: 5)")
+    p.add_argument("--max-seconds", type=float, default=60.0, metavar="S",
+                   help="skip a clip longer than this: its audio is held whole in memory "
+                   "(default: 60)")
     p.add_argument("--openface-csv", default=None, metavar="DIR",
                    help="OpenFace FeatureExtraction CSVs, STEM.csv per clip (--video openface) "
                    "(default: none)")
     p.add_argument("--face-weights", default=None, metavar="FILE",
                    help="face model weights (--video facenet) (default: none)")
     p.add_argument("--workers", type=int, default=0, metavar="N",
-                   help="worker processes (default: 0 = all cores)")
+                   help="worker processes, each a child process, at most the cores this "
+                   "process may use (default: 0 = all cores)")
     p.add_argument("--manifest", default=None, metavar="FILE",
                    help="CSV path,label,speaker[,split] naming the media files (default: "
                    "MEDIA/manifest.csv if present, else every file; labels from the names)")
@@ -92,11 +96,12 @@ def cmd_extract(args) -> int:
         raise ValueError("--workers must be 0 (all cores) or more")
     settings = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
                                n_mels=args.n_mels, min_face_frames=args.min_face_frames,
-                               openface_csv=args.openface_csv, face_weights=args.face_weights)
+                               max_seconds=args.max_seconds, openface_csv=args.openface_csv,
+                               face_weights=args.face_weights)
     logs.setup()
-    try:
+    try:  # isolate: a clip killed for memory takes only itself, even with one worker
         report = extract(args.media, args.out, settings, args.workers, args.manifest,
-                         args.cache_dir)
+                         args.cache_dir, isolate=True)
     except KeyboardInterrupt:  # every clip file written so far is whole: a rerun resumes
         print("stopped: run the same command again to continue where it stopped",
               file=sys.stderr)
@@ -105,6 +110,7 @@ def cmd_extract(args) -> int:
     rate = report["timing"]["media_seconds_per_second"]
     print(f"extract: {c['written']} written, {c['already_done']} already done, "
           f"{c['skipped']} skipped (bad files and clips, each with its reason)"
+          + (f", {c['excluded']} excluded (RAVDESS songs)" if c["excluded"] else "")
           + (f"; {rate:.1f} s of media per second" if rate else "")
           + f"  (report: {args.out.rstrip('/')}/extract.json)")
     if c["written"] + c["already_done"] == 0:
@@ -144,7 +150,8 @@ def parse_extract_args(text: str):
     if args.workers < 0:
         raise ValueError("extract args: --workers must be 0 (all cores) or more")
     s = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
-                        n_mels=args.n_mels, min_face_frames=args.min_face_frames)
+                        n_mels=args.n_mels, min_face_frames=args.min_face_frames,
+                        max_seconds=args.max_seconds)
     try:
         s.check()
     except ValueError as e:
@@ -154,8 +161,11 @@ def parse_extract_args(text: str):
 
 def settings_key(text: str) -> str:
     """12 hex digits naming what the extract args make: the features' params and which clips
-    are kept (``min_face_frames``); other args (``--workers``) give the same key."""
+    are kept (``min_face_frames``, ``max_seconds``); other args (``--workers``) give the same
+    key."""
     s, _ = parse_extract_args(text)
-    doc = json.dumps({"params": s.params(), "min_face_frames": s.min_face_frames},
-                     sort_keys=True)
+    kept = {"params": s.params(), "min_face_frames": s.min_face_frames}
+    if s.max_seconds != ExtractSettings.max_seconds:  # the default keeps the keys made before it
+        kept["max_seconds"] = s.max_seconds
+    doc = json.dumps(kept, sort_keys=True)
     return hashlib.sha256(doc.encode()).hexdigest()[:12]

@@ -2,7 +2,9 @@
 
 - CREMA-D: ``VideoFlash/NAME.flv`` whose audio is ``AudioWAV/NAME.wav`` (same stem).
 - RAVDESS: ``Actor_NN/01-....mp4``, audio and video in one file; its video-only (``02-``) and
-  audio-only (``03-``) files are reported as such.
+  audio-only (``03-``) files are reported as such, and its songs (vocal channel 02,
+  ``01-02-...``), which unpack into the same folders, are excluded and counted (``SONG``):
+  the labels and the models are for speech. A manifest row naming a song is extracted.
 - Any folder of video files with an audio track; with a manifest ``path,label,speaker[,split]``
   (as the trainer reads it: ``--manifest FILE``, or ``manifest.csv`` in the folder) only the
   files it lists, whose labels and speakers then go to the output's own manifest.
@@ -11,16 +13,19 @@
     clip = media_clip(Path("clip.mp4"))          # one file given on the command line (predict)
 
 Each clip's output path ``rel`` keeps the stem and the sub-folders (``Actor_12/...``) that may
-carry the speaker; CREMA-D's ``VideoFlash`` folder is dropped (the stem carries the speaker).
+carry the speaker; CREMA-D's ``VideoFlash`` folder is dropped (the stem carries the speaker). A
+file outside the media folder (a manifest row ``../other/clip.mp4`` or an absolute path) writes
+``OUT/STEM.npz``: no ``rel`` ever leads out of the output folder.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.data import read_manifest
+from trainer.data import RAVDESS_SONG, parse_name, read_manifest
 from trainer.errors import MediaError
 
 VIDEO_EXTENSIONS = {".flv", ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg",
@@ -34,6 +39,8 @@ RAVDESS_NAME = re.compile(r"^(\d\d)-\d\d-\d\d-\d\d-\d\d-\d\d-\d\d$")  # modality
 RAVDESS_ONE_STREAM = {"02": "RAVDESS video-only file (modality 02): it has no audio",
                       "03": "RAVDESS audio-only file (modality 03): it has no video"}
 MANIFEST_NAME = "manifest.csv"  # as trainer.data's
+# The reason a RAVDESS song is listed under ``excluded`` (not a bad file: counted apart).
+SONG = "RAVDESS song (vocal channel 02): excluded, the labels are for speech"
 
 
 @dataclass(frozen=True)
@@ -59,12 +66,17 @@ def _crema_wav(flv: Path) -> Path | None:
 
 
 def _one_stream_reason(path: Path) -> str | None:
+    if parse_name(path.stem) == RAVDESS_SONG:
+        return SONG
     m = RAVDESS_NAME.match(path.stem)
     return RAVDESS_ONE_STREAM.get(m.group(1)) if m else None
 
 
 def _rel(path: Path, root: Path) -> str:
-    """Output path of ``path`` relative to OUT: its sub-folders and stem, less ``VideoFlash``."""
+    """Output path of ``path`` relative to OUT: its sub-folders and stem, less ``VideoFlash``.
+    Both are made absolute and ``..`` folded first (lexically, as the file was named), so a
+    path that leaves ``root`` (``root/../x.mp4``) is outside it: then only the stem."""
+    path, root = (Path(os.path.normpath(Path(p).absolute())) for p in (path, root))
     try:
         parts = path.relative_to(root).with_suffix("").parts
     except ValueError:  # a manifest row outside the media folder
@@ -72,9 +84,12 @@ def _rel(path: Path, root: Path) -> str:
     return "/".join([p for p in parts[:-1] if p != "VideoFlash"] + [parts[-1]])
 
 
-def _clip(video: Path, root: Path, row=None) -> MediaClip | str:
-    """The clip of one video file, or the reason it cannot be one."""
+def _clip(video: Path, root: Path, row=None, named: bool = False) -> MediaClip | str:
+    """The clip of one video file, or the reason it cannot be one. A song is excluded only when
+    found in a folder: a manifest row or a file given by name (``named``) means it on purpose."""
     reason = _one_stream_reason(video)
+    if reason == SONG and (row is not None or named):
+        reason = None
     if reason:
         return reason
     if video.suffix.lower() == ".flv":
@@ -99,7 +114,7 @@ def _with_manifest(root: Path, manifest: Path) -> tuple[list[MediaClip], list[di
             skipped.append({"path": shown, "reason": f"manifest line {r['line']}: not a video "
                             f"file ({path.suffix or 'no extension'})"})
         else:
-            got = _clip(path, root if path.is_relative_to(root) else base, row)
+            got = _clip(path, root if _inside(path, root) else base, row)
             if isinstance(got, str):
                 skipped.append({"path": shown, "reason": got})
             else:
@@ -141,6 +156,12 @@ def find_clips(media: Path, manifest: Path | None = None) -> tuple[list[MediaCli
         else:
             seen[c.rel] = c
     return clips, sorted(skipped, key=lambda s: s["path"])
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` is under ``root`` once ``..`` is folded (``root/../x`` is not)."""
+    path, root = (Path(os.path.normpath(Path(p).absolute())) for p in (path, root))
+    return path.is_relative_to(root)
 
 
 def display_path(path: Path, root: Path) -> str:
@@ -193,7 +214,7 @@ def media_clip(path: Path) -> MediaClip:
     if ext not in VIDEO_EXTENSIONS:
         raise MediaError(f"{path}: unsupported file type ({ext or 'no extension'}); give a video "
                          f"({', '.join(sorted(VIDEO_EXTENSIONS))})")
-    got = _clip(path, path.parent)
+    got = _clip(path, path.parent, named=True)
     if isinstance(got, str):
         raise MediaError(f"{path}: {got}")
     return got

@@ -31,16 +31,15 @@ nothing is downloaded:
 
 from __future__ import annotations
 
-import contextlib
-import os
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from trainer.errors import MediaError
+from trainer.extract.native_stderr import quiet_native_stderr
 
 FACE_KINDS = ("mediapipe", "opencv", "facenet")
 MEDIAPIPE_VERSION = "0.10.21"
@@ -75,22 +74,6 @@ def make_face(kind: str, weights: str | None = None) -> Face:
     if kind == "facenet":
         return FaceNetFace(weights)
     raise ValueError(f"unknown face features {kind!r}: one of {', '.join(FACE_KINDS)}")
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Native logging off for a moment: MediaPipe's C++ side prints TFLite and absl notices (and,
-    with protobuf >= 5, a harmless 'GetPrototype' line) straight to fd 2 when a graph is made
-    and first run; once per clip they would bury the progress bar. Python exceptions are objects
-    and still propagate."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _rgb(rgb: np.ndarray) -> np.ndarray:
@@ -135,7 +118,7 @@ class MediaPipeFace:
 
     def __init__(self):
         try:
-            with _quiet_stderr():
+            with quiet_native_stderr():
                 from mediapipe.python.solutions import face_mesh  # mediapipe
         except ImportError as e:
             raise ValueError(f"--video mediapipe needs mediapipe {MEDIAPIPE_VERSION} (`make setup`"
@@ -145,7 +128,7 @@ class MediaPipeFace:
         self.landmarks = sorted({i for edge in face_mesh.FACEMESH_CONTOURS for i in edge}) + \
             list(_IRIS)
         self.dim = 3 * len(self.landmarks)
-        with _quiet_stderr(), warnings.catch_warnings():
+        with quiet_native_stderr(), warnings.catch_warnings():
             # MediaPipe 0.10.21 was built for protobuf 4; protobuf 6 deprecates a call it makes.
             warnings.simplefilter("ignore", DeprecationWarning)
             # Video mode: the detector runs only when tracking is lost; landmarks of the last
@@ -167,7 +150,7 @@ class MediaPipeFace:
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         rgb = _rgb(rgb)
         if self._first:
-            with _quiet_stderr():
+            with quiet_native_stderr():
                 result = self._mesh.process(rgb)
             self._first = not result.multi_face_landmarks
         else:

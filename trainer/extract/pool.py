@@ -72,14 +72,15 @@ def _marked(work: Callable[[MediaClip], dict], clip: MediaClip) -> dict:
 
 
 def run_clips(todo: list[MediaClip], work: Callable[[MediaClip], dict], out: Path, workers: int,
-              opencv: bool = True) -> Iterator[dict]:
+              opencv: bool = True, isolate: bool = False) -> Iterator[dict]:
     """Yield ``work(clip)`` for each clip as it finishes: in this process for one worker (with
-    OpenCV on one core when ``opencv``), else in a pool of processes (spawned: a fresh
+    OpenCV on one core when ``opencv``) unless ``isolate``, else in a pool of processes (one
+    for one worker; spawned: a fresh
     interpreter, so no decoder or detector state or thread is copied from this one; a script
     calling ``extract`` with workers needs the usual ``if __name__ == "__main__":``). A worker
     that dies takes only its own clip with it: that clip is yielded as lost, the pool is made
     anew, and the rest go on. On Ctrl-C, clips not started are dropped."""
-    if workers <= 1 or len(todo) <= 1:
+    if not isolate and (workers <= 1 or len(todo) <= 1):
         if opencv and todo:
             one_core()
         for clip in todo:

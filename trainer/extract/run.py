@@ -14,9 +14,9 @@ processes live in trainer.extract.pool, the ``s3://`` staging in trainer.extract
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -33,17 +33,18 @@ from trainer.data import (
     EXTRACTOR,
     MANIFEST_NAME,
     clip_params_json,
-    read_extraction,
     write_manifest,
 )
 from trainer.errors import DataError, MediaError
 from trainer.extract import staging
 from trainer.extract.audio import audio_features, check_audio_kind
-from trainer.extract.clips import MediaClip, display_path, find_clips
-from trainer.extract.decode import at_rate, read_audio, read_frames
+from trainer.extract.clips import SONG, MediaClip, display_path, find_clips
+from trainer.extract.decode import at_rate, decode_audio, read_frames
 from trainer.extract.face import make_face
 from trainer.extract.openface import openface_csv, read_openface
+from trainer.extract.places import check_places
 from trainer.extract.pool import run_clips
+from trainer.extract.resume import is_done, made_by, sha256_file
 from trainer.store.files import atomic_write_bytes as atomic_write
 from trainer.store.uri import cache_dir as default_cache
 from trainer.store.uri import is_s3
@@ -65,6 +66,7 @@ class ExtractSettings:
     sample_rate: int = 16000  # audio is resampled to this, mono
     n_mels: int = 64  # log-mel bands (logmel only)
     min_face_frames: int = 5  # a clip with fewer frames with a face is skipped (1/3 s at 15 fps)
+    max_seconds: float = 60.0  # a longer clip is skipped: its audio is held whole in memory
     openface_csv: str | None = None  # folder of OpenFace FeatureExtraction CSVs (openface only)
     face_weights: str | None = None  # weights file (facenet only)
 
@@ -75,9 +77,11 @@ class ExtractSettings:
         if self.video not in VIDEO_KINDS:
             raise ValueError(f"unknown video features {self.video!r}; use one of "
                              f"{', '.join(VIDEO_KINDS)}")
-        for name in ("video_rate", "sample_rate", "n_mels"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be positive")
+        for name in ("video_rate", "sample_rate", "n_mels", "max_seconds"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):  # nan and inf too
+                raise ValueError(f"--{name.replace('_', '-')} must be positive and finite, "
+                                 f"not {value:g}")
         if self.min_face_frames < 1:
             raise ValueError("--min-face-frames must be at least 1")
         if self.video == "openface":
@@ -92,13 +96,14 @@ class ExtractSettings:
     def params(self) -> dict:
         """The settings that define the features, without local paths: a weights file is named
         by its content's SHA-256, the OpenFace folder not at all (its CSVs are the features).
-        ``min_face_frames`` decides which clips are kept, not what a clip's features mean."""
+        ``min_face_frames`` and ``max_seconds`` decide which clips are kept, not what a clip's
+        features mean: resume checks them against each clip file's frames."""
         p = {"audio": self.audio, "video": self.video, "video_rate": float(self.video_rate),
              "sample_rate": int(self.sample_rate)}
         if self.audio == "logmel":
             p["n_mels"] = int(self.n_mels)
         if self.face_weights:
-            p["face_weights_sha256"] = _sha256(str(Path(self.face_weights).resolve()))
+            p["face_weights_sha256"] = _weights_sha256(str(Path(self.face_weights).resolve()))
         return p
 
     @classmethod
@@ -113,13 +118,7 @@ class ExtractSettings:
         return cls(**{k: v for k, v in settings.items() if k in names})
 
 
-@lru_cache(maxsize=4)
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+_weights_sha256 = lru_cache(maxsize=4)(sha256_file)  # a weights file is large: hashed once
 
 
 def _openface(clip: MediaClip, s: ExtractSettings) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -128,9 +127,18 @@ def _openface(clip: MediaClip, s: ExtractSettings) -> tuple[np.ndarray, np.ndarr
         raise MediaError(f"no OpenFace CSV {clip.stem}.csv in {s.openface_csv}")
     feats, times, columns = read_openface(csv)
     keep = at_rate(times, s.video_rate)  # the same rate rule as decoded video
+    # The CSV's hash: a resume with another CSV folder redoes the clips whose CSVs differ.
     info = {"name": "openface", "package": "OpenFace 2.x FeatureExtraction CSV",
-            "columns": columns, "min_confidence": 0.8}
+            "columns": columns, "min_confidence": 0.8, "csv_sha256": sha256_file(csv)}
     return feats[keep], times[keep], info
+
+
+def _csv_sha256(clip: MediaClip, s: ExtractSettings) -> str | None:
+    """The hash of the clip's OpenFace CSV as it is now (None: not ``--video openface``)."""
+    if s.video != "openface":
+        return None
+    csv = openface_csv(Path(s.openface_csv), clip.stem)
+    return sha256_file(csv) if csv is not None else "no CSV"
 
 
 def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarray, np.ndarray,
@@ -139,7 +147,7 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
     number of frames looked at."""
 
     face = make_face(s.video, s.face_weights)  # fresh per clip: it tracks within one clip
-    frames = read_frames(clip.video, s.video_rate)
+    frames = read_frames(clip.video, s.video_rate, s.max_seconds)
     feats, times, seen = [], [], 0
     try:
         while True:
@@ -169,10 +177,12 @@ def _extract(clip: MediaClip, s: ExtractSettings, timing: dict) -> dict[str, np.
     (``media``) to ``timing`` as it goes, so that a clip skipped late still counts its work."""
 
     t0 = time.perf_counter()
-    wave = read_audio(clip.audio, s.sample_rate)
+    decoded = decode_audio(clip.audio, s.sample_rate, s.max_seconds)
+    wave = decoded.wave
     t1 = time.perf_counter()
     timing["media"] = len(wave) / s.sample_rate
     audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
+    audio_t = audio_t + decoded.audio_start  # on the container's clock, as the video's times
     timing["decode_audio"], timing["audio_features"] = t1 - t0, time.perf_counter() - t1
     if s.video == "openface":
         t0 = time.perf_counter()
@@ -228,15 +238,6 @@ def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
             "timing": timing}
 
 
-def _done(path: Path, settings: dict) -> bool:
-    """A clip file already extracted with these settings (resume); any other file is redone."""
-
-    if not path.is_file():
-        return False
-    params = read_extraction(path)
-    return params is not None and params["settings"] == settings
-
-
 def _progress(total: int):
     """tqdm on a terminal; otherwise None (log lines every 10 s carry the progress)."""
     if not sys.stderr.isatty():
@@ -245,14 +246,14 @@ def _progress(total: int):
     return tqdm(total=total, desc="extract", unit="clip", dynamic_ncols=True)
 
 
-def _check_face(s: ExtractSettings) -> None:
+def _check_face(s: ExtractSettings) -> dict | None:
     """Make the face extractor once here, so a missing package or weights file is one line
-    before any worker starts, not one skipped clip per file."""
+    before any worker starts, not one skipped clip per file; its info (None for OpenFace)."""
     if s.video == "openface":
-        import trainer.extract.openface  # noqa: F401 - present, before the workers need it
-        return
-
-    make_face(s.video, s.face_weights).close()
+        return None
+    face = make_face(s.video, s.face_weights)
+    face.close()
+    return face.info
 
 
 def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
@@ -265,16 +266,20 @@ def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
 
 def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None = None,
             workers: int = 0, manifest: str | Path | None = None,
-            cache_dir: str | Path | None = None) -> dict:
+            cache_dir: str | Path | None = None, isolate: bool = False) -> dict:
     """Extract every clip under ``media`` into ``out`` and write ``OUT/extract.json``.
 
     ``media`` and ``out`` may be ``s3://`` prefixes: the media are synced down into
     ``cache_dir`` (only what changed), the output is written in a local staging folder there
     (synced down first, so that resume sees what is done) and synced up at the end.
 
+    ``workers`` is at most the CPUs this process may use (more is cut to that, with a warning).
+    ``isolate`` runs even one worker in a child process, so that a clip the kernel kills for
+    memory takes only itself, not the caller (the ``extract`` and ``train --media`` verbs).
+
     Returns:
         The report: ``written``, ``already_done`` (relative clip file paths), ``skipped``
-        (``{"path", "reason"}``), ``counts``, ``settings``, ``seconds`` (wall) and ``timing``
+        (``{"path", "reason"}``), ``excluded`` (RAVDESS songs, as skipped), ``counts``, ``settings``, ``seconds`` (wall) and ``timing``
         (media seconds, media seconds per wall second, seconds per stage summed over workers).
 
     Raises:
@@ -284,26 +289,34 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     Example:
         >>> r = extract("media/ravdess", "data/ravdess", ExtractSettings(video="opencv"))
         >>> r["counts"]
-        {'clips': 2880, 'written': 2871, 'already_done': 0, 'skipped': 9}
+        {'clips': 2880, 'written': 2871, 'already_done': 0, 'skipped': 9, 'excluded': 0}
     """
     s = settings or ExtractSettings()
     s.check()
     t_start = time.perf_counter()
     cache = default_cache(cache_dir)
+    check_places(str(media), str(out), manifest, cache)
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)
     if not clips and not skipped:
         raise DataError(f"no media files under {media}")
+    excluded = [x for x in skipped if x["reason"] == SONG]
+    skipped = [x for x in skipped if x["reason"] != SONG]
     stage["find"] = time.perf_counter() - t0
-    _check_face(s)
+    made = made_by(s.audio, _check_face(s))
     local_out = staging.local_out(str(out), cache, stage)  # nothing is written before this point
     params = s.params()
-    done = [c for c in clips if _done(local_out / f"{c.rel}.npz", params)]
+    done = [c for c in clips if is_done(local_out / f"{c.rel}.npz", params, made,
+                                        s.min_face_frames, s.max_seconds, _csv_sha256(c, s))]
     done_rel = {c.rel for c in done}
     todo = [c for c in clips if c.rel not in done_rel]
-    workers = workers or len(os.sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
+    if workers > cpus:
+        log.warning("extract.workers_cut", asked=workers, using=cpus,
+                    why="--workers is at most the CPUs this process may use")
+    workers = min(workers or cpus, cpus)
     log.info("extract.start", media=str(media), out=str(out), clips=len(clips),
              already_done=len(done), to_do=len(todo), reported=len(skipped), workers=workers,
              settings=params)
@@ -317,7 +330,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
         if uploader is not None:  # clip files go up as they finish, not only at the end
             uploader.start()
         results = run_clips(todo, partial(_work, s=s, out=local_out), local_out, workers,
-                            opencv=s.video != "openface")
+                            opencv=s.video != "openface", isolate=isolate)
         for i, r in enumerate(results, 1):
             for k, v in r["timing"].items():
                 stage[k] += v
@@ -345,8 +358,9 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
         "written": sorted(f"{rel}.npz" for rel in written),
         "already_done": sorted(f"{rel}.npz" for rel in done_rel),
         "skipped": sorted(skipped, key=lambda x: x["path"]),
+        "excluded": excluded,
         "counts": {"clips": len(clips), "written": len(written), "already_done": len(done),
-                   "skipped": len(skipped)},
+                   "skipped": len(skipped), "excluded": len(excluded)},
         "settings": params, "min_face_frames": s.min_face_frames, "workers": workers,
         "seconds": 0.0,
         "timing": {"media_seconds": round(media_seconds, 3),

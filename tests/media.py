@@ -92,11 +92,12 @@ def frames(n: int, face: bool = True, seed: int = 0) -> list[np.ndarray]:
 
 
 def write_video(path: Path, images: list[np.ndarray], fps: int = FPS,
-                audio: tuple[np.ndarray, int] | None = None) -> Path:
+                audio: tuple[np.ndarray, int] | None = None, audio_start: float = 0.0) -> Path:
     """Encode ``images`` (and optionally ``audio = (wave, sample_rate)``) with PyAV.
 
     ``.flv``: Sorenson H.263 (``flv1``), CREMA-D's codec, video only (CREMA-D's audio is the
-    WAV). ``.mp4``: H.264 with an AAC audio track, as RAVDESS ships.
+    WAV). ``.mp4``: H.264 with an AAC audio track, as RAVDESS ships; its first sample is at
+    ``audio_start`` seconds on the file's clock (the picture's first frame is at 0).
     """
     import av
 
@@ -125,7 +126,7 @@ def write_video(path: Path, images: list[np.ndarray], fps: int = FPS,
             for start in range(0, len(wave), step):
                 chunk = wave[start:start + step].astype(np.float32)[None, :]
                 frame = av.AudioFrame.from_ndarray(chunk, format="flt", layout="mono")
-                frame.sample_rate, frame.pts = sr, start
+                frame.sample_rate, frame.pts = sr, start + int(round(audio_start * sr))
                 for pkt in a.encode(frame):
                     out.mux(pkt)
             for pkt in a.encode():

@@ -234,6 +234,8 @@ def _work(clip: MediaClip, s: ExtractSettings, out: Path) -> dict:
         reason = str(e).splitlines()[0] if str(e) else "unreadable media"
     except Exception as e:  # a library's own error on odd input: reported, the run goes on
         reason = f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    if reason is not None:  # a file of other settings, not this run's: it would be mixed in
+        (out / f"{clip.rel}.npz").unlink(missing_ok=True)
     return {"rel": clip.rel, "reason": reason, "seconds": timing.pop("media", 0.0),
             "timing": timing}
 

@@ -37,6 +37,16 @@ def test_folder_with_both_styles_loads_recursively_and_excludes_calm_and_surpris
     assert all(c.audio.dtype == np.float32 for c in ds.clips)
 
 
+def test_ravdess_songs_are_excluded_and_counted_like_calm_and_surprised(tmp_path):
+    assert parse_name("01-02-05-01-01-01-12") == "song"  # vocal channel 02: sung, not spoken
+    write_clip(tmp_path / "Actor_12" / "01-01-05-01-01-01-12.npz")  # speech
+    write_clip(tmp_path / "Actor_12" / "01-02-05-01-01-01-12.npz")  # the same line, sung
+    write_clip(tmp_path / "Actor_12" / "02-02-03-01-01-01-12.npz")
+    ds = load_dataset(tmp_path)
+    assert [c.path for c in ds.clips] == ["Actor_12/01-01-05-01-01-01-12.npz"]
+    assert dict(ds.excluded) == {"song": 2} and ds.skipped == []
+
+
 def test_same_actor_number_in_two_data_sets_is_two_speakers(tmp_path):
     write_clip(tmp_path / "1012_DFA_ANG_XX.npz")
     write_clip(tmp_path / "01-01-05-01-01-01-12.npz")

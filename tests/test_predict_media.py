@@ -105,3 +105,32 @@ def test_raw_media_with_a_checkpoint_not_trained_on_extract_is_one_line(tmp_path
     assert got.returncode == 1
     lines = got.stderr.strip().splitlines()
     assert len(lines) == 1 and "not made by `trainer extract`" in lines[0], got.stderr
+
+
+def test_a_folder_gives_its_clip_files_its_videos_and_what_cannot_be_used(tmp_path):
+    from trainer.inputs import input_files
+
+    for rel in ("a.npz", "sub/b.mp4", "sub/c.wmv", "VideoFlash/1001_DFA_ANG_XX.flv",
+                "AudioWAV/1001_DFA_ANG_XX.wav", "AudioWAV/1009_ITS_NEU_XX.wav", "notes.txt",
+                "extract.json", "manifest.csv", "odd.xyz", ".hidden.mp4"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    got = [str(p.relative_to(tmp_path)) for p in input_files([str(tmp_path)])]
+    # the FLV's own WAV and the companions are not inputs; a WAV without its video and an
+    # unknown file are, so that predict says why it cannot use them
+    assert got == ["AudioWAV/1009_ITS_NEU_XX.wav", "VideoFlash/1001_DFA_ANG_XX.flv", "a.npz",
+                   "odd.xyz", "sub/b.mp4", "sub/c.wmv"]
+
+
+@pytest.mark.slow
+def test_predict_reads_a_wmv_as_media_and_a_folder_of_videos_clip_by_clip(trained, tmp_path):
+    checkpoint, media, data, _ = trained
+    stem = "Actor_03/01-01-03-01-01-01-03"
+    wmv = tmp_path / "01-01-03-01-01-01-03.wmv"  # any container FFmpeg reads, as extract takes
+    wmv.write_bytes((media / f"{stem}.mp4").read_bytes())
+    got = _predict(checkpoint, wmv, data / f"{stem}.npz", media / "Actor_01")
+    videos = sorted((media / "Actor_01").glob("*.mp4"))
+    assert [r["path"] for r in got] == [str(wmv), str(data / f"{stem}.npz"), *map(str, videos)]
+    assert len(videos) == 3 and all("label" in r for r in got), got
+    # The same features as the clip file extract wrote, so the same probabilities.
+    assert got[0]["probabilities"] == pytest.approx(got[1]["probabilities"], abs=1e-5)

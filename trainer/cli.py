@@ -66,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeat for more (default: none)")
     p.add_argument("--speaker", metavar="NAME", help="the speaker of every input and --enroll "
                    "clip (default: from the file names)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files, folders of them, "
-                   "or raw media clips")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files (.npz), raw media "
+                   "clips (any video extract takes), or folders of either")
 
     p = sub.add_parser("enroll", help="speakers' statistics for a --norm speaker model",
                        formatter_class=fmt, description="Each speaker's running sums of their "
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="the enrolment file (.npz)")
     p.add_argument("--speaker", metavar="NAME", help="the speaker of every input (default: "
                    "from the file names)")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files, folders of them, "
-                   "or raw media clips")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files (.npz), raw media "
+                   "clips (any video extract takes), or folders of either")
 
     p = sub.add_parser("demo-data", help="write the built-in demo data set", formatter_class=fmt,
                        description="Synthetic clips in the real clip format: some classes "

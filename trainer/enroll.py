@@ -65,7 +65,7 @@ def enrol(t: Trained, inputs: list[str], speaker: str | None = None,
 
     Args:
         t: the checkpoint (its rates pool, its feature widths check each clip).
-        inputs: clip files, folders of them, raw media clips.
+        inputs: clip files, raw media clips, folders of either.
         speaker: the speaker of every input; default: from each file name.
         skipped: a list that receives ``{"path", "reason"}`` for each input not used.
     """

@@ -1,4 +1,4 @@
-"""What ``predict`` and ``enroll`` take: clip files, folders of them, or raw media clips, read one
+"""What ``predict`` and ``enroll`` take: clip files, raw media clips or folders of either, read one
 at a time for a checkpoint (raw media extracted as its training data were).
 
 A ``.npz`` is a clip file; every other file is media: a video (``trainer.extract.clips``'

@@ -59,8 +59,9 @@ def predict(checkpoint: str | Path, inputs: list[str], enroll: list[str] | None 
 
     Args:
         checkpoint: a trainer checkpoint.
-        inputs: clip files (.npz), folders of them, raw media clips (.mp4, or a CREMA-D .flv
-            with its .wav), extracted as the checkpoint's training data were.
+        inputs: clip files (.npz), raw media clips (any video ``extract`` takes, a CREMA-D
+            .flv with its .wav), folders of either; media extracted as the checkpoint's
+            training data were.
         enroll: enrolment files, or clips or media to enrol their speakers from.
         speaker: the speaker of every input (and of enrolment clips); default: file names.
         warn: receives each warning line (default: stderr): an ``--enroll`` input skipped, and

@@ -334,9 +334,10 @@ def load_dataset(root: str | Path, audio_fps: float = 100.0, progress=None) -> D
     clips, params = _keep_one_extraction(clips, extraction, skipped)
     clips = _drop_odd_widths(clips, skipped)
     if not clips:
+        shown = (f", {sum(excluded.values())} excluded (RAVDESS calm/surprised/song)"
+                 if excluded else "")
         raise DataError(f"no usable clips under {root}: {len(skipped)} skipped "
-                        f"({_top_reason(skipped)})" + (f", {sum(excluded.values())} excluded "
-                                                        "(RAVDESS calm/surprised/song)" if excluded else ""))
+                        f"({_top_reason(skipped)}){shown}")
     return Dataset(str(root), clips, skipped, excluded, params)
 
 

@@ -281,8 +281,9 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
 
     Returns:
         The report: ``written``, ``already_done`` (relative clip file paths), ``skipped``
-        (``{"path", "reason"}``), ``excluded`` (RAVDESS songs, as skipped), ``counts``, ``settings``, ``seconds`` (wall) and ``timing``
-        (media seconds, media seconds per wall second, seconds per stage summed over workers).
+        (``{"path", "reason"}``), ``excluded`` (RAVDESS songs, as skipped), ``counts``,
+        ``settings``, ``seconds`` (wall) and ``timing`` (media seconds, media seconds per wall
+        second, seconds per stage summed over workers).
 
     Raises:
         FileNotFoundError, ValueError, DataError, S3Error: bad arguments (one line), before any

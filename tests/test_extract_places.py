@@ -158,3 +158,14 @@ def test_one_isolated_worker_killed_takes_only_its_clip(tmp_path):
     got = list(run_clips(todo, _killed, tmp_path, workers=1, isolate=True))
     # the caller (this test) lives on, and hears which clip its worker died on
     assert got == [{"rel": "a", "reason": DIED, "seconds": 0.0, "timing": {}}]
+
+
+def test_train_media_with_a_cache_dir_that_is_a_file_is_one_line(clip, tmp_path, capsys,
+                                                                   s3_bucket):
+    (tmp_path / "afile").write_text("a file")
+    code, err = _main(["train", "--media", str(clip.parent), "--data", f"s3://{s3_bucket}/f/",
+                       "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "afile"),
+                       "--extract-args", "--video opencv"], capsys)
+    assert code == 1 and "Traceback" not in err, err  # the run's config line, then the error
+    assert err.splitlines()[-1] == \
+        f"error: --cache-dir {tmp_path}/afile: {tmp_path}/afile is a file, not a folder", err

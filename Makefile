@@ -10,7 +10,7 @@ RUN    ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export,extract]' && $(VENV)/bin/pip install -q --no-deps 'mediapipe==0.10.21' && touch $(STAMP)
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export,extract,tracking]' && $(VENV)/bin/pip install -q --no-deps 'mediapipe==0.10.21' && touch $(STAMP)
 
 ## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
 demo: $(STAMP)

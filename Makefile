@@ -86,6 +86,13 @@ results: $(STAMP)
 destroy: $(STAMP)
 	$(PY) -m trainer destroy $(OPS) $(if $(call on,$(KEEP)),--keep-runs) $(if $(call on,$(YES)),--yes)
 
+## TensorBoard over runs on localhost (docs/tracking.md): RUNS='runs/cv runs/ablation' (default:
+## results/, what `make results` downloads). Prints the address; Ctrl-C stops it.
+RUNS ?=
+.PHONY: tensorboard
+tensorboard: $(STAMP)
+	$(PY) -m trainer tensorboard $(RUNS)
+
 ## The robustness suite (DESIGN.md section 9; docs/training.md): every variant on every data
 ## profile, over seeds, 12 held-out speakers per run; resumable; runs/robustness/robustness.md.
 ## PROFILES=a,b (default: all) SEEDS=0,1,2 VARIANTS=hybrid,late,linear (only when given here: the

@@ -138,6 +138,19 @@ def serve(paths: list[str], port: int | None = None, say=print) -> int:
             say(f"warning: no TensorBoard event files under {f} (a run writes them in RUN/tb/; "
                 "runs made before tracking have none)")
     board = Board(folders, port)
+
+    def interrupt(signum, frame):  # SIGTERM, SIGHUP: stop TensorBoard too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return watch(board, folders, say)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def watch(board: Board, folders: list[Path], say) -> int:
     try:
         url = board.start()
     except KeyboardInterrupt:

@@ -1,8 +1,8 @@
 """TensorBoard event files for one run, in ``RUN/tb/`` (DESIGN.md section 9).
 
     >>> t = Tracker(RunDir("runs/demo"))
-    >>> t.epoch({"epoch": 1, "train_loss": 1.2, "val_loss": 1.1, "val_macro_f1": 0.4, ...})
-    >>> t.finish(asdict(cfg), test_report, LABELS, epochs=1)
+    >>> t.epochs([{"epoch": 1, "train_loss": 1.2, "val_loss": 1.1, "val_macro_f1": 0.4, ...}])
+    >>> t.finish(asdict(cfg), test_report, LABELS, history)
 
 Per epoch, the scalars of that epoch's ``metrics.jsonl`` line (``SCALARS``); at the end the test
 metrics, the hyperparameters (TensorBoard's hparams view, with the test metrics as its metrics),
@@ -74,9 +74,11 @@ def hparam_value(v):
 class Tracker:
     """The TensorBoard side of one run; every method does nothing without tensorboard.
 
-    The writer opens at the first epoch logged by this process. A resumed run's writer starts
-    with TensorBoard's purge at that epoch, so the epochs an earlier process logged after its
-    last checkpoint are dropped from view instead of shown twice.
+    Like ``metrics.jsonl``, the events hold exactly the epochs of the run's history: the
+    writer opens with TensorBoard's purge from epoch 1 on, and this process writes the whole
+    history (a resumed run's from its checkpoint). So what an earlier, killed process logged
+    (part of it perhaps never uploaded, or past its last checkpoint) is neither missing nor
+    shown twice.
 
     Args:
         run_dir: the run's directory; events go to ``RUN/tb/``.
@@ -86,12 +88,12 @@ class Tracker:
         self.run_dir = run_dir
         self.writer = None
         self.opened = False
+        self.written = 0  # epochs of the history written by this process
 
-    def open(self, first_step: int):
+    def open(self):
         if not self.opened:
             self.opened = True
-            self.writer = summary_writer(str(self.run_dir.path(FOLDER)),
-                                         purge_step=first_step if first_step > 1 else None)
+            self.writer = summary_writer(str(self.run_dir.path(FOLDER)), purge_step=1)
         return self.writer
 
     def publish(self) -> None:
@@ -100,20 +102,25 @@ class Tracker:
         for path in sorted(self.run_dir.path(FOLDER).glob("events.*")):
             self.run_dir.publish(f"{FOLDER}/{path.name}")
 
-    def epoch(self, row: dict) -> None:
-        """One ``metrics.jsonl`` line as scalars at step ``row["epoch"]``."""
-        w = self.open(row["epoch"])
+    def epochs(self, history: list[dict]) -> None:
+        """The ``metrics.jsonl`` lines not yet written, each as scalars at its epoch; then
+        flushed and published."""
+        w = self.open()
         if w is None:
             return
-        for key, tag in SCALARS.items():
-            if row.get(key) is not None:
-                w.add_scalar(tag, row[key], row["epoch"])
+        for row in history[self.written:]:
+            for key, tag in SCALARS.items():
+                if row.get(key) is not None:
+                    w.add_scalar(tag, row[key], row["epoch"])
+        self.written = len(history)
         self.publish()
 
-    def finish(self, settings: dict, test: dict, labels: list[str], epochs: int) -> None:
-        """The test metrics, the hparams summary (``settings`` -> the test metrics) and the
-        confusion matrix and per-class F1 as images, at step ``epochs``; then closes."""
-        w = self.open(epochs)
+    def finish(self, settings: dict, test: dict, labels: list[str], history: list[dict]) -> None:
+        """Any epochs not yet written, then at the last epoch's step the test metrics, the
+        hparams summary (``settings`` -> the test metrics) and the confusion matrix and per-class
+        F1 as images; then closes."""
+        self.epochs(history)
+        w, epochs = self.writer, history[-1]["epoch"] if history else 0
         if w is None:
             return
         # torch's tensorboard summaries, loaded with the writer above

@@ -274,7 +274,7 @@ class Training:
             logs.flush()
             self.run_dir.publish("train.log")  # a run killed at any moment keeps its log
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
-            self.tracker.epoch(row)
+            self.tracker.epochs(self.history)
             best = self.history[self.best_epoch - 1]["val_macro_f1"]  # what status calls best
             log.info("epoch", **row, best=round(best, 4), best_epoch=self.best_epoch)
             times = [h["epoch_seconds"] for h in self.history]
@@ -322,7 +322,7 @@ class Training:
         run.write_bytes("plots/learning_curves.png", plots.learning_curves(self.history))
         run.write_bytes("plots/confusion_matrix.png",
                         plots.confusion(test["confusion_matrix"], LABELS))
-        self.tracker.finish(asdict(cfg), test, LABELS, self.epoch)
+        self.tracker.finish(asdict(cfg), test, LABELS, self.history)
         log.info("test", accuracy=round(test["accuracy"], 4), macro_f1=round(test["macro_f1"], 4),
                  uar=round(test["uar"], 4), best_epoch=self.best_epoch)
         self.status.update(state="done", epoch=self.epoch, eta_seconds=0,

@@ -69,6 +69,7 @@ MAKE_CALLS = {
     "cv": "trainer cv", "extract": "trainer extract", "deploy": "trainer deploy",
     "status": "trainer status", "logs": "trainer logs", "monitor": "trainer monitor",
     "results": "trainer results", "destroy": "trainer destroy",
+    "tensorboard": "trainer tensorboard",
 }
 
 # Commands from the docs that also run here, in this order, in one temporary folder: each as

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from trainer.batching import bucket_batches
-from trainer.bench.workload import PRESETS, build, loader, pooled, training_step, workload
+from trainer.bench.workload import (
+    PRESETS,
+    build,
+    loader,
+    pooled,
+    training_step,
+    workload,
+)
 from trainer.config import TrainConfig
 from trainer.store.rundir import RunDir
 from trainer.tracking import Tracker

@@ -51,7 +51,10 @@ RUN python3 -m venv /tmp/pip \
 # of libtorch and llvmlite (binutils, in this stage only: about 110 MB; not the libraries that
 # auditwheel patched with patchelf, which strip breaks, such as numpy's OpenBLAS), removes the
 # packages' own test suites (`tests/` folders, about 130 MB) and the mediapipe models of
-# solutions we never run (hands, pose, selfie, objectron: about 25 MB).
+# solutions we never run (hands, pose, selfie, objectron: about 25 MB). TensorBoard (the
+# `tracking` extra) goes in with --no-deps too, with absl-py: a run only writes event files
+# (protobuf, already here), so its server's grpcio, werkzeug and data server (about 40 MB) stay
+# out, and pip check would ask for them.
 FROM python:3.11-slim-bookworm AS deps
 # Where torch comes from when the context has no wheels/torch-*+cpu-*.whl.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -78,6 +81,8 @@ RUN set -eu; \
     fi; \
     /opt/venv/bin/pip check; \
     /opt/venv/bin/pip install --no-cache-dir --no-deps "mediapipe==$MEDIAPIPE_VERSION"; \
+    tb_req="$(/opt/venv/bin/python -c 'import tomllib; print(tomllib.load(open("/tmp/deps/pyproject.toml", "rb"))["project"]["optional-dependencies"]["tracking"][0])')"; \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps "$tb_req" absl-py; \
     /opt/venv/bin/python -c 'import torch; assert torch.version.cuda is None, torch.version.cuda'; \
     site="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
     rm -rf "$site/torch/include" "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_* \
@@ -87,7 +92,7 @@ RUN set -eu; \
         selfie_segmentation objectron; do find "$site/mediapipe/modules/$m" -name '*.tflite' -delete; done; \
     strip --strip-unneeded "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libtorch_python.so \
         "$site"/llvmlite/binding/libllvmlite.so; \
-    /opt/venv/bin/python -c 'import av, cv2, librosa, torch, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000)'; \
+    /opt/venv/bin/python -c 'import av, cv2, librosa, torch, torch.utils.tensorboard, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000)'; \
     rm -rf /var/lib/apt/lists/*
 
 # --- final: the venv and the package on a clean base, a non-root user -------------------------

@@ -10,7 +10,7 @@ RUN    ?=
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export,extract]' && $(VENV)/bin/pip install -q --no-deps 'mediapipe==0.10.21' && touch $(STAMP)
+	python3 -m venv $(VENV) && $(VENV)/bin/pip install -q --upgrade pip && $(VENV)/bin/pip install -q -e '.[test,infra,ops,export,extract,tracking]' && $(VENV)/bin/pip install -q --no-deps 'mediapipe==0.10.21' && touch $(STAMP)
 
 ## Train the hybrid model on the built-in demo data (no AWS) and print where the results are.
 demo: $(STAMP)
@@ -85,6 +85,13 @@ results: $(STAMP)
 
 destroy: $(STAMP)
 	$(PY) -m trainer destroy $(OPS) $(if $(call on,$(KEEP)),--keep-runs) $(if $(call on,$(YES)),--yes)
+
+## TensorBoard over runs on localhost (docs/tracking.md): RUNS='runs/cv runs/ablation' (default:
+## results/, what `make results` downloads). Prints the address; Ctrl-C stops it.
+RUNS ?=
+.PHONY: tensorboard
+tensorboard: $(STAMP)
+	$(PY) -m trainer tensorboard $(RUNS)
 
 ## The robustness suite (DESIGN.md section 9; docs/training.md): every variant on every data
 ## profile, over seeds, 12 held-out speakers per run; resumable; runs/robustness/robustness.md.

@@ -69,6 +69,7 @@ MAKE_CALLS = {
     "cv": "trainer cv", "extract": "trainer extract", "deploy": "trainer deploy",
     "status": "trainer status", "logs": "trainer logs", "monitor": "trainer monitor",
     "results": "trainer results", "destroy": "trainer destroy",
+    "tensorboard": "trainer tensorboard",
 }
 
 # Commands from the docs that also run here, in this order, in one temporary folder: each as
@@ -484,7 +485,7 @@ def test_readme_is_a_map_of_at_most_12_kb():
 
 def test_readme_links_every_docs_page():
     linked = {(README.parent / link.split("#")[0]).resolve() for link in links(README)}
-    missing = [p.name for p in sorted(DOCS.glob("*")) if p.resolve() not in linked]
+    missing = [p.name for p in sorted(DOCS.glob("*.md")) if p.resolve() not in linked]
     assert not missing, f"README.md does not link docs/{', docs/'.join(missing)}"
 
 

@@ -118,6 +118,9 @@ def test_image_trains_from_s3_to_an_s3_run_directory(image, s3_data, s3_client):
     expected = {"config.json", "metrics.jsonl", "status.json", "checkpoints/last.pt",
                 "summary.json", "train.log"}
     assert expected <= keys, f"missing: {sorted(expected - keys)}; found: {sorted(keys)}"
+    # the image writes TensorBoard events (tensorboard without its server's dependencies)
+    assert any(k.startswith("tb/events.out.tfevents.") for k in keys), sorted(keys)
+    assert "tensorboard_missing" not in proc.stderr + proc.stdout
     assert s3_json(s3_client, bucket, "runs/test/status.json")["state"] == "done"
 
 

@@ -11,10 +11,15 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+
+import pytest
 
 from trainer.store.s3 import sync_up
 
@@ -90,7 +95,21 @@ def test_monitor_menu_shows_metrics_time_to_go_status_and_resources(local_stack,
         assert f"no live log for run {RUN}" in term.expect(PROMPT)
 
         term.send("7\n")
-        assert "no choice '7': type 1 to 6, r or q" in term.expect(PROMPT)
+        assert "no choice '7': type 1 to 6, t, r or q" in term.expect(PROMPT)
+
+        # t: the run's event files come down to results/RUN/ and TensorBoard serves them on a
+        # loopback port until Ctrl-C (SIGINT), then the menu is back.
+        term.send("t\n")
+        shown = term.expect("(Ctrl-C: stop)")
+        assert "1 event file(s) downloaded" in shown
+        assert [p.name for p in (tmp_path / "results" / RUN / "tb").iterdir()] == \
+            [p.name for p in (finished_run / "tb").iterdir()]
+        url = re.search(r"TensorBoard on (http://127\.0\.0\.1:\d+/)", shown).group(1)
+        assert json.loads(urllib.request.urlopen(url + "data/runs", timeout=10).read()) == ["tb"]
+        term.proc.send_signal(signal.SIGINT)
+        assert "tensorboard stopped" in term.expect(PROMPT)
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url + "data/runs", timeout=5)
 
         term.send("r\n")
         assert RUN in term.expect("run id (Enter: the newest)> ")

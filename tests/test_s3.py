@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime
@@ -23,6 +24,7 @@ from trainer.store import s3
 from trainer.errors import DataError
 from trainer.store.s3 import S3Error, parse_s3_uri, sync_down, sync_up
 from trainer.store.mirror import S3Mirror
+from util import assert_events_match_metrics, tb_events
 
 
 def put(client, bucket: str, key: str, data: bytes) -> None:
@@ -488,6 +490,15 @@ def assert_complete_run(client, bucket: str, prefix: str, epochs: int) -> None:
     for name in ("checkpoints/last.pt", "checkpoints/best.pt"):
         ckpt = torch.load(io.BytesIO(get(client, bucket, prefix + name)), weights_only=True)
         assert "model" in ckpt
+    # TensorBoard's events came through the same mirror: one value per epoch, as metrics.jsonl
+    # (a resumed run's second event file takes over from the epoch it resumed at).
+    events = [k for k in found if k.startswith("tb/events.out.tfevents.")]
+    assert events, sorted(found)
+    with tempfile.TemporaryDirectory() as tb:
+        for k in events:
+            (Path(tb) / Path(k).name).write_bytes(get(client, bucket, prefix + k))
+        assert_events_match_metrics(Path(tb), metrics)
+        assert tb_events(Path(tb)).Scalars("test/macro_f1")[0].step == epochs
 
 
 @pytest.mark.slow

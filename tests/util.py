@@ -33,3 +33,31 @@ def read_jsonl(path: Path) -> list[dict]:
 
 # Settings that keep a test training run to a few seconds on two cores.
 FAST = ["--d-model", "32", "--heads", "2", "--batch-size", "16", "--threads", "1"]
+
+
+# metrics.jsonl's keys and the TensorBoard tags a run writes them under (docs/tracking.md).
+EPOCH_TAGS = {
+    "train_loss": "loss/train", "val_loss": "loss/val", "val_accuracy": "val/accuracy",
+    "val_macro_f1": "val/macro_f1", "val_uar": "val/uar", "lr": "train/lr",
+    "samples_per_second": "speed/clips_per_second",
+    "padding_efficiency": "speed/padding_efficiency", "epoch_seconds": "speed/epoch_seconds",
+}
+
+
+def tb_events(folder: Path):
+    """TensorBoard's own reader (``EventAccumulator``) over the event files in ``folder``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def assert_events_match_metrics(folder: Path, metrics: list[dict]) -> None:
+    """One value per epoch for each of metrics.jsonl's keys, equal to its (as float32)."""
+    import pytest
+
+    acc = tb_events(folder)
+    for key, tag in EPOCH_TAGS.items():
+        got = [(e.step, e.value) for e in acc.Scalars(tag)]
+        assert got == [(m["epoch"], pytest.approx(m[key], rel=1e-6)) for m in metrics], tag

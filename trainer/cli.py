@@ -27,7 +27,7 @@ from trainer.demo import Shape, make_demo_data
 from trainer.errors import CheckpointError, DataError, MediaError, Parser, Stopped
 from trainer.extract.cli import add_extract_command
 from trainer.flags import add_train_flags
-from trainer.ops.cli import add_ops_commands
+from trainer.ops.cli import add_ops_commands, add_tensorboard_command
 from trainer.store.files import atomic_write_text
 
 # The verbs that need torch import their modules when they run (the lines marked "torch"):
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Operator verbs (deploy, status, logs, monitor, results, destroy): boto3, docker and pulumi
     # load when one of those verbs runs, never for `train`.
     add_ops_commands(sub, COMMANDS)
+    add_tensorboard_command(sub, COMMANDS)
     add_cv_command(sub, COMMANDS)
     add_extract_command(sub, COMMANDS)
     return parser

@@ -1,4 +1,4 @@
-"""PNG plots of a run: learning curves and the test confusion matrix."""
+"""PNG plots of a run: learning curves, the test confusion matrix, a value per class."""
 
 from __future__ import annotations
 
@@ -47,4 +47,13 @@ def confusion(cm: list[list[int]], labels: list[str], title: str = "Test confusi
         for j in range(len(labels)):
             ax.text(j, i, int(m[i, j]), ha="center", va="center",
                     color="white" if share[i, j] > 0.5 else "black", fontsize=8)
+    return png_bytes(fig)
+
+
+def per_class(values: dict[str, float], title: str = "F1 per class") -> bytes:
+    """One bar per class (e.g. the test F1), its value written above it."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set(ylim=(0, 1.05), ylabel="F1", title=title)
     return png_bytes(fig)

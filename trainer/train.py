@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 import torch
 
-from trainer import logs, plots
+from trainer import logs, plots, tracking
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.checkpoint import CheckpointPair, load_weights, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
@@ -57,6 +57,7 @@ class Training:
         self.run_dir = RunDir(cfg.out)
         self.stop_signal: int | None = None
         self.ckpts = CheckpointPair(self.run_dir)
+        self.tracker = tracking.Tracker(self.run_dir)  # TensorBoard events in RUN/tb/
         self.t0 = time.time()
 
     # ----------------------------------------------------------------------------- setup
@@ -86,7 +87,9 @@ class Training:
 
         self.ckpt = read_checkpoint(run.path("checkpoints/last.pt")) if cfg.resume else None
         if cfg.media:  # raw media: extracted into cfg.data first (trainer/train_media.py)
-            self._extract_media()
+            self.epoch, self.step = 0, 0  # what a stop reports
+            extract_in_run(cfg, self.status.update, self._on_signal, lambda: self.stop_signal)
+            self.status.update(state="starting", extract=None)
         data_path = resolve_data(cfg.data, cfg.cache_dir)
         ds = load_dataset(data_path, cfg.audio_fps,
                           progress=lambda it: logs.progress_bar(it, desc="loading clips"))
@@ -147,11 +150,6 @@ class Training:
                  **{f"{k}_clips": len(v) for k, v in self.clips.items()},
                  **{f"{k}_speakers": len({c.speaker for c in v}) for k, v in self.clips.items()},
                  resumed_at_epoch=self.epoch if self.ckpt else None)
-
-    def _extract_media(self) -> None:
-        self.epoch, self.step = 0, 0  # what a stop reports
-        extract_in_run(self.cfg, self.status.update, self._on_signal, lambda: self.stop_signal)
-        self.status.update(state="starting", extract=None)
 
     def _restore(self, ckpt: dict) -> None:
         load_weights(self.model, ckpt["model"], self.run_dir.path("checkpoints/last.pt"))
@@ -276,6 +274,7 @@ class Training:
             logs.flush()
             self.run_dir.publish("train.log")  # a run killed at any moment keeps its log
             self.run_dir.append_line("metrics.jsonl", json.dumps(row))
+            self.tracker.epochs(self.history)
             best = self.history[self.best_epoch - 1]["val_macro_f1"]  # what status calls best
             log.info("epoch", **row, best=round(best, 4), best_epoch=self.best_epoch)
             times = [h["epoch_seconds"] for h in self.history]
@@ -323,6 +322,7 @@ class Training:
         run.write_bytes("plots/learning_curves.png", plots.learning_curves(self.history))
         run.write_bytes("plots/confusion_matrix.png",
                         plots.confusion(test["confusion_matrix"], LABELS))
+        self.tracker.finish(asdict(cfg), test, LABELS, self.history)
         log.info("test", accuracy=round(test["accuracy"], 4), macro_f1=round(test["macro_f1"], 4),
                  uar=round(test["uar"], 4), best_epoch=self.best_epoch)
         self.status.update(state="done", epoch=self.epoch, eta_seconds=0,
@@ -342,11 +342,11 @@ class Training:
     def cleanup(self, state: str | None = None) -> None:
         if getattr(self, "spot", None) is not None:
             self.spot.stop()
-        status = getattr(self, "status", None)
-        if status is not None:
+        if (status := getattr(self, "status", None)) is not None:
             status.stop()
             if state:
                 status.update(state=state)
+        self.tracker.close()
         logs.flush()
         try:
             with self.ckpts.saving():  # the checkpoint's upload is part of saving it

@@ -45,6 +45,7 @@ from trainer.bench.measure import (
     peak_rss_mb,
     rss_mb,
 )
+from trainer.bench.tracking_cost import tracking_cost
 from trainer.bench.workload import (
     AUDIO_FPS,
     CREMA_D_CLIPS,
@@ -69,6 +70,7 @@ TARGETS = {  # key: (comparison, threshold, what it means)
     "padding_efficiency": (">=", 0.9, "real over padded frames, bucketed batches"),
     "loader_overhead": ("<=", 0.05, "share of epoch time the data path costs"),
     "latency_ms_p50_exported": ("<=", 10.0, "single-clip inference median, exported model"),
+    "tracking_overhead": ("<=", 0.01, "share of epoch time writing TensorBoard events costs"),
 }
 
 
@@ -258,6 +260,7 @@ def run(preset: str = "full", seed: int = 0, threads: int = 0) -> dict:
         report["ddp"] = ddp_measure(preset, seed)
     if preset in ("full", "quick"):  # extraction speed (issue 10); quick: about 10 s
         report["extract"] = extract_measure(preset, seed)
+    report.update(tracking_cost(preset, seed, threads))  # issue 19 (trainer.bench.tracking_cost)
     report.update({
         "throughput_ratio": hybrid["clips_per_second"] / lstm["clips_per_second"],
         **memory_ratios(hybrid, lstm),

@@ -20,6 +20,7 @@ which imports nothing but argparse); the trainer in the container never does. Mo
 - ``batch``: AWS Batch calls (revision, array job, children, terminate); ``arrays``: a
   cross-validation run as one array (``make deploy FOLDS=5``: inputs, folds, stopping it).
 - ``pricing``: hourly price; ``views``: text for the terminal; ``monitor``: the menu;
+  ``board``: TensorBoard over run folders on loopback (``make tensorboard``, the menu's ``t``);
   ``report``: results/RUN_ID/summary.md; ``projection``: the cost and time of a cross-validation
   on Batch, projected from bench.json.
 """

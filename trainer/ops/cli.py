@@ -1,4 +1,5 @@
-"""The operator verbs of ``python -m trainer``: deploy, status, logs, monitor, results, destroy.
+"""The operator verbs of ``python -m trainer``: deploy, status, logs, monitor, results, destroy,
+and tensorboard (local: no stack needed).
 
     python -m trainer deploy --data demo-data --args="--epochs 30"   # make deploy DATA=... ARGS=...
     python -m trainer deploy --replace                               # make deploy REPLACE=1
@@ -9,6 +10,7 @@
     python -m trainer monitor                                        # make monitor
     python -m trainer results --run RUN_ID                           # make results RUN=...
     python -m trainer destroy --keep-runs                            # make destroy KEEP=1
+    python -m trainer tensorboard runs/cv                            # make tensorboard RUNS=...
     python -m trainer status --backend local                         # any verb: BACKEND=local
 
 This module holds the flags; it imports only argparse and the standard library, because
@@ -19,6 +21,7 @@ are ``trainer.ops.verbs``, loaded when one runs.
 from __future__ import annotations
 
 import argparse
+import sys
 
 DESCRIPTIONS = {
     "deploy": ("start a training run on AWS (or BACKEND=local)",
@@ -101,6 +104,34 @@ def add_ops_commands(sub, commands: dict) -> None:
     parsers["destroy"].add_argument("--keep-runs", action="store_true", help="download every run "
                                     "to results/ before destroying (default: off)")
     commands.update({verb: run_verb for verb in DESCRIPTIONS})
+
+
+def add_tensorboard_command(sub, commands: dict) -> None:
+    """``tensorboard [PATH...]``: TensorBoard over run folders (``trainer.ops.board``)."""
+    p = sub.add_parser("tensorboard", help="serve run folders' TensorBoard events on localhost",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=(
+                           "Every run writes TensorBoard events in RUN/tb/: a folder of runs (a "
+                           "cross-validation,\nan ablation, results/) shows one run per run "
+                           "directory. Serves on a free port of\n127.0.0.1 and prints the "
+                           "address; Ctrl-C stops it.\n\nExamples:\n  python -m trainer "
+                           "tensorboard\n  python -m trainer tensorboard runs/cv "
+                           "runs/ablation\n  make tensorboard RUNS=runs/cv"))
+    p.add_argument("paths", nargs="*", metavar="PATH", help="folders of runs (default: results, "
+                   "where `make results` downloads runs)")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free "
+                   "one)")
+    commands["tensorboard"] = run_tensorboard
+
+
+def run_tensorboard(args) -> int:
+    """Serve ``args.paths`` until Ctrl-C; a problem is one line on stderr and exit code 1."""
+    from trainer.ops import OpsError, board  # no boto3, docker or pulumi: only tensorboard
+
+    try:
+        return board.serve(args.paths, args.port)
+    except OpsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 def run_verb(args) -> int:

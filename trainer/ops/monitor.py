@@ -4,7 +4,8 @@
     python -m trainer monitor --run RUN_ID --backend local
 
 Each choice reads the run directory (and the host) afresh, and is also a plain command:
-1 and 2 are `make logs` (FOLLOW=1), 3 to 6 parts of `make status`. On a cross-validation array
+1 and 2 are `make logs` (FOLLOW=1), 3 to 6 parts of `make status`, t `make results` (only the
+TensorBoard event files, all folds of an array) then `make tensorboard` on them. On a cross-validation array
 (``make deploy FOLDS=5``), 6 and 5 are the whole array, one line per fold; 1, 2, 3 and 4 ask
 for a fold (and a seed, with several) and show that task. Reads stdin line by line,
 so it works in any terminal, over SSH, in `script`, and under a test driving a pseudo-terminal.
@@ -12,7 +13,9 @@ so it works in any terminal, over SSH, in `script`, and under a test driving a p
 
 from __future__ import annotations
 
-from trainer.ops import OpsError, arrays, batch, runs, views
+from pathlib import Path
+
+from trainer.ops import OpsError, arrays, batch, board, runs, views
 from trainer.ops.flow import host_facts
 
 MENU = """\
@@ -22,13 +25,16 @@ MENU = """\
   4  validation metrics per epoch (table and chart)
   5  time to completion
   6  status and cost
+  t  TensorBoard of this run (its events downloaded to results/; Ctrl-C: back to this menu)
   r  another run
   q  quit"""
 
 
 class Monitor:
-    def __init__(self, backend, out: dict, run_id: str, read=input, write=print):
+    def __init__(self, backend, out: dict, run_id: str, read=input, write=print,
+                 results: str | Path = "results"):
         self.backend, self.out, self.run_id = backend, out, run_id
+        self.results = Path(results)  # where `t` downloads the run's events, as `make results`
         self.read, self.write = read, write
         self.bucket = out["bucket"]
         self.record = batch.read_record(self.bucket, run_id)
@@ -130,6 +136,8 @@ class Monitor:
                                  self.config()))
         elif choice == "6":
             show(views.status_lines(self.run_id, self.status(), self.host()))
+        elif choice == "t":
+            self.tensorboard()
         elif choice == "r":
             known = runs.list_runs(self.bucket)
             self.write("runs: " + ", ".join(known[-10:]))
@@ -140,8 +148,18 @@ class Monitor:
             except OpsError as e:
                 self.write(f"error: {e}")
         elif choice:
-            self.write(f"no choice {choice!r}: type 1 to 6, r or q")
+            self.write(f"no choice {choice!r}: type 1 to 6, t, r or q")
         return True
+
+    def tensorboard(self) -> None:
+        """Download the run's event files (every fold's, for an array) and serve them until
+        Ctrl-C."""
+        dest = self.results / self.run_id
+        counts = runs.download(self.bucket, self.run_id, dest, select=runs.is_event_file)
+        self.write(f"{dest}: {counts['downloaded']} event file(s) downloaded, "
+                   f"{counts['unchanged']} unchanged")
+        dest.mkdir(parents=True, exist_ok=True)
+        board.serve([str(dest)], say=self.write)
 
     def loop(self) -> int:
         while True:

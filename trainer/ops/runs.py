@@ -138,8 +138,15 @@ def is_going(st: dict | None, now: float | None = None) -> bool:
         and age <= FRESH_SECONDS
 
 
-def download(bucket: str, run_id: str, dest: Path) -> dict:
+def is_event_file(rel: str) -> bool:
+    """A TensorBoard event file of a run directory (``tb/...``, ``fold-K/tb/...``)."""
+    parts = Path(rel).parts
+    return "tb" in parts[:-1] and parts[-1].startswith("events.out.tfevents.")
+
+
+def download(bucket: str, run_id: str, dest: Path, select=None) -> dict:
     """Copy ``runs/RUN_ID/`` into ``dest``; a file already there with the object's ETag is kept.
+    ``select``: a test of the file's path in the run (e.g. ``is_event_file``); default: all.
 
     Example:
         >>> download("my-bucket", "20250101-120000-ab12", Path("results/20250101-120000-ab12"))
@@ -150,6 +157,8 @@ def download(bucket: str, run_id: str, dest: Path) -> dict:
     objects = s3lib.retry(lambda: s3lib.list_objects(s3, bucket, prefix), f"list {prefix}")
     counts = {"downloaded": 0, "unchanged": 0}
     for rel, (size, etag) in sorted(objects.items()):
+        if select is not None and not select(rel):
+            continue
         path = dest / rel
         if path.is_file() and path.stat().st_size == size and s3lib.local_etag(path) == etag:
             counts["unchanged"] += 1

@@ -26,7 +26,7 @@ import structlog
 
 from trainer.cv.plan import Task
 from trainer.errors import Stopped
-from trainer.store.uri import has, join, read_json
+from trainer.store.uri import has, join
 
 log = structlog.get_logger()
 

@@ -190,8 +190,9 @@ def aggregate(out: str, plan: dict[str, dict] | None = None) -> dict:
 
     Only tasks of one plan are aggregated: with ``plan`` ({task dir: its record,
     ``trainer.cv.plan.task_record``}), the tasks of that plan whose ``cv-task.json`` is that
-    record; without (``cv --aggregate``), the tasks whose ``cv-task.json`` names one plan. A
-    ``fold-*`` folder of another plan, or without a record, is never counted.
+    record; without (``cv --aggregate``), the tasks whose ``cv-task.json`` names one plan (or,
+    where no folder has a record, every finished one). A ``fold-*`` folder of another plan is
+    never counted.
 
     Raises:
         DataError: no finished task under ``out``; without ``plan``, tasks of two plans.
@@ -211,8 +212,10 @@ def aggregate(out: str, plan: dict[str, dict] | None = None) -> dict:
                               for ds in first.values())
             raise DataError(f"{out} holds finished tasks of {len(plans)} different cv plans "
                             f"({names}); aggregate each plan's folders in a folder of its own")
-        done = sorted(records)
-        settings = records[done[0]].get("settings", {}) if done else {}
+        # Folders without a record (plain train runs, older cv runs) are taken only when no
+        # folder has one: beside recorded tasks, their plan is unknown.
+        done = sorted(records) or sorted(d for d, f in files.items() if "summary.json" in f)
+        settings = records[done[0]].get("settings", {}) if records else {}
     left_out = sorted(d for d, f in files.items() if "summary.json" in f and d not in done)
     if left_out:
         log.warning("cv_tasks_left_out", dirs=left_out, reason="not tasks of this plan (or no "

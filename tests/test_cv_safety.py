@@ -207,6 +207,15 @@ def test_aggregate_of_a_missing_bucket_and_export_under_a_file_are_one_line(
     assert "is a file, not a folder" in one_error(capsys)
 
 
+def test_a_403_where_a_task_looks_for_its_files_is_one_line(data, flaky_proxy, s3_bucket,
+                                                             capsys):
+    flaky_proxy.fail("403", methods={"HEAD"})  # a job role that may not list the bucket
+    assert main(["cv", "--data", str(data), "--out", f"s3://{s3_bucket}/runs/r1/", "--folds",
+                 "3", *TINY, "--task", "0"]) == 1
+    line = one_error(capsys)
+    assert "access denied to s3://" in line and "summary.json" in line
+
+
 # ---------------------------------------------------- 15 and the faults: cv --parallel killed
 def start(data, out, *extra) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

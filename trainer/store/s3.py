@@ -161,12 +161,7 @@ def retry(fn: Callable[[], T], what: str, attempts: int = 4, backoff: float = 1.
 
 
 def exists(uri: str) -> bool:
-    """Whether the object ``uri`` exists (False on a 404).
-
-    Raises:
-        S3Error: S3 could not say (403: S3 answers a missing key with 403 to a caller that may
-            not list the bucket; no bucket; unreachable), in one line.
-    """
+    """Whether the object ``uri`` exists (False on a 404, anything else raises)."""
     bucket, key = parse_s3_uri(uri)
     try:
         retry(lambda: client().head_object(Bucket=bucket, Key=key), f"head {uri}")
@@ -174,9 +169,7 @@ def exists(uri: str) -> bool:
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise explain(e, uri) from None
-    except BotoCoreError as e:
-        raise explain(e, uri) from None
+        raise
 
 
 def read_bytes(uri: str) -> bytes:

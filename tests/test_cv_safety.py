@@ -287,6 +287,9 @@ def test_parallel_killed_by_sigkill_and_sighup_resumes_with_whole_ordered_metric
         proc.communicate(timeout=120)
         assert proc.returncode == (-9 if sig == signal.SIGKILL else 129)
         assert gone(kids, 60), f"tasks outlived a parent killed by {sig.name}"
+        # they stopped with it (an orphan would have trained on to "done")
+        states = [json.loads(p.read_text())["state"] for p in out.glob("fold-*/status.json")]
+        assert "done" not in states and "stopped" in states, (sig.name, states)
     proc = start(data, out, *extra, "--resume")
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]

@@ -158,25 +158,35 @@ def batch_job_role(cfg: Settings, *, bucket: aws.s3.Bucket) -> aws.iam.Role:
 
 def job_policy(bucket_arn: str) -> dict:
     """What a fold's trainer may do: S3 only (trainer/store/s3.py is its one AWS client). No logs: its
-    output reaches the log group through the awslogs driver, with the execution role."""
+    output reaches the log group through the awslogs driver, with the execution role.
+
+    The requests each flow makes, and the answers they need, are checked against these statements
+    by tests/test_iam_flows.py."""
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
-                # Listing, for the data set's sync into the cache and `cv` finding done folds
-                # (and `--aggregate` every fold-*/summary.json), only under the two prefixes.
-                "Sid": "ListDataAndRuns",
+                # Listing: the data set's sync into the cache, `cv` finding done folds. And the
+                # 404s: S3 answers a GET or HEAD of a key that does not exist (yet: a new fold's
+                # summary.json, checkpoint, log, lease) with 404 only to a caller that may list
+                # the bucket, and decides that without any prefix, so a condition on s3:prefix
+                # turned each of them into a 403 and failed the fold. Listing shows the names of
+                # this stack's objects, never their contents.
+                "Sid": "ListBucket",
                 "Effect": "Allow",
                 "Action": "s3:ListBucket",
                 "Resource": bucket_arn,
-                "Condition": {"StringLike": {"s3:prefix": [f"{DATA_PREFIX}*", f"{RUN_PREFIX}*"]}},
             },
             {
-                # The data set in, and a fold's own checkpoint back when a retry resumes it.
-                "Sid": "ReadDataAndRuns",
+                # The data set in (an uploaded one under data/, or features/ that a MEDIA run
+                # extracted: `make deploy FOLDS=K DATA=s3://BUCKET/features/...`), and a fold's
+                # own checkpoint and lease back when a retry resumes it. Not media/: an array
+                # never extracts (deploy refuses MEDIA and --media with FOLDS).
+                "Sid": "ReadDataFeaturesAndRuns",
                 "Effect": "Allow",
                 "Action": "s3:GetObject",
-                "Resource": [f"{bucket_arn}/{DATA_PREFIX}*", f"{bucket_arn}/{RUN_PREFIX}*"],
+                "Resource": [f"{bucket_arn}/{DATA_PREFIX}*", f"{bucket_arn}/{FEATURES_PREFIX}*",
+                             f"{bucket_arn}/{RUN_PREFIX}*"],
             },
             {
                 # The fold's run directory out (multipart for checkpoints), under runs/ only, and

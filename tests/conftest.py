@@ -135,7 +135,9 @@ def s3_bucket(aws_env, moto_server):
 # --- a proxy that fails requests on purpose --------------------------------------------------
 
 _S3_ERRORS = {"503": (503, "SlowDown", "Please reduce your request rate."),
-              "500": (500, "InternalError", "We encountered an internal error.")}
+              "500": (500, "InternalError", "We encountered an internal error."),
+              # what S3 answers a missing key to a caller that may not list the bucket
+              "403": (403, "AccessDenied", "Access Denied")}
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect",
         "proxy-connection", "content-length"}
 
@@ -165,10 +167,10 @@ class FlakyProxy:
 
     def fail(self, mode: str, rate: float = 1.0, every: int | None = None,
              times: int | None = None, methods: set[str] | None = None, path: str = "") -> None:
-        """Fail matching requests: ``mode`` is "503", "500", "drop" (close, no answer) or "cut"
-        (answer with half the body, then close). ``every=N`` fails every Nth matching request,
+        """Fail matching requests: ``mode`` is "503", "500", "403", "drop" (close, no answer) or
+        "cut" (answer with half the body, then close). ``every=N`` fails every Nth matching request,
         else a fraction ``rate``; ``times`` bounds how many fail."""
-        assert mode in ("503", "500", "drop", "cut"), mode
+        assert mode in ("503", "500", "403", "drop", "cut"), mode
         with self._lock:
             self._rules.append({"mode": mode, "rate": rate, "every": every, "left": times,
                                 "methods": methods, "path": path, "seen": 0})

@@ -36,6 +36,7 @@ from trainer.batching import Normalizer, collate
 from trainer.checkpoint import Trained, load_trained
 from trainer.data import Clip
 from trainer.enroll import fit_of
+from trainer.store.files import atomic_write_text
 
 INPUTS = ("audio", "audio_mask", "audio_t", "video", "video_mask", "video_t")
 FORMATS = ("torchscript", "onnx")
@@ -90,8 +91,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normal
     if fmt == "onnx" and is_lstm:
         raise ValueError("the lstm baseline exports to torchscript only (packed sequences do "
                          "not export to ONNX with variable lengths); use --format torchscript")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = writable(out)
     wrapper = Exportable(model, normalizer, modality).eval()
     dims = (model.audio_in.in_features, model.video_in.in_features) if not is_lstm else (
         model.audio.lstm1.input_size, model.video.lstm1.input_size)
@@ -113,7 +113,26 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normal
             "normalisation": "give features prepared as 'preparation' says (its steps, in "
                              "order); the train-set scaling is inside",
             "modality": modality, **(meta or {})}
-    Path(str(out) + ".json").write_text(json.dumps(side, indent=2) + "\n")
+    atomic_write_text(Path(str(out) + ".json"), json.dumps(side, indent=2) + "\n")
+    return out
+
+
+def writable(out: str | Path, make: bool = True) -> Path:
+    """``out`` as a file path whose folder exists (made if need be, with ``make``).
+
+    Raises:
+        ValueError: one line, when ``out`` is a folder or a folder on its path is a file.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a file name, e.g. {out / 'model.onnx'}")
+    for parent in [out.parent, *out.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    if make:
+        out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 
@@ -130,8 +149,8 @@ def export_checkpoint(checkpoint: str | Path, fmt: str, out: str | Path | None =
     """Export a trainer checkpoint; ``out`` defaults to the checkpoint's name with .ts/.onnx."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    out = writable(out if out else Path(checkpoint).with_suffix(SUFFIX[fmt]), make=False)
     t = load_trained(checkpoint)
-    out = Path(out) if out else Path(checkpoint).with_suffix(SUFFIX[fmt])
     meta = {"labels": t.labels, "model": t.checkpoint["model_name"], "prepare": t.prepare,
             "preparation": preparation(t), "model_settings": t.checkpoint["model_settings"],
             "checkpoint": str(checkpoint)}

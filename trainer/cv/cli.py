@@ -34,12 +34,15 @@ each group is one fold's test set, validation speakers come from the fold's trai
 Every task (fold, seed) is a complete run directory R/fold-K/ (R/fold-K-seed-S/ with several
 seeds); R/cv.json, R/cv.md and R/plots/cv_folds.png hold the aggregate. A manifest's split
 column may name the folds instead (fold1..foldK on every row; then --folds may be left out).
+--resume refuses task folders made with another plan, other settings or other data. With
+--media, the media are extracted into --data once, before the folds are planned.
 
 Examples:
   python -m trainer cv --data demo-data --out runs/cv --folds 5
   python -m trainer cv --data demo-data --out runs/cv --folds loso --epochs 20
   python -m trainer cv --data demo-data --out runs/cv --folds 5 --seeds 0,1,2 --parallel 2
   python -m trainer cv --data demo-data --out runs/cv --folds 5 --resume
+  python -m trainer cv --media media/crema --data data/crema --out runs/cv --folds 5
   python -m trainer cv --data s3://b/data/ --out s3://b/runs/r1/ --folds 5 --task auto
   python -m trainer cv --out s3://b/runs/r1/ --aggregate"""
 

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -118,3 +119,70 @@ def plan(clips: list, folds: int | str | None, seeds: list[int],
                               {k: [clips[i].path for i in v] for k, v in split.items()},
                               list(group)))
     return setting, tasks
+
+
+def data_fingerprint(clips: list) -> str:
+    """A hash of the data a plan is made from: every clip's path, label, speaker, split and
+    feature arrays (values and times), so that a resume on other or changed data is refused.
+
+    Example:
+        >>> data_fingerprint(load_dataset("demo-data").clips)[:12]
+        '3f9a0c2b7d1e'
+    """
+    h = hashlib.sha256()
+    for c in sorted(clips, key=lambda c: c.path):
+        h.update(f"{c.path}\0{c.label}\0{c.speaker}\0{c.split}\0".encode())
+        for a in (c.audio, c.video, c.audio_t, c.video_t):
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def task_record(task: Task, settings: dict) -> dict:
+    """What ``cv-task.json`` holds: the task's place in the plan, its split and the plan's
+    settings; a resume compares it with the record the task was started with."""
+    split = hashlib.sha256(repr(sorted(task.split.items())).encode()).hexdigest()
+    return {"fold": task.fold, "seed": task.seed, "index": task.index,
+            "test_speakers": task.test_speakers, "split_sha256": split, "settings": settings}
+
+
+def record_differences(old: dict | None, new: dict) -> list[str]:
+    """What differs between a task's stored record and the current plan's, in words (empty:
+    the same). The data's URI may differ (a copy of the same data); its fingerprint may not.
+
+    Example:
+        >>> record_differences(old, new)
+        ['folds 4, now 2', 'train.model hybrid, now lstm']
+    """
+    if old is None:
+        return ["no cv-task.json (not a task of a cv run)"]
+    out = []
+    flat_old, flat_new = _flat(old), _flat(new)
+    for k in sorted(set(flat_old) | set(flat_new)):
+        if k == "settings.data":
+            continue
+        a, b = flat_old.get(k, "(none)"), flat_new.get(k, "(none)")
+        if a != b:
+            name = k.removeprefix("settings.")
+            if name == "data_sha256":
+                out.append("the data (its clips or their features) changed")
+            elif name == "split_sha256":
+                out.append("the task's split changed")
+            else:
+                out.append(f"{name} {_short(a)}, now {_short(b)}")
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(v) -> str:
+    text = str(v)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
+import structlog
+
+from trainer.cv.plan import record_differences
 from trainer.errors import DataError
 from trainer.store.rundir import RunDir
 from trainer.store.uri import is_s3, read_json, read_text
@@ -29,28 +33,47 @@ from trainer.store.uri import is_s3, read_json, read_text
 TASK_DIR = re.compile(r"fold-(\d+)(?:-seed-(\d+))?")
 METRICS = ("accuracy", "macro_f1", "uar")
 NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "uar": "UAR"}
+# What marks a task directory as started: its record first, then a checkpoint, then the end.
+MARKS = ("cv-task.json", "checkpoints/last.pt", "summary.json", "predictions.csv")
+
+log = structlog.get_logger()
 
 
-def _task_files(out: str) -> dict[str, dict[str, str]]:
-    """{task dir: {file name: uri}} for the summary.json, cv-task.json and predictions.csv
-    files under ``out``."""
+def task_files(out: str) -> dict[str, dict[str, str]]:
+    """{task dir: {file name: uri}} for the cv-task.json, checkpoints/last.pt, summary.json and
+    predictions.csv files under ``out`` (a folder or an s3:// prefix).
+
+    Raises:
+        S3Error: the bucket does not exist, access denied, S3 unreachable (one line).
+    """
     found: dict[str, dict[str, str]] = {}
-    wanted = ("summary.json", "cv-task.json", "predictions.csv")
     if is_s3(out):
         from trainer.store import s3  # boto3: loaded only where S3 is used
 
         bucket, prefix = s3.parse_s3_uri(out)
         prefix = s3.as_folder(prefix)
-        for rel in s3.retry(lambda: s3.list_objects(s3.client(), bucket, prefix), f"list {out}"):
-            parts = rel.split("/")
-            if len(parts) == 2 and TASK_DIR.fullmatch(parts[0]) and parts[1] in wanted:
-                found.setdefault(parts[0], {})[parts[1]] = f"s3://{bucket}/{prefix}{rel}"
+        try:
+            objects = s3.retry(lambda: s3.list_objects(s3.client(), bucket, prefix),
+                               f"list {out}")
+        except (s3.BotoCoreError, s3.ClientError) as e:
+            raise s3.explain(e, out) from None
+        for rel in objects:
+            top, _, name = rel.partition("/")
+            if TASK_DIR.fullmatch(top) and name in MARKS:
+                found.setdefault(top, {})[name] = f"s3://{bucket}/{prefix}{rel}"
     else:
-        for name in wanted:
+        for name in MARKS:
             for p in Path(out).glob(f"fold-*/{name}"):
-                if TASK_DIR.fullmatch(p.parent.name):
-                    found.setdefault(p.parent.name, {})[name] = str(p)
+                top = p.parents[len(Path(name).parts) - 1]
+                if TASK_DIR.fullmatch(top.name):
+                    found.setdefault(top.name, {})[name] = str(p)
     return found
+
+
+def _plan_key(record: dict) -> str:
+    """The plan a task record belongs to, as one comparable string (the data's URI aside)."""
+    settings = {k: v for k, v in (record.get("settings") or {}).items() if k != "data"}
+    return json.dumps(settings, sort_keys=True)
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -160,24 +183,47 @@ def fold_predictions(parts: list[tuple[dict, str]]) -> str:
     return buf.getvalue()
 
 
-def aggregate(out: str) -> dict:
-    """Read every ``fold-*/summary.json`` under ``out`` and (re)write ``cv.json``, ``cv.md``,
+def aggregate(out: str, plan: dict[str, dict] | None = None) -> dict:
+    """Read the finished tasks under ``out`` and (re)write ``cv.json``, ``cv.md``,
     ``plots/cv_folds.png`` and ``predictions.csv`` (every task's test clips, with their fold
     and seed) there; returns the cv.json dict.
 
+    Only tasks of one plan are aggregated: with ``plan`` ({task dir: its record,
+    ``trainer.cv.plan.task_record``}), the tasks of that plan whose ``cv-task.json`` is that
+    record; without (``cv --aggregate``), the tasks whose ``cv-task.json`` names one plan (or,
+    where no folder has a record, every finished one). A ``fold-*`` folder of another plan is
+    never counted.
+
     Raises:
-        DataError: no finished task under ``out``.
+        DataError: no finished task under ``out``; without ``plan``, tasks of two plans.
     """
     out = str(out)
-    files = _task_files(out)
-    done = sorted(d for d, f in files.items() if "summary.json" in f)
+    files = task_files(out)
+    records = {d: read_json(f["cv-task.json"]) for d, f in sorted(files.items())
+               if "summary.json" in f and "cv-task.json" in f}
+    if plan is not None:
+        done = [d for d, r in records.items() if d in plan and not record_differences(r, plan[d])]
+        settings = next(iter(plan.values()))["settings"] if plan else {}
+    else:
+        plans = sorted({_plan_key(r) for r in records.values()})
+        if len(plans) > 1:
+            first = {p: [d for d, r in records.items() if _plan_key(r) == p] for p in plans}
+            names = "; ".join(", ".join(ds[:3]) + (", ..." if len(ds) > 3 else "")
+                              for ds in first.values())
+            raise DataError(f"{out} holds finished tasks of {len(plans)} different cv plans "
+                            f"({names}); aggregate each plan's folders in a folder of its own")
+        # Folders without a record (plain train runs, older cv runs) are taken only when no
+        # folder has one: beside recorded tasks, their plan is unknown.
+        done = sorted(records) or sorted(d for d, f in files.items() if "summary.json" in f)
+        settings = records[done[0]].get("settings", {}) if records else {}
+    left_out = sorted(d for d, f in files.items() if "summary.json" in f and d not in done)
+    if left_out:
+        log.warning("cv_tasks_left_out", dirs=left_out, reason="not tasks of this plan (or no "
+                    "cv-task.json)")
     if not done:
-        raise DataError(f"no finished cv task (fold-*/summary.json) under {out}")
-    settings = {}
-    for d in sorted(files):  # the plan, from any task that recorded it
-        if "cv-task.json" in files[d]:
-            settings = read_json(files[d]["cv-task.json"]).get("settings", {})
-            break
+        raise DataError(f"no finished cv task (fold-*/summary.json) under {out}"
+                        + (f" of this plan ({', '.join(left_out[:3])} are of another)"
+                           if left_out else ""))
     cv = aggregate_dict([(d, read_json(files[d]["summary.json"])) for d in done], settings)
     run = RunDir(out)
     run.write_json("cv.json", cv)

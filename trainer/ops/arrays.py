@@ -21,6 +21,9 @@ from trainer.ops import OpsError, batch, runs
 OWN_FLAGS = {"--data": "DATA=", "--out": "the run id", "--seed": "SEEDS=",
              "--resume": "cv --task (a retried fold resumes by itself)",
              "--test-fraction": "FOLDS= (each fold's test speakers)"}
+# Flags an array cannot take: every child would extract the same media into the same folder,
+# after the folds were planned from what was there before.
+NOT_IN_ARRAY = ("--media", "--extract-args")
 
 
 def parse_folds(text: str) -> int:
@@ -60,6 +63,10 @@ def check(folds: str, seeds: str, train_args: list[str]) -> tuple[int, list[int]
         if name in OWN_FLAGS:
             raise OpsError(f"ARGS: {name} is set for each fold by the array ({OWN_FLAGS[name]}); "
                            "leave it out")
+        if name in NOT_IN_ARRAY:
+            raise OpsError(f"ARGS: {name} goes with a single run, not FOLDS: extract first "
+                           "(make deploy MEDIA=... once, or make extract), then FOLDS with "
+                           "DATA=s3://BUCKET/features/...")
     return k, s
 
 

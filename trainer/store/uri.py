@@ -31,12 +31,20 @@ def join(out: str, name: str) -> str:
 
 
 def has(uri: str) -> bool:
-    """Whether the file ``uri`` (a path or an s3:// URI) exists."""
+    """Whether the file ``uri`` (a path or an s3:// URI) exists.
+
+    Raises:
+        S3Error: S3 cannot say (a 403, which S3 gives for a missing key to a caller that may not
+            list the bucket; no such bucket; unreachable), in one line.
+    """
     if not is_s3(uri):
         return Path(uri).is_file()
     from trainer.store import s3  # boto3: loaded only where S3 is used
 
-    return s3.exists(uri)
+    try:
+        return s3.exists(uri)
+    except (s3.BotoCoreError, s3.ClientError) as e:
+        raise s3.explain(e, uri) from None
 
 
 def read_text(uri: str) -> str:

@@ -29,6 +29,7 @@ import structlog
 from trainer.errors import EXIT_STOPPED, DataError, Stopped
 from trainer.extract.cli import parse_extract_args
 from trainer.extract.clips import VIDEO_EXTENSIONS
+from trainer.extract.encoders import resolve
 from trainer.extract.run import extract
 from trainer.extract.staging import Uploader
 from trainer.store.uri import cache_dir as default_cache
@@ -71,6 +72,8 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         DataError: nothing could be extracted (the first reason); ValueError: bad extract args.
     """
     settings, workers = parse_extract_args(extract_args)
+    cache = default_cache(cache_dir)
+    settings = resolve(settings, cache)  # an s3:// model synced down: params hash its weights
     report = _read_report(data)
     if (report is not None and report.get("media") == media
             and report.get("settings") == settings.params()
@@ -78,7 +81,6 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         log.info("extract.reused", data=data, written=len(report.get("written", [])) +
                  len(report.get("already_done", [])))
         return None
-    cache = default_cache(cache_dir)
     total = _media_files(media)
     say = status or (lambda **kw: None)
     say(state="extracting", extract={"clips_done": 0, "media_files": total, "uploaded": 0})

@@ -37,11 +37,12 @@ from trainer.data import (
     write_manifest,
 )
 from trainer.errors import DataError, MediaError
-from trainer.extract import staging
+from trainer.extract import encoders, staging
 from trainer.extract.audio import audio_features, check_audio_kind
 from trainer.extract.clips import MediaClip, display_path, find_clips
 from trainer.extract.decode import at_rate, read_audio, read_frames
 from trainer.extract.face import make_face
+from trainer.extract.speech import SPEECH_KINDS
 from trainer.extract.openface import openface_csv, read_openface
 from trainer.extract.pool import run_clips
 from trainer.store.files import atomic_write_bytes as atomic_write
@@ -50,7 +51,7 @@ from trainer.store.uri import is_s3
 
 log = structlog.get_logger()
 
-VIDEO_KINDS = ("mediapipe", "opencv", "openface", "facenet")
+VIDEO_KINDS = ("mediapipe", "opencv", "openface", "facenet", "hsemotion")
 REPORT = "extract.json"
 STAGES = ("decode_audio", "audio_features", "decode_video", "face", "write")
 
@@ -59,19 +60,29 @@ STAGES = ("decode_audio", "audio_features", "decode_video", "face", "write")
 class ExtractSettings:
     """How clips are extracted; ``params()`` is what a clip file records and resume compares."""
 
-    audio: str = "logmel"  # logmel | egemaps | egemaps-functionals (trainer.extract.audio)
-    video: str = "mediapipe"  # mediapipe | opencv | facenet (trainer.extract.face) | openface
+    # logmel | egemaps | egemaps-functionals (trainer.extract.audio) | wavlm | hubert | wav2vec2
+    # (trainer.extract.speech)
+    audio: str = "logmel"
+    # mediapipe | opencv | facenet (trainer.extract.face) | openface | hsemotion (face_encoder)
+    video: str = "mediapipe"
     video_rate: float = 15.0  # video frames per second at most, picked by their true times
     sample_rate: int = 16000  # audio is resampled to this, mono
     n_mels: int = 64  # log-mel bands (logmel only)
     min_face_frames: int = 5  # a clip with fewer frames with a face is skipped (1/3 s at 15 fps)
     openface_csv: str | None = None  # folder of OpenFace FeatureExtraction CSVs (openface only)
     face_weights: str | None = None  # weights file (facenet only)
+    audio_model: str | None = None  # folder, s3:// prefix or (allow_download) hub id: speech
+    audio_layers: str | None = None  # "7-10": mean of those layers (default: speech.py's)
+    audio_model_name: str | None = None  # its name in params (default: from audio_model)
+    face_model: str | None = None  # ONNX file or s3:// object (hsemotion only)
+    allow_download: bool = False  # audio_model may be a hub id to download
 
     def check(self) -> None:
         """One-line ``ValueError`` for a bad value, before any clip is read."""
 
-        check_audio_kind(self.audio)
+        if self.audio not in SPEECH_KINDS:
+            check_audio_kind(self.audio)
+        encoders.check(self)
         if self.video not in VIDEO_KINDS:
             raise ValueError(f"unknown video features {self.video!r}; use one of "
                              f"{', '.join(VIDEO_KINDS)}")
@@ -99,6 +110,7 @@ class ExtractSettings:
             p["n_mels"] = int(self.n_mels)
         if self.face_weights:
             p["face_weights_sha256"] = _sha256(str(Path(self.face_weights).resolve()))
+        p.update(encoders.encoder_params(self))  # model names, weights' hashes, layers
         return p
 
     @classmethod
@@ -109,8 +121,14 @@ class ExtractSettings:
             >>> ExtractSettings.from_params({"audio": "egemaps", "video": "opencv"}).video_rate
             15.0
         """
-        names = {f.name for f in fields(cls)} - {"openface_csv", "face_weights"}
-        return cls(**{k: v for k, v in settings.items() if k in names})
+        names = {f.name for f in fields(cls)} - {"openface_csv", "face_weights", "audio_model",
+                                                 "face_model", "allow_download"}
+        got = {k: v for k, v in settings.items() if k in names}
+        if isinstance(got.get("audio_layers"), list):  # params keep [first, last]
+            got["audio_layers"] = "-".join(map(str, got["audio_layers"]))
+        if "audio_model" in settings:  # the model's name; its files are given separately
+            got["audio_model_name"] = settings["audio_model"]
+        return cls(**got)
 
 
 @lru_cache(maxsize=4)
@@ -138,7 +156,7 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
     """Face features of the frames with a face, their times, the extractor's info, and the
     number of frames looked at."""
 
-    face = make_face(s.video, s.face_weights)  # fresh per clip: it tracks within one clip
+    face = _make_face(s)  # fresh per clip: it tracks within one clip
     frames = read_frames(clip.video, s.video_rate)
     feats, times, seen = [], [], 0
     try:
@@ -172,7 +190,10 @@ def _extract(clip: MediaClip, s: ExtractSettings, timing: dict) -> dict[str, np.
     wave = read_audio(clip.audio, s.sample_rate)
     t1 = time.perf_counter()
     timing["media"] = len(wave) / s.sample_rate
-    audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
+    if s.audio in SPEECH_KINDS:  # frame times from the clip's first sample, as audio.py's
+        audio, audio_t, audio_info = encoders.audio_encoder(s)(wave)
+    else:
+        audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
     timing["decode_audio"], timing["audio_features"] = t1 - t0, time.perf_counter() - t1
     if s.video == "openface":
         t0 = time.perf_counter()
@@ -252,7 +273,15 @@ def _check_face(s: ExtractSettings) -> None:
         import trainer.extract.openface  # noqa: F401 - present, before the workers need it
         return
 
-    make_face(s.video, s.face_weights).close()
+    _make_face(s).close()
+    if s.audio in SPEECH_KINDS:  # loaded here too: a bad model folder is one line, not N skips
+        encoders.audio_encoder(s)
+
+
+def _make_face(s: ExtractSettings):
+    if s.video == "hsemotion":
+        return encoders.make_video(s)
+    return make_face(s.video, s.face_weights)
 
 
 def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
@@ -290,6 +319,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     s.check()
     t_start = time.perf_counter()
     cache = default_cache(cache_dir)
+    s = encoders.resolve(s, cache)  # s3:// models into the cache, a hub id downloaded if asked
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,9 +21,6 @@ from tests.media import FPS, frames, speech, write_video
 from trainer.bench.tiny_encoders import tiny_hsemotion, tiny_speech
 from trainer.extract.clips import media_clip
 from trainer.extract.run import ExtractSettings, extract, extract_clip
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(autouse=True)
 def _restore_log_handlers():
@@ -48,11 +44,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     made["face"] = tiny_hsemotion(root / "enet_tiny.onnx")
     made["face-other"] = tiny_hsemotion(root / "other" / "enet_tiny.onnx", seed=1)
     return made
-
-
-def trainer(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
 
 
 # --- speech encoders -----------------------------------------------------------------------
@@ -169,7 +160,7 @@ SENTENCES = ("Kids are talking by the door.", "Dogs are sitting by the door.")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, models):
     """4 RAVDESS actors x 2 emotions (1 s espeak-ng speech, a moving face), extracted by the CLI
-    with WavLM and HSEmotion (2 workers), then one epoch of training on the clip files."""
+    with WavLM and HSEmotion, then one epoch of training on the clip files."""
     root = tmp_path_factory.mktemp("encoders-e2e")
     media, data, run = root / "media", root / "data", root / "run"
     sr = 22050
@@ -178,12 +169,12 @@ def trained(tmp_path_factory, models):
         for k, emotion in enumerate(EMOTIONS[actor % 2::2]):
             write_video(media / f"Actor_{actor:02d}" / f"01-01-{emotion}-01-01-01-{actor:02d}.mp4",
                         frames(FPS, True, seed=10 * actor + k), audio=(waves[k], sr))
-    got = trainer("extract", "--media", media, "--out", data, "--audio", "wavlm",
-                  "--audio-model", models["wavlm"], "--video", "hsemotion", "--face-model",
-                  models["face"], "--workers", "2")
-    assert got.returncode == 0, got.stderr
-    got = trainer("train", "--data", data, "--out", run, "--epochs", "1", *FAST)
-    assert got.returncode == 0, got.stderr
+    from trainer.cli import main  # in this process: torch and transformers imported once
+
+    assert main(["extract", "--media", str(media), "--out", str(data), "--audio", "wavlm",
+                 "--audio-model", str(models["wavlm"]), "--video", "hsemotion", "--face-model",
+                 str(models["face"]), "--workers", "1"]) == 0
+    assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", *FAST]) == 0
     return run / "checkpoints" / "best.pt", media, data
 
 
@@ -206,23 +197,36 @@ def test_clip_files_carry_encoder_features_and_train(trained, models):
 
 
 @pytest.mark.slow
-def test_predict_on_raw_media_extracts_with_the_checkpoints_encoders(trained, models, tmp_path):
+def test_predict_on_raw_media_extracts_with_the_checkpoints_encoders(trained, models, tmp_path,
+                                                                     capsys):
+    from trainer.cli import main
+    from trainer.errors import CheckpointError
+    from trainer.predict import predict
+
     checkpoint, media, data = trained
     stem = "Actor_03/01-01-03-01-01-01-03"
-    got = trainer("predict", "--checkpoint", checkpoint, media / f"{stem}.mp4",
-                  data / f"{stem}.npz")
-    assert got.returncode == 0, got.stderr
-    raw, npz = [json.loads(line) for line in got.stdout.splitlines()]
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(checkpoint), str(media / f"{stem}.mp4"),
+                 str(data / f"{stem}.npz")]) == 0
+    raw, npz = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert raw["probabilities"] == pytest.approx(npz["probabilities"], abs=1e-5)
-    # Another model's weights, or a model that is not there: one line each, nothing scored.
-    for flags, words in ((["--audio-model", models["wavlm-other"]],
-                          "but this checkpoint was trained on features of wavlm with weights"),
-                         (["--face-model", models["face-other"]],
-                          "but this checkpoint was trained on features of enet_tiny.onnx"),
-                         (["--audio-model", tmp_path / "gone"], "which is no longer at")):
-        got = trainer("predict", "--checkpoint", checkpoint, *flags, media / f"{stem}.mp4")
-        lines = got.stderr.strip().splitlines()
-        assert got.returncode == 1 and len(lines) == 1 and words in lines[0], got.stderr
+    # A model that is not there: one line on the command line, nothing scored.
+    assert main(["predict", "--checkpoint", str(checkpoint), "--audio-model",
+                 str(tmp_path / "gone"), str(media / f"{stem}.mp4")]) == 1
+    got = capsys.readouterr()
+    lines = got.err.strip().splitlines()
+    assert len(lines) == 1 and "which is no longer at" in lines[0] \
+        and "--audio-model DIR" in lines[0] and not got.out, got.err
+    # Another model's weights: the same one-line error (CheckpointError), for either encoder.
+    for models_given, words in (({"audio_model": str(models["wavlm-other"])},
+                                 "but this checkpoint was trained on features of wavlm with "
+                                 "weights"),
+                                ({"face_model": str(models["face-other"])},
+                                 "but this checkpoint was trained on features of "
+                                 "enet_tiny.onnx")):
+        with pytest.raises(CheckpointError, match=words) as err:
+            predict(checkpoint, [str(media / f"{stem}.mp4")], models=models_given)
+        assert "\n" not in str(err.value)
 
 
 # --- timing: the two streams on one clock -----------------------------------------------------

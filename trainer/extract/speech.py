@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -170,15 +171,22 @@ def weights_sha256(folder: Path) -> str:
 
 def model_name(model: str) -> str:
     """The name ``params`` gives ``--audio-model``: a hub id as given, a folder or an ``s3://``
-    prefix by its last part (no local path: the same model elsewhere is the same name).
+    prefix by its last part (no local path: the same model elsewhere is the same name), without
+    the content hash of deploy's ``models/NAME-HASH/`` upload.
 
     Example:
         >>> model_name("microsoft/wavlm-base-plus"), model_name("/data/models/wavlm-base-plus/")
         ('microsoft/wavlm-base-plus', 'wavlm-base-plus')
+        >>> model_name("s3://b/models/wavlm-base-plus-0123456789ab/")
+        'wavlm-base-plus'
     """
     path = Path(model.rstrip("/"))
     looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~", "s3:"))
-    return model if looks_like_id and not path.exists() else path.name
+    if looks_like_id and not path.exists():
+        return model
+    if model.startswith("s3://") and path.parent.name == "models":
+        return re.sub(r"-[0-9a-f]{12}$", "", path.name)
+    return path.name
 
 
 def speech_params(kind: str, folder: Path, layers: str | None, name: str) -> dict:

@@ -27,8 +27,8 @@ def tiny_speech(folder: Path, kind: str = "wavlm", seed: int = 0, layers: int = 
     settings, saved in ``folder`` as ``save_pretrained`` does for a real one. ``local``: the
     large models' variant whose conv features see only their own frame (layer norm per frame,
     no normalisation of the whole clip), so that a click changes the frames around it most."""
-    import torch  # torch and transformers: only where a model is made
-    import transformers
+    import torch  # torch: only where a model is made
+    import transformers  # transformers (the extract extra): only where a model is made
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -48,7 +48,7 @@ def tiny_hsemotion(path: Path, seed: int = 0, side: int = 224, classes: int = 8,
     """A random ONNX image classifier with HSEmotion's input and outputs: an 8x8 strided
     convolution, global average pooling (``features``), a linear layer (``output``)."""
     import onnx  # onnx (the export extra): only where the stand-in is made
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper  # the same, its graph builders
 
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.1, (embedding, 3, 8, 8)).astype(np.float32)

@@ -40,8 +40,11 @@ def check(s) -> None:
         if not s.audio_model:
             raise ValueError(f"--audio {s.audio} needs --audio-model DIR (the model's folder: "
                              "config.json, weights, preprocessor_config.json); see docs/data.md")
-        if not is_s3(s.audio_model):
-            cfg = read_config(model_folder(s.audio_model, s.audio, s.allow_download), s.audio)
+        local = Path(s.audio_model).expanduser()
+        # A hub id with allow_download is fetched by ``resolve`` (where the run runs: deploy
+        # passes it on), and checked when its encoder is made; anything else is checked here.
+        if not is_s3(s.audio_model) and (local.exists() or not s.allow_download):
+            cfg = read_config(model_folder(s.audio_model, s.audio), s.audio)
             parse_layers(s.audio_layers, int(cfg["num_hidden_layers"]))
     elif s.audio_model or s.audio_layers:
         raise ValueError(f"--audio-model and --audio-layers go with --audio "

@@ -204,7 +204,7 @@ class SpeechEncoder:
     def __init__(self, kind: str, folder: Path, layers: str | None):
         import torch  # torch: only for the speech encoders (extract workers run without it)
         import transformers  # transformers (the extract extra): only for these encoders
-        from transformers import AutoFeatureExtractor, AutoModel
+        from transformers import AutoFeatureExtractor, AutoModel  # the same, its loaders
 
         cfg = read_config(folder, kind)
         self.layers = parse_layers(layers, int(cfg["num_hidden_layers"]))

@@ -207,12 +207,19 @@ def upload_models(bucket: str, extract_args: str, echo=print) -> str:
     (``upload_model``) and replaced by its s3:// URI, which the instance reads (its role reads
     the bucket; the image carries no weights)."""
     argv = shlex.split(extract_args or "")
+    hub = "--allow-download" in argv  # a hub id then goes as is: the instance downloads it
+
+    def up(value: str) -> str:
+        if hub and not Path(value).expanduser().exists() and value.count("/") == 1:
+            return value
+        return upload_model(bucket, value, echo)
+
     for i, arg in enumerate(argv):
         flag, eq, value = arg.partition("=")
         if flag not in MODEL_FLAGS:
             continue
         if eq:
-            argv[i] = f"{flag}={upload_model(bucket, value, echo)}"
+            argv[i] = f"{flag}={up(value)}"
         elif i + 1 < len(argv):
-            argv[i + 1] = upload_model(bucket, argv[i + 1], echo)
+            argv[i + 1] = up(argv[i + 1])
     return shlex.join(argv)

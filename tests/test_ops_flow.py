@@ -266,3 +266,13 @@ def test_extract_without_media_or_twice_is_one_line(s3_bucket, s3_client, monkey
         flow.deploy(load(backend="aws", media=str(media), extract="--video opencv",
                          args="--extract-args '--video opencv'"), echo=lambda s: None)
     assert backend.calls == []
+
+
+def test_a_hub_id_with_allow_download_goes_to_the_instance_as_is(tmp_path, monkeypatch):
+    """The instance downloads it (it has the internet); nothing is fetched or uploaded here,
+    and without --allow-download a hub id is no model deploy can send."""
+    monkeypatch.chdir(tmp_path)
+    args = "--audio wavlm --audio-model microsoft/wavlm-base-plus --allow-download"
+    assert upload.upload_models("bucket", args) == args
+    with pytest.raises(OpsError, match="model microsoft/wavlm-base-plus: no such folder"):
+        upload.upload_models("bucket", "--audio wavlm --audio-model microsoft/wavlm-base-plus")

@@ -48,13 +48,15 @@ clean:
 
 ## Operator side (DESIGN.md section 5; defaults in deploy.yaml). BACKEND=local: the same on the
 ## local Docker engine with a moto S3. DATA=folder MEDIA=raw media folder (deploy: extracted on
-## the instance, then trained; docs/aws.md: make deploy) ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
+## the instance, then trained; docs/aws.md: make deploy) EXTRACT='extract flags for MEDIA, e.g.
+## --audio wavlm --audio-model DIR' (a local model is uploaded once) ARGS='train flags' REPLACE=1 RUN=id FOLLOW=1
 ## KEEP=1 (destroy: download every run first) YES=1 (destroy: no question).
 ## FOLDS=5 (deploy: 5-fold cross-validation as one AWS Batch array job) SEEDS=0,1,2 (with FOLDS:
 ## seeds per fold; only when given here, else deploy.yaml's seeds, "0": ablation's default above
 ## is not deploy's) FOLD=3 (logs: that fold of an array run).
 BACKEND ?=
 DATA    ?=
+EXTRACT ?=
 ARGS    ?=
 REPLACE ?=
 FOLLOW  ?=
@@ -69,7 +71,7 @@ ONE_RUN  = $(OPS) $(if $(RUN),--run $(RUN))
 .PHONY: deploy status logs monitor results destroy
 
 deploy: $(STAMP)
-	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(MEDIA),--media '$(MEDIA)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace) $(if $(FOLDS),--folds $(FOLDS) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)))
+	$(PY) -m trainer deploy $(OPS) $(if $(DATA),--data '$(DATA)') $(if $(MEDIA),--media '$(MEDIA)') $(if $(EXTRACT),--extract='$(EXTRACT)') $(if $(ARGS),--args='$(ARGS)') $(if $(call on,$(REPLACE)),--replace) $(if $(FOLDS),--folds $(FOLDS) $(if $(filter-out file,$(origin SEEDS)),--seeds $(SEEDS)))
 
 status: $(STAMP)
 	$(PY) -m trainer status $(ONE_RUN)

@@ -90,3 +90,17 @@ def test_the_verdict_judges_the_two_worker_runs_and_projects_crema_d():
                               "crema_d_under_limit": False}
     assert v["opencv"]["holds"] and v["opencv"]["crema_d_minutes"] == 54.2
     assert v["opencv"]["crema_d_under_limit"]
+
+
+def test_the_encoders_runs_use_tiny_stand_ins_and_say_so():
+    """Each pretrained encoder's runs (issue 17), on stand-ins made on the spot: no real weights
+    here, so the report says what ran, and the figures are not a real model's."""
+    r = measure("encoders-smoke")
+    assert [(x["label"], x["audio"], x["video"], x["workers"]) for x in r["runs"]] == [
+        ("wavlm", "wavlm", "opencv", 1), ("hsemotion", "logmel", "hsemotion", 1)]
+    for x in r["runs"]:
+        assert x["written"] == x["clips"] == 1 and x["media_seconds_per_second"] > 0
+        assert x["stage_seconds"]["audio_features"] > 0 and x["face_frame_share"] == 1.0
+    assert "tiny random stand-in" in r["encoder_models"]["wavlm"]
+    assert "tiny random stand-in" in r["encoder_models"]["hsemotion"]
+    assert "wavlm     1 worker(s)" in table(r) and "hsemotion 1 worker(s)" in table(r)

@@ -605,6 +605,19 @@ def test_runs_write_only_their_run_directories(stack):
     assert not allows(policy, "s3:PutObject", "arn:aws:s3:::another-bucket/runs/r1/x")
 
 
+def test_the_instance_reads_the_uploaded_encoder_models_and_cannot_change_them(stack):
+    """``make deploy EXTRACT='--audio wavlm --audio-model DIR'`` uploads the model to
+    models/NAME-HASH/ (the image carries no weights): the run on the instance reads it there,
+    and can neither overwrite nor delete it."""
+    policy, arn = stack.policy(ROLE_POLICY, INSTANCE_POLICY), stack_arns(stack)["bucket_arn"]
+    for key in ("models/wavlm-base-plus-0123456789ab/model.safetensors",
+                "models/enet_b0_8_best_vgaf-0123456789ab/enet_b0_8_best_vgaf.onnx"):
+        assert allows(policy, "s3:GetObject", f"{arn}/{key}"), key
+        assert not allows(policy, "s3:PutObject", f"{arn}/{key}"), key
+        assert not allows(policy, "s3:DeleteObject", f"{arn}/{key}"), key
+    assert allows(policy, "s3:ListBucket", arn)  # the model folder's sync into the cache
+
+
 def test_no_managed_policy_and_no_ssm_parameters(stack):
     """No AWS managed policy (AmazonSSMManagedInstanceCore reads every SSM parameter of the
     account): only the inline policy, which grants the SSM agent's calls and no parameter."""

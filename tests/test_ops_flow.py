@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,81 @@ def test_media_with_folds_is_refused_in_one_line(s3_bucket, s3_client, monkeypat
     monkeypatch.setattr(flow, "backend_for", lambda settings: StartRecorder(s3_bucket, s3_client))
     with pytest.raises(OpsError, match="MEDIA goes with a single run"):
         flow.deploy(load(backend="aws", media=str(media), folds="5"), echo=lambda s: None)
+
+
+def _speech_folder(root):
+    """What deploy checks of a speech model folder (config, weights, feature extractor), with
+    stand-in weight bytes: deploy uploads files, it does not load them."""
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({
+        "model_type": "wavlm", "num_hidden_layers": 12, "hidden_size": 768,
+        "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2]}))
+    (root / "preprocessor_config.json").write_text("{}")
+    (root / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+def test_local_encoder_models_go_up_once_content_addressed_and_the_run_reads_them(
+        s3_bucket, s3_client, monkeypatch, media, tmp_path):
+    from trainer.extract.encoders import encoder_params, resolve
+    from trainer.extract.run import ExtractSettings
+
+    wavlm = _speech_folder(tmp_path / "models" / "wavlm-base-plus")
+    onnx = tmp_path / "models" / "enet_b0_8_best_vgaf.onnx"
+    onnx.write_bytes(b"onnx" * 100)
+    backend = StartRecorder(s3_bucket, s3_client)
+    monkeypatch.setattr(flow, "backend_for", lambda settings: backend)
+    extract = f"--audio wavlm --audio-model {wavlm} --video hsemotion --face-model={onnx}"
+    lines = []
+    flow.deploy(load(backend="aws", media=str(media), args="--epochs 3", extract=extract),
+                echo=lines.append)
+    args = backend.train_args
+    sent = args[args.index("--extract-args") + 1]
+    model_uri = sent.split("--audio-model ")[1].split()[0]
+    face_uri = sent.split("--face-model=")[1].split()[0]
+    assert model_uri == f"s3://{s3_bucket}/{upload.data_prefix(wavlm, kind='models')}"
+    assert model_uri.startswith(f"s3://{s3_bucket}/models/wavlm-base-plus-")
+    assert face_uri.startswith(f"s3://{s3_bucket}/models/enet_b0_8_best_vgaf-")
+    assert face_uri.endswith("/enet_b0_8_best_vgaf.onnx") and str(tmp_path) not in sent
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket,
+                                                        Prefix="models/")["Contents"]}
+    assert len(keys) == 4  # three files of the folder, the ONNX file
+    data_uri = args[args.index("--data") + 1]
+
+    # Again: nothing sent, the same features prefix.
+    lines = []
+    flow.deploy(load(backend="aws", media=str(media), args="--epochs 3", extract=extract),
+                echo=lines.append)
+    assert sum("0 uploaded" in line for line in lines) == 3, lines  # media, folder, file
+    assert backend.train_args[backend.train_args.index("--data") + 1] == data_uri
+
+    # The instance's side: the models come down into its cache, with the same weights' hashes.
+    remote = ExtractSettings(audio="wavlm", audio_model=model_uri, video="hsemotion",
+                             face_model=face_uri)
+    here = resolve(remote, tmp_path / "cache")
+    assert Path(here.audio_model).is_dir() and str(tmp_path / "cache") in here.audio_model
+    local = ExtractSettings(audio="wavlm", audio_model=str(wavlm), video="hsemotion",
+                            face_model=str(onnx))
+    assert encoder_params(here) == encoder_params(local)
+
+
+def test_extract_without_media_or_twice_is_one_line(s3_bucket, s3_client, monkeypatch, media):
+    backend = StartRecorder(s3_bucket, s3_client)
+    monkeypatch.setattr(flow, "backend_for", lambda settings: backend)
+    with pytest.raises(OpsError, match="EXTRACT .* goes with MEDIA"):
+        flow.deploy(load(backend="aws", data="demo-data", extract="--video opencv"),
+                    echo=lambda s: None)
+    with pytest.raises(OpsError, match="extract flags given twice"):
+        flow.deploy(load(backend="aws", media=str(media), extract="--video opencv",
+                         args="--extract-args '--video opencv'"), echo=lambda s: None)
+    assert backend.calls == []
+
+
+def test_a_hub_id_with_allow_download_goes_to_the_instance_as_is(tmp_path, monkeypatch):
+    """The instance downloads it (it has the internet); nothing is fetched or uploaded here,
+    and without --allow-download a hub id is no model deploy can send."""
+    monkeypatch.chdir(tmp_path)
+    args = "--audio wavlm --audio-model microsoft/wavlm-base-plus --allow-download"
+    assert upload.upload_models("bucket", args) == args
+    with pytest.raises(OpsError, match="model microsoft/wavlm-base-plus: no such folder"):
+        upload.upload_models("bucket", "--audio wavlm --audio-model microsoft/wavlm-base-plus")

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "repeat for more (default: none)")
     p.add_argument("--speaker", metavar="NAME", help="the speaker of every input and --enroll "
                    "clip (default: from the file names)")
+    p.add_argument("--audio-model", metavar="DIR", help="raw media of a model trained on "
+                   "speech encoder features: the encoder's folder (default: where extract "
+                   "found it; its weights must be the same)")
+    p.add_argument("--face-model", metavar="FILE", help="raw media of a model trained on "
+                   "--video hsemotion features: the ONNX file (default: where extract found it;"
+                   " the same weights)")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="clip files (.npz), raw media "
                    "clips (any video extract takes), or folders of either")
 
@@ -168,7 +174,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from trainer.predict import predict  # torch
 
-    results = predict(args.checkpoint, args.inputs, args.enroll, args.speaker)
+    models = {"audio_model": args.audio_model, "face_model": args.face_model}
+    results = predict(args.checkpoint, args.inputs, args.enroll, args.speaker, models=models)
     for r in results:
         print(json.dumps(r))
     return 0 if any("label" in r for r in results) else 1

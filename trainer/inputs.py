@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,9 @@ from trainer.extract.clips import (
     MediaClip,
     media_clip,
 )
-from trainer.extract.run import ExtractSettings, extract_clip
+from trainer.extract.run import extract_clip
+from trainer.extract.settings import ExtractSettings
+from trainer.extract.speech import SPEECH_KINDS
 
 CLIP_SUFFIX = ".npz"  # a clip file; any other file is media
 
@@ -87,12 +90,15 @@ def speaker_of(f: Path, given: str | None = None) -> str | None:
     return parsed[1] if isinstance(parsed, tuple) else None
 
 
-def extraction_of(t: Trained, what: str) -> ExtractSettings:
-    """The ``ExtractSettings`` the checkpoint's training data were extracted with.
+def extraction_of(t: Trained, what: str, models: dict | None = None) -> ExtractSettings:
+    """The ``ExtractSettings`` the checkpoint's training data were extracted with; a pretrained
+    encoder's model from ``models`` (``audio_model``, ``face_model``: predict's flags), else
+    where the training data's extraction found it, checked against the weights' hash.
 
     Raises:
         CheckpointError: the training data were not made by ``trainer extract``, or with
-            settings that need files of their own (OpenFace CSVs, FaceNet weights).
+            settings that need files of their own (OpenFace CSVs, FaceNet weights), or an
+            encoder's model is missing or not the one the training data were extracted with.
     """
     params = t.checkpoint.get("extract")
     if not params:
@@ -112,7 +118,48 @@ def extraction_of(t: Trained, what: str) -> ExtractSettings:
             f"{what} is raw media, but this checkpoint was trained on FaceNet features, whose "
             "weights file predict is not given: extract the clip with `trainer extract --video "
             "facenet --face-weights FILE` and predict on the .npz")
+    if settings.audio in SPEECH_KINDS or settings.video == "hsemotion":
+        settings = _with_models(settings, params, what, models or {})
     return settings
+
+
+def _with_models(settings: ExtractSettings, params: dict, what: str,
+                 models: dict) -> ExtractSettings:
+    """``settings`` with the encoders' model files, which must be the training data's."""
+    trained = params["settings"]
+    found = {}
+    for field, flag, kind, info in (("audio_model", "--audio-model DIR", settings.audio,
+                                     "audio"),
+                                    ("face_model", "--face-model FILE", settings.video,
+                                     "video")):
+        if f"{field}_sha256" not in trained:
+            continue
+        path = models.get(field) or (params.get(info) or {}).get("source")
+        name, sha = trained[field], trained[f"{field}_sha256"]
+        if not path or not Path(path).exists():
+            raise CheckpointError(
+                f"{what} is raw media, and this checkpoint was trained on {kind} features of "
+                f"the model {name} (weights sha256 {sha[:12]}...), "
+                + (f"which is no longer at {path}" if path else "whose files predict is not "
+                   "given") + f": give them with {flag}")
+        found[field] = str(path)
+    got = replace(settings, **found)
+    try:
+        got.check()
+        now = got.params()
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{what}: {' '.join(str(e).split())}") from None
+    for field, flag in (("audio_model", "--audio-model"), ("face_model", "--face-model")):
+        key = f"{field}_sha256"
+        if key in trained and now.get(key) != trained[key]:
+            raise CheckpointError(
+                f"{flag} {found[field]} has weights sha256 {now.get(key, '?')[:12]}..., but this "
+                f"checkpoint was trained on features of {trained[field]} with weights "
+                f"{trained[key][:12]}...: give the model its training data were extracted with")
+    if now != trained:
+        raise CheckpointError(f"{what}: the encoders' settings {now} differ from the training "
+                              f"data's {trained}")
+    return got
 
 
 def read_media(clip: MediaClip, settings: ExtractSettings) -> tuple[np.ndarray, ...] | str:
@@ -130,8 +177,8 @@ class InputReader:
     training data's settings (looked up at the first raw clip, so a checkpoint without them
     fails only when media are given), each checked against the model's feature widths."""
 
-    def __init__(self, t: Trained):
-        self.t = t
+    def __init__(self, t: Trained, models: dict | None = None):
+        self.t, self.models = t, models
         s = t.checkpoint["model_settings"]
         self.widths = (s["audio_dim"], s["video_dim"])
         self.settings: ExtractSettings | None = None
@@ -148,7 +195,7 @@ class InputReader:
             except MediaError as e:
                 return str(e)
             if self.settings is None:
-                self.settings = extraction_of(self.t, str(f))
+                self.settings = extraction_of(self.t, str(f), self.models)
             got = read_media(clip, self.settings)
         if isinstance(got, str):
             return got

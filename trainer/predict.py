@@ -53,7 +53,8 @@ def fallback_warning(t: Trained, checkpoint: str | Path, speakers: list[str]) ->
 
 
 def predict(checkpoint: str | Path, inputs: list[str], enroll: list[str] | None = None,
-            speaker: str | None = None, warn: Callable[[str], None] = _stderr) -> list[dict]:
+            speaker: str | None = None, warn: Callable[[str], None] = _stderr,
+            models: dict | None = None) -> list[dict]:
     """Per clip: path, predicted label, probabilities and how it was standardised (``norm``),
     or the reason it could not be read.
 
@@ -66,6 +67,8 @@ def predict(checkpoint: str | Path, inputs: list[str], enroll: list[str] | None 
         speaker: the speaker of every input (and of enrolment clips); default: file names.
         warn: receives each warning line (default: stderr): an ``--enroll`` input skipped, and
             at most one for all the clips that fell back.
+        models: for raw media extracted with pretrained encoders, their files
+            (``audio_model``, ``face_model``; default: where the training data's were).
     """
     t = load_trained(checkpoint)
     norm = t.prepare.get("norm", "none")
@@ -79,7 +82,7 @@ def predict(checkpoint: str | Path, inputs: list[str], enroll: list[str] | None 
     files = input_files(inputs)
     if not files:
         raise DataError("no clip files given")
-    reader = InputReader(t)
+    reader = InputReader(t, models)
     results, clips, where = [], [], []
     for f in files:
         got = reader.read(f, speaker_of(f, speaker) or f"clip:{f}")

@@ -29,8 +29,10 @@ import structlog
 from trainer.errors import EXIT_STOPPED, DataError, Stopped
 from trainer.extract.cli import parse_extract_args
 from trainer.extract.clips import VIDEO_EXTENSIONS
+from trainer.extract.encoders import resolve
 from trainer.extract.places import check_folder
-from trainer.extract.run import ExtractSettings, extract
+from trainer.extract.run import extract
+from trainer.extract.settings import ExtractSettings
 from trainer.extract.staging import Uploader
 from trainer.store.uri import cache_dir as default_cache
 from trainer.store.uri import has, is_s3, join, read_json
@@ -72,6 +74,10 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         DataError: nothing could be extracted (the first reason); ValueError: bad extract args.
     """
     settings, workers = parse_extract_args(extract_args)
+    cache = default_cache(cache_dir)
+    if is_s3(media) or is_s3(data):
+        check_folder(cache, "--cache-dir")
+    settings = resolve(settings, cache)  # an s3:// model synced down: params hash its weights
     report = _read_report(data)
     if (report is not None and report.get("media") == media
             and report.get("settings") == settings.params()
@@ -80,9 +86,6 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         log.info("extract.reused", data=data, written=len(report.get("written", [])) +
                  len(report.get("already_done", [])))
         return None
-    cache = default_cache(cache_dir)
-    if is_s3(media) or is_s3(data):
-        check_folder(cache, "--cache-dir")
     total = _media_files(media)
     say = status or (lambda **kw: None)
     say(state="extracting", extract={"clips_done": 0, "media_files": total, "uploaded": 0})

@@ -16,7 +16,12 @@ voiced sound (harmonics of a gliding pitch, with noise): what is said does not c
 of decoding or of log-mel features, which depends only on the number of samples.
 
 Each run is ``trainer.extract.run.extract`` with the default settings apart from the face kind
-(``mediapipe``, the default, and ``opencv``), into a fresh folder, with 1 and 2 workers. Its
+(``mediapipe``, the default, and ``opencv``), into a fresh folder, with 1 and 2 workers. Then
+each pretrained encoder (issue 17): ``wavlm``, ``hubert``, ``wav2vec2`` (with the ``opencv``
+face) and ``hsemotion`` (with log-mel audio), from ``--audio-model DIR`` / ``--face-model FILE``
+when given, else from tiny random stand-ins made here (trainer.bench.tiny_encoders: hidden size
+32, 2 layers). A stand-in's speed is NOT a real model's: a base model (95 M parameters) is
+thousands of times larger, and only its real weights can measure it. Its
 own report gives the figures: media seconds, the wall seconds of the extraction (worker start
 included), their ratio, and the seconds of each stage (``timing.stage_seconds``, summed over
 workers, so the audio and face stages are timed apart).
@@ -47,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from trainer.extract.decode import at_rate
-from trainer.extract.run import ExtractSettings, extract
+from trainer.extract.run import extract
+from trainer.extract.settings import ExtractSettings
 from trainer.store.files import atomic_write_text
 
 WIDTH, HEIGHT, FPS, SAMPLE_RATE = 480, 360, 30, 16000  # CREMA-D's video and WAV formats
@@ -56,11 +62,21 @@ TARGET_WORKERS = 2
 CREMA_D_HOURS = 5.4
 CREMA_D_LIMIT_MINUTES = 90
 # clips: how many; seconds: their length range; kinds: face extractors; workers: pool sizes.
+# encoders: the pretrained encoders' runs (ENCODERS).
 PRESETS = {
-    "full": dict(clips=60, seconds=(2.0, 3.2), kinds=("mediapipe", "opencv"), workers=(1, 2)),
+    "full": dict(clips=60, seconds=(2.0, 3.2), kinds=("mediapipe", "opencv"), workers=(1, 2),
+                 encoders=("wavlm", "hubert", "wav2vec2", "hsemotion")),
     # bench --quick (CI): one small run per face kind, in this process (about 10 s)
-    "quick": dict(clips=2, seconds=(2.0, 2.0), kinds=("mediapipe", "opencv"), workers=(1,)),
-    "smoke": dict(clips=2, seconds=(0.6, 0.8), kinds=("opencv",), workers=(1,)),
+    "quick": dict(clips=2, seconds=(2.0, 2.0), kinds=("mediapipe", "opencv"), workers=(1,),
+                  encoders=()),
+    "smoke": dict(clips=2, seconds=(0.6, 0.8), kinds=("opencv",), workers=(1,), encoders=()),
+    # the encoders' path alone, for tests (figures meaningless)
+    "encoders-smoke": dict(clips=1, seconds=(0.6, 0.6), kinds=(), workers=(1,),
+                           encoders=("wavlm", "hsemotion")),
+}
+ENCODERS = {  # label: (audio, video) of the encoder's runs
+    "wavlm": ("wavlm", "opencv"), "hubert": ("hubert", "opencv"),
+    "wav2vec2": ("wav2vec2", "opencv"), "hsemotion": ("logmel", "hsemotion"),
 }
 
 
@@ -168,11 +184,13 @@ def make_media(root: Path, clips: int, seconds: tuple[float, float], seed: int =
 # ------------------------------------------------------------------------------- measuring
 
 
-def one_run(media: Path, made: dict[str, int], out: Path, kind: str, workers: int) -> dict:
-    """``extract`` over ``media`` into the empty folder ``out``; the figures of its report, and
-    the share of the frames looked at (the video rate's) in which a face was found."""
+def one_run(media: Path, made: dict[str, int], out: Path, kind: str, workers: int,
+            settings: ExtractSettings | None = None, label: str | None = None) -> dict:
+    """``extract`` over ``media`` into the empty folder ``out`` with the face kind ``kind`` (or
+    ``settings``, named ``label``); the figures of its report, and the share of the frames
+    looked at (the video rate's) in which a face was found."""
 
-    settings = ExtractSettings(video=kind)
+    settings = settings or ExtractSettings(video=kind)
     r = extract(media, out, settings, workers=workers)
     t = r["timing"]
     looked_at = sum(int(at_rate(np.arange(n) / FPS, settings.video_rate).sum())
@@ -183,7 +201,8 @@ def one_run(media: Path, made: dict[str, int], out: Path, kind: str, workers: in
             found += len(z["video_timestamps"])
     stages = t["stage_seconds"]
     return {
-        "video": kind, "workers": workers, "clips": r["counts"]["clips"],
+        "video": settings.video, "label": label or kind, "audio": settings.audio,
+        "workers": workers, "clips": r["counts"]["clips"],
         "written": r["counts"]["written"], "skipped": r["skipped"],
         "media_seconds": t["media_seconds"], "wall_seconds": t["extract_wall_seconds"],
         "media_seconds_per_second": t["media_seconds_per_second"],
@@ -237,6 +256,7 @@ def verdict(runs: list[dict]) -> dict:
     out = {}
     for r in runs:
         if r["workers"] == TARGET_WORKERS:
+            r = {**r, "video": r.get("label", r["video"])}
             rate, start = r["steady_media_seconds_per_second"], r["start"]
             minutes = (start["wall_seconds"] + (CREMA_D_HOURS * 3600 - start["media_seconds"])
                        / rate) / 60 if rate else None
@@ -247,9 +267,36 @@ def verdict(runs: list[dict]) -> dict:
     return out
 
 
-def measure(preset: str = "full", seed: int = 0) -> dict:
-    """Every run of the preset; the dict bench.json keeps under ``extract``."""
+def encoder_settings(label: str, tmp: Path, audio_model: str | None = None,
+                     face_model: str | None = None) -> tuple[ExtractSettings, str]:
+    """The settings of an encoder's runs and what model they use: the one given, else a tiny
+    random stand-in made in ``tmp`` (its speed is not a real model's)."""
+    from trainer.bench.tiny_encoders import tiny_hsemotion, tiny_speech  # transformers, onnx
+
+    audio, video = ENCODERS[label]
+    if video == "hsemotion":
+        face = face_model or str(tiny_hsemotion(tmp / "models" / "tiny_hsemotion.onnx"))
+        return (ExtractSettings(audio=audio, video=video, face_model=face),
+                face_model or "tiny random stand-in (HSEmotion's signature, 8x8 conv)")
+    model = audio_model or str(tiny_speech(tmp / "models" / label, label))
+    return (ExtractSettings(audio=audio, video=video, audio_model=model),
+            audio_model or "tiny random stand-in (hidden size 32, 2 layers)")
+
+
+def _speech_kind(folder: str | None) -> str | None:
+    if not folder:
+        return None
+    return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+
+
+def measure(preset: str = "full", seed: int = 0, audio_model: str | None = None,
+            face_model: str | None = None) -> dict:
+    """Every run of the preset; the dict bench.json keeps under ``extract``. ``audio_model``
+    (a speech model folder: only its kind runs) and ``face_model`` replace the stand-ins."""
     p = PRESETS[preset]
+    given = _speech_kind(audio_model)
+    encoders = [e for e in p["encoders"] if not given or ENCODERS[e][0] in (given, "logmel")]
+    models = {}
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-extract-") as tmp:
         media = Path(tmp) / "crema"
@@ -266,6 +313,17 @@ def measure(preset: str = "full", seed: int = 0) -> dict:
                 start = one_run(start_media, first, Path(tmp) / f"start-{kind}-{w}", kind, w)
                 run = one_run(media, made, Path(tmp) / f"out-{kind}-{w}", kind, w)
                 runs.append(steady(run, start))
+        for label in encoders:
+            settings, models[label] = encoder_settings(label, Path(tmp), audio_model, face_model)
+            for w in p["workers"]:
+                start_media = Path(tmp) / f"start-{w}"
+                first = dict(list(made.items())[:w])
+                _subset(media, start_media, first)
+                start = one_run(start_media, first, Path(tmp) / f"start-{label}-{w}", label, w,
+                                settings, label)
+                run = one_run(media, made, Path(tmp) / f"out-{label}-{w}", label, w, settings,
+                              label)
+                runs.append(steady(run, start))
     return {
         "mode": preset, "cores": len(os.sched_getaffinity(0)),
         "workload": {"clips": p["clips"], "media_seconds": round(media_seconds, 3),
@@ -274,6 +332,7 @@ def measure(preset: str = "full", seed: int = 0) -> dict:
                      "audio": f"WAV, 16-bit PCM, {SAMPLE_RATE} Hz mono",
                      "made_in_seconds": round(made_in, 3)},
         "runs": runs,
+        "encoder_models": models,
         "target": {"media_seconds_per_second": TARGET, "workers": TARGET_WORKERS,
                    "crema_d_hours": CREMA_D_HOURS, "crema_d_limit_minutes": CREMA_D_LIMIT_MINUTES,
                    "by_video": verdict(runs)},
@@ -303,7 +362,7 @@ def table(r: dict) -> str:
              f"{r['workload']['media_seconds']:.1f} s of media"]
     for x in r["runs"]:
         s = x["stage_seconds"]
-        lines.append(f"  {x['video']:9} {x['workers']} worker(s): "
+        lines.append(f"  {x.get('label', x['video']):9} {x['workers']} worker(s): "
                      f"{x['media_seconds_per_second']:.2f} s media/s (wall {x['wall_seconds']:.1f} "
                      f"s), steady {_f(x['steady_media_seconds_per_second'])}; audio "
                      f"{x['audio_seconds']:.1f} s (decode {s['decode_audio']:.1f}, "
@@ -323,8 +382,12 @@ if __name__ == "__main__":
     ap.add_argument("--preset", default="full", choices=tuple(PRESETS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the figures here as JSON")
+    ap.add_argument("--audio-model", default=None, metavar="DIR",
+                    help="a real speech model folder for its kind's runs (default: tiny stand-ins)")
+    ap.add_argument("--face-model", default=None, metavar="FILE",
+                    help="a real HSEmotion ONNX file (default: a tiny stand-in)")
     a = ap.parse_args()
-    report = measure(a.preset, a.seed)
+    report = measure(a.preset, a.seed, a.audio_model, a.face_model)
     if a.out:
         atomic_write_text(Path(a.out), json.dumps(report, indent=2) + "\n")
     print(table(report), file=sys.stdout)

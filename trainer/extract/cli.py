@@ -20,7 +20,9 @@ from functools import partial
 
 from trainer import logs
 from trainer.errors import RaisingParser
-from trainer.extract.run import ExtractSettings, extract
+from trainer.extract.run import extract
+from trainer.extract.settings import ExtractSettings
+from trainer.extract.speech import SPEECH_KINDS
 
 DESCRIPTION = """\
 Decode each clip (PyAV), resample its audio to 16 kHz mono and compute audio features at
@@ -33,6 +35,10 @@ OUT/extract.json; clips already extracted with the same settings are skipped (re
 Layouts: CREMA-D (VideoFlash/NAME.flv + AudioWAV/NAME.wav), RAVDESS (Actor_NN/01-*.mp4),
 or any folder of videos with sound (labels from --manifest path,label,speaker[,split]).
 
+Pretrained encoders (docs/data.md): --audio wavlm|hubert|wav2vec2 --audio-model DIR (MIT;
+Apache-2.0), --video hsemotion --face-model FILE.onnx (Apache-2.0). They load from local
+files; a hub id downloads only with --allow-download.
+
 Licences: --audio egemaps and egemaps-functionals need the optional opensmile package
 (audEERING's research-only licence): pip install 'av-emotion-trainer[egemaps]'.
 --audio egemaps-functionals repeats one vector per clip at 100 frames/s: it carries no time
@@ -43,6 +49,9 @@ Examples:
   python -m trainer extract --media media/ravdess --out data/ravdess --video opencv
   python -m trainer extract --media media/crema --out data/crema-of --video openface \\
       --openface-csv openface/crema
+  python -m trainer extract --media media/crema --out data/crema-wavlm --audio wavlm \\
+      --audio-model models/wavlm-base-plus --video hsemotion \\
+      --face-model models/enet_b0_8_best_vgaf.onnx
   python -m trainer extract --media s3://B/media/crema/ --out s3://B/data/crema/"""
 
 
@@ -57,15 +66,30 @@ def add_extract_command(sub, commands: dict) -> None:
                    help="folder for the clip files and extract.json, or s3://bucket/prefix "
                    "(required)")
     p.add_argument("--audio", default="logmel",
-                   choices=("logmel", "egemaps", "egemaps-functionals"),
+                   choices=("logmel", "egemaps", "egemaps-functionals", *SPEECH_KINDS),
                    help="logmel (librosa), egemaps (25 eGeMAPSv02 LLDs, opensmile), "
-                   "egemaps-functionals (88 functionals repeated: no time information) "
-                   "(default: logmel)")
+                   "egemaps-functionals (88 functionals repeated: no time information), "
+                   "wavlm, hubert, wav2vec2 (pretrained encoders, 50 frames/s, float16; need "
+                   "--audio-model) (default: logmel)")
+    p.add_argument("--audio-model", default=None, metavar="DIR",
+                   help="the speech encoder's folder (config.json, weights, "
+                   "preprocessor_config.json), an s3:// prefix, or with --allow-download a hub "
+                   "id such as microsoft/wavlm-base-plus (default: none)")
+    p.add_argument("--audio-layers", default=None, metavar="A-B",
+                   help="mean of the speech encoder's layers A to B (0: its convolutional "
+                   "features) (default: the upper-middle third, 7-10 of a base model's 12)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let --audio-model be a hub id, downloaded once into the Hugging Face "
+                   "cache (default: local files only, no network)")
     p.add_argument("--video", default="mediapipe",
-                   choices=("mediapipe", "opencv", "openface", "facenet"),
+                   choices=("mediapipe", "opencv", "openface", "facenet", "hsemotion"),
                    help="mediapipe (face mesh geometry), opencv (bundled detectors), openface "
-                   "(read --openface-csv), facenet (512-d, needs --face-weights) "
+                   "(read --openface-csv), facenet (512-d, needs --face-weights), hsemotion "
+                   "(HSEmotion ONNX on the opencv face crop, needs --face-model) "
                    "(default: mediapipe)")
+    p.add_argument("--face-model", default=None, metavar="FILE",
+                   help="HSEmotion ONNX file or s3:// object (--video hsemotion), e.g. "
+                   "enet_b0_8_best_vgaf.onnx (default: none)")
     p.add_argument("--video-rate", type=float, default=15.0, metavar="FPS",
                    help="video frames per second at most, picked by true times (default: 15)")
     p.add_argument("--n-mels", type=int, default=64, metavar="N",
@@ -91,13 +115,19 @@ def add_extract_command(sub, commands: dict) -> None:
     commands["extract"] = cmd_extract
 
 
+def encoder_args(args) -> dict:
+    """The pretrained encoders' flags as ExtractSettings fields."""
+    return {"audio_model": args.audio_model, "audio_layers": args.audio_layers,
+            "face_model": args.face_model, "allow_download": args.allow_download}
+
+
 def cmd_extract(args) -> int:
     if args.workers < 0:
         raise ValueError("--workers must be 0 (all cores) or more")
     settings = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
                                n_mels=args.n_mels, min_face_frames=args.min_face_frames,
                                max_seconds=args.max_seconds, openface_csv=args.openface_csv,
-                               face_weights=args.face_weights)
+                               face_weights=args.face_weights, **encoder_args(args))
     logs.setup()
     try:  # isolate: a clip killed for memory takes only itself, even with one worker
         report = extract(args.media, args.out, settings, args.workers, args.manifest,
@@ -151,7 +181,7 @@ def parse_extract_args(text: str):
         raise ValueError("extract args: --workers must be 0 (all cores) or more")
     s = ExtractSettings(audio=args.audio, video=args.video, video_rate=args.video_rate,
                         n_mels=args.n_mels, min_face_frames=args.min_face_frames,
-                        max_seconds=args.max_seconds)
+                        max_seconds=args.max_seconds, **encoder_args(args))
     try:
         s.check()
     except ValueError as e:

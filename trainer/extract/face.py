@@ -255,6 +255,30 @@ class OpenCVFace:
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         cv2 = self._cv2
         grey = cv2.cvtColor(_rgb(rgb), cv2.COLOR_RGB2GRAY)
+        m = self._align(grey, _CROP)
+        if m is None:
+            return None
+        crop = cv2.warpAffine(grey, m, (_CROP, _CROP), flags=cv2.INTER_AREA,
+                              borderMode=cv2.BORDER_REPLICATE)
+        crop = cv2.equalizeHist(crop)  # lighting and contrast out
+        return self._hog.compute(crop).reshape(-1).astype(np.float32)
+
+    def crop(self, rgb: np.ndarray, size: int) -> np.ndarray | None:
+        """The aligned face as RGB uint8 (size, size, 3): the same tracked, eye-levelled crop
+        (brows to chin) the HOG features read, for a face encoder; None without a face."""
+        cv2 = self._cv2
+        rgb = _rgb(rgb)
+        m = self._align(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), size)
+        if m is None:
+            return None
+        shrink = m[0, 0] ** 2 + m[0, 1] ** 2 < 1  # the face is larger than the crop
+        return cv2.warpAffine(rgb, m, (size, size), borderMode=cv2.BORDER_REPLICATE,
+                              flags=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+    def _align(self, grey: np.ndarray, size: int) -> np.ndarray | None:
+        """The affine map from the frame to the aligned ``size`` x ``size`` face (tracking
+        state updated), or None when no face is found."""
+        cv2 = self._cv2
         box = self._detect(grey)
         if box is None:
             self._box = None  # lost: search the whole frame next time
@@ -277,12 +301,9 @@ class OpenCVFace:
         cx, cy = box[:2] + rel[:2] * box[2]
         side, roll = rel[2] * box[2], rel[3]
         # Rotate about the face's centre so the eyes are level, scale the face to the crop.
-        m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(roll), _CROP / float(side))
-        m[:, 2] += (_CROP / 2 - cx, _CROP / 2 - cy)
-        crop = cv2.warpAffine(grey, m, (_CROP, _CROP), flags=cv2.INTER_AREA,
-                              borderMode=cv2.BORDER_REPLICATE)
-        crop = cv2.equalizeHist(crop)  # lighting and contrast out
-        return self._hog.compute(crop).reshape(-1).astype(np.float32)
+        m = cv2.getRotationMatrix2D((float(cx), float(cy)), float(roll), size / float(side))
+        m[:, 2] += (size / 2 - cx, size / 2 - cy)
+        return m
 
     def close(self) -> None:
         self._box = None

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +34,8 @@ from trainer.data import (
     write_manifest,
 )
 from trainer.errors import DataError, MediaError
-from trainer.extract import staging
-from trainer.extract.audio import audio_features, check_audio_kind
+from trainer.extract import encoders, staging
+from trainer.extract.audio import audio_features
 from trainer.extract.clips import SONG, MediaClip, display_path, find_clips
 from trainer.extract.decode import at_rate, decode_audio, read_frames
 from trainer.extract.face import make_face
@@ -45,80 +43,16 @@ from trainer.extract.openface import openface_csv, read_openface
 from trainer.extract.places import check_places
 from trainer.extract.pool import run_clips
 from trainer.extract.resume import is_done, made_by, sha256_file
+from trainer.extract.settings import ExtractSettings
+from trainer.extract.speech import SPEECH_KINDS
 from trainer.store.files import atomic_write_bytes as atomic_write
 from trainer.store.uri import cache_dir as default_cache
 from trainer.store.uri import is_s3
 
 log = structlog.get_logger()
 
-VIDEO_KINDS = ("mediapipe", "opencv", "openface", "facenet")
 REPORT = "extract.json"
 STAGES = ("decode_audio", "audio_features", "decode_video", "face", "write")
-
-
-@dataclass(frozen=True)
-class ExtractSettings:
-    """How clips are extracted; ``params()`` is what a clip file records and resume compares."""
-
-    audio: str = "logmel"  # logmel | egemaps | egemaps-functionals (trainer.extract.audio)
-    video: str = "mediapipe"  # mediapipe | opencv | facenet (trainer.extract.face) | openface
-    video_rate: float = 15.0  # video frames per second at most, picked by their true times
-    sample_rate: int = 16000  # audio is resampled to this, mono
-    n_mels: int = 64  # log-mel bands (logmel only)
-    min_face_frames: int = 5  # a clip with fewer frames with a face is skipped (1/3 s at 15 fps)
-    max_seconds: float = 60.0  # a longer clip is skipped: its audio is held whole in memory
-    openface_csv: str | None = None  # folder of OpenFace FeatureExtraction CSVs (openface only)
-    face_weights: str | None = None  # weights file (facenet only)
-
-    def check(self) -> None:
-        """One-line ``ValueError`` for a bad value, before any clip is read."""
-
-        check_audio_kind(self.audio)
-        if self.video not in VIDEO_KINDS:
-            raise ValueError(f"unknown video features {self.video!r}; use one of "
-                             f"{', '.join(VIDEO_KINDS)}")
-        for name in ("video_rate", "sample_rate", "n_mels", "max_seconds"):
-            value = getattr(self, name)
-            if not (value > 0 and math.isfinite(value)):  # nan and inf too
-                raise ValueError(f"--{name.replace('_', '-')} must be positive and finite, "
-                                 f"not {value:g}")
-        if self.min_face_frames < 1:
-            raise ValueError("--min-face-frames must be at least 1")
-        if self.video == "openface":
-            if not self.openface_csv:
-                raise ValueError("--video openface needs --openface-csv DIR (OpenFace "
-                                 "FeatureExtraction's CSVs, one STEM.csv per clip)")
-            if not Path(self.openface_csv).is_dir():
-                raise FileNotFoundError(f"no OpenFace CSV folder {self.openface_csv}")
-        if self.face_weights and not Path(self.face_weights).is_file():
-            raise FileNotFoundError(f"no face weights file {self.face_weights}")
-
-    def params(self) -> dict:
-        """The settings that define the features, without local paths: a weights file is named
-        by its content's SHA-256, the OpenFace folder not at all (its CSVs are the features).
-        ``min_face_frames`` and ``max_seconds`` decide which clips are kept, not what a clip's
-        features mean: resume checks them against each clip file's frames."""
-        p = {"audio": self.audio, "video": self.video, "video_rate": float(self.video_rate),
-             "sample_rate": int(self.sample_rate)}
-        if self.audio == "logmel":
-            p["n_mels"] = int(self.n_mels)
-        if self.face_weights:
-            p["face_weights_sha256"] = _weights_sha256(str(Path(self.face_weights).resolve()))
-        return p
-
-    @classmethod
-    def from_params(cls, settings: dict) -> "ExtractSettings":
-        """Settings from a clip file's ``params["settings"]`` (paths are given separately).
-
-        Example:
-            >>> ExtractSettings.from_params({"audio": "egemaps", "video": "opencv"}).video_rate
-            15.0
-        """
-        names = {f.name for f in fields(cls)} - {"openface_csv", "face_weights"}
-        return cls(**{k: v for k, v in settings.items() if k in names})
-
-
-_weights_sha256 = lru_cache(maxsize=4)(sha256_file)  # a weights file is large: hashed once
 
 
 def _openface(clip: MediaClip, s: ExtractSettings) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -146,7 +80,7 @@ def _faces(clip: MediaClip, s: ExtractSettings, timing: dict) -> tuple[np.ndarra
     """Face features of the frames with a face, their times, the extractor's info, and the
     number of frames looked at."""
 
-    face = make_face(s.video, s.face_weights)  # fresh per clip: it tracks within one clip
+    face = _make_face(s)  # fresh per clip: it tracks within one clip
     frames = read_frames(clip.video, s.video_rate, s.max_seconds)
     feats, times, seen = [], [], 0
     try:
@@ -181,7 +115,10 @@ def _extract(clip: MediaClip, s: ExtractSettings, timing: dict) -> dict[str, np.
     wave = decoded.wave
     t1 = time.perf_counter()
     timing["media"] = len(wave) / s.sample_rate
-    audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
+    if s.audio in SPEECH_KINDS:
+        audio, audio_t, audio_info = encoders.audio_encoder(s)(wave)
+    else:
+        audio, audio_t, audio_info = audio_features(wave, s.sample_rate, s.audio, s.n_mels)
     audio_t = audio_t + decoded.audio_start  # on the container's clock, as the video's times
     timing["decode_audio"], timing["audio_features"] = t1 - t0, time.perf_counter() - t1
     if s.video == "openface":
@@ -253,9 +190,17 @@ def _check_face(s: ExtractSettings) -> dict | None:
     before any worker starts, not one skipped clip per file; its info (None for OpenFace)."""
     if s.video == "openface":
         return None
-    face = make_face(s.video, s.face_weights)
+    face = _make_face(s)
     face.close()
+    if s.audio in SPEECH_KINDS:  # loaded here too: a bad model folder is one line, not N skips
+        encoders.audio_encoder(s)
     return face.info
+
+
+def _make_face(s: ExtractSettings):
+    if s.video == "hsemotion":
+        return encoders.make_video(s)
+    return make_face(s.video, s.face_weights)
 
 
 def _write_manifest(out: Path, clips: list[MediaClip], kept: set[str]) -> None:
@@ -299,6 +244,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     t_start = time.perf_counter()
     cache = default_cache(cache_dir)
     check_places(str(media), str(out), manifest, cache)
+    s = encoders.resolve(s, cache)  # s3:// models into the cache, a hub id downloaded if asked
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()

@@ -80,8 +80,12 @@ def add_ops_commands(sub, commands: dict) -> None:
     p.add_argument("--media", default=None, metavar="FOLDER", help="raw media (CREMA-D, "
                    "RAVDESS, videos): uploaded once, extracted on the instance into "
                    "s3://BUCKET/features/ (reused by later runs), then trained on; replaces "
-                   "--data; extract flags go in --args=\"--extract-args '--video opencv'\" "
-                   "(default: deploy.yaml's media, else none)")
+                   "--data; extract flags go in --extract (default: deploy.yaml's media, else "
+                   "none)")
+    p.add_argument("--extract", default=None, metavar="'FLAGS'", help="extract flags for --media,"
+                   " one string: --extract='--audio wavlm --audio-model models/wavlm-base-plus'; "
+                   "a local --audio-model or --face-model is uploaded once to "
+                   "s3://BUCKET/models/NAME-HASH/ (default: deploy.yaml's extract, else none)")
     p.add_argument("--replace", action="store_true", help="stop the run going (after its "
                    "checkpoint; its artifacts stay) and start this one (default: refuse)")
     p.add_argument("--image", default=None, metavar="TAG", help="use this local image instead of "

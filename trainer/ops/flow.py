@@ -27,7 +27,27 @@ from trainer.ops.upload import (
     features_uri,
     upload_data,
     upload_media,
+    upload_models,
 )
+
+
+def with_extract_args(train_args: list[str], extract_args: str) -> list[str]:
+    """``train_args`` with its ``--extract-args`` (if any) replaced by ``extract_args``.
+
+    Example:
+        >>> with_extract_args(["--epochs", "3", "--extract-args", "--audio-model m"],
+        ...                   "--audio-model s3://b/models/m-0123/")
+        ['--epochs', '3', '--extract-args', '--audio-model s3://b/models/m-0123/']
+    """
+    out, skip = [], False
+    for a in train_args:
+        if skip:
+            skip = False
+        elif a == "--extract-args":
+            skip = True
+        elif not a.startswith("--extract-args="):
+            out.append(a)
+    return out + (["--extract-args", extract_args] if extract_args else [])
 
 
 def backend_for(settings: Settings):
@@ -157,7 +177,15 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
         if set_here:
             raise OpsError(f"ARGS {settings.args!r}: {set_here[0]} is set by deploy with MEDIA")
         check_media(media)
+        extract = settings.extract.strip()
+        if extract and any(a.split("=")[0] == "--extract-args" for a in train_args):
+            raise OpsError("extract flags given twice: in EXTRACT and in ARGS' --extract-args; "
+                           "keep EXTRACT")
+        if extract:
+            train_args += ["--extract-args", extract]
     else:
+        if settings.extract.strip():
+            raise OpsError("EXTRACT (extract flags) goes with MEDIA, the raw media to extract")
         check_data(settings.data)
     try:
         cfg = check_train_args(train_args + (["--media", "s3://checked/media/"] if media else []))
@@ -189,7 +217,10 @@ def deploy(settings: Settings, replace: bool = False, image: str | None = None,
     if media:
         with step(f"uploading the media ({media})"):
             media_uri = upload_media(out["bucket"], media, echo=echo)
-            data_uri = features_uri(out["bucket"], media_uri, cfg.extract_args)
+            # Local model files go up once (models/NAME-HASH/): the run reads them from S3.
+            extract_args = upload_models(out["bucket"], cfg.extract_args, echo=echo)
+            train_args = with_extract_args(train_args, extract_args)
+            data_uri = features_uri(out["bucket"], media_uri, extract_args)
             media_args = ["--media", media_uri]
             echo(f"    the run extracts them into {data_uri} (skipped when already there)")
     else:

@@ -27,6 +27,7 @@ DEFAULTS = {
     "data": "demo-data",    # folder of clip files, or an s3:// prefix in the stack's bucket
     "args": "",             # trainer train flags
     "media": "",            # raw media folder: uploaded, extracted on the instance into features/
+    "extract": "",          # extract flags for media (--audio wavlm --audio-model DIR: uploaded)
     "folds": "",            # "" a single run (one instance); K: K-fold cv as one AWS Batch array
     "seeds": "0",           # with folds: the seeds of each fold ("0,1,2": 3 tasks per fold)
     "image": "av-emotion-trainer",  # local name of the image deploy builds
@@ -44,6 +45,7 @@ class Settings:
     data: str = DEFAULTS["data"]
     args: str = DEFAULTS["args"]
     media: str = DEFAULTS["media"]
+    extract: str = DEFAULTS["extract"]
     folds: str = DEFAULTS["folds"]
     seeds: str = DEFAULTS["seeds"]
     image: str = DEFAULTS["image"]

@@ -1,6 +1,7 @@
 """The data set and the raw media in the stack's bucket: what deploy checks about DATA and MEDIA
 before anything is built, and their content-addressed uploads (``data/NAME-HASH/``,
-``media/NAME-HASH/``, extracted features under ``features/``).
+``media/NAME-HASH/``, extracted features under ``features/``, the pretrained encoders' model
+files under ``models/NAME-HASH/``).
 
     >>> upload_data(bucket, "demo-data")        # 's3://BUCKET/data/demo-data-0123456789ab/'
     >>> upload_media(bucket, "media/crema")     # 's3://BUCKET/media/crema-.../'
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shlex
+import shutil
+import tempfile
 from pathlib import Path
 
 from trainer.data import DataError
@@ -170,3 +174,52 @@ def features_uri(bucket: str, media_uri: str, extract_args: str) -> str:
         f"{re.sub(r'[^A-Za-z0-9._-]+', '-', parts[-1])}-" \
         f"{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
     return f"s3://{bucket}/features/{name}-{settings_key(extract_args)}/"
+
+
+MODEL_FLAGS = ("--audio-model", "--face-model")  # extract flags naming a model's files
+
+
+def upload_model(bucket: str, path: str, echo=print) -> str:
+    """A local model as an s3:// URI in the stack's bucket: a folder (a speech encoder) under its
+    own content-addressed ``models/NAME-HASH/``, a file (an ONNX face model) as
+    ``models/STEM-HASH/FILE``; the same files again send nothing. An s3:// one is kept, if in
+    the bucket."""
+    if is_s3(path):
+        other, _ = parse_s3_uri(path)
+        if other != bucket:
+            raise OpsError(f"model {path} is outside the stack's bucket, which is all the "
+                           "instance may read: give a local folder or file")
+        return path
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return _upload_folder(bucket, local, "models", echo)
+    if not local.is_file():
+        raise OpsError(f"model {path}: no such folder or file")
+    with tempfile.TemporaryDirectory(prefix="ave-model-") as tmp:  # the file alone, named as is
+        folder = Path(tmp) / local.stem
+        folder.mkdir()
+        shutil.copy2(local, folder / local.name)
+        return _upload_folder(bucket, folder, "models", echo) + local.name
+
+
+def upload_models(bucket: str, extract_args: str, echo=print) -> str:
+    """``extract_args`` with each local ``--audio-model`` / ``--face-model`` uploaded
+    (``upload_model``) and replaced by its s3:// URI, which the instance reads (its role reads
+    the bucket; the image carries no weights)."""
+    argv = shlex.split(extract_args or "")
+    hub = "--allow-download" in argv  # a hub id then goes as is: the instance downloads it
+
+    def up(value: str) -> str:
+        if hub and not Path(value).expanduser().exists() and value.count("/") == 1:
+            return value
+        return upload_model(bucket, value, echo)
+
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in MODEL_FLAGS:
+            continue
+        if eq:
+            argv[i] = f"{flag}={up(value)}"
+        elif i + 1 < len(argv):
+            argv[i + 1] = up(argv[i + 1])
+    return shlex.join(argv)

@@ -47,7 +47,7 @@ def open_run(args):
 
 def cmd_deploy(args) -> int:
     settings = settings_for(args, data=args.data, args=args.args, folds=args.folds,
-                            seeds=args.seeds, media=args.media)
+                            seeds=args.seeds, media=args.media, extract=args.extract)
     if args.seeds is not None and not str(settings.folds).strip():
         raise OpsError("SEEDS (--seeds) goes with FOLDS (--folds): one run takes its seed in "
                        "ARGS, e.g. ARGS='--seed 1'")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -496,12 +497,15 @@ def test_ctrl_c_stops_in_one_line_and_the_same_command_continues(media, tmp_path
     root, out = _four_clips(media, tmp_path / "media"), tmp_path / "out"
     cmd = [sys.executable, "-m", "trainer", "extract", "--media", str(root), "--out", str(out),
            "--video", FACE_KIND, "--workers", "1"]
+    # Its own process group, signalled whole, as a terminal's Ctrl-C is: the worker process
+    # (extract runs even one worker in a child) gets SIGINT too.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not list(out.glob("*.npz")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == \

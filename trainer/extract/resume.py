@@ -19,7 +19,10 @@ import numpy as np
 
 from trainer.data import read_extraction
 
-AUDIO_PACKAGES = {"logmel": "librosa"}  # every other audio kind is opensmile's (egemaps)
+# The package each audio kind's clip files name in params; every other kind is opensmile's
+# (egemaps). The speech encoders' weights are compared by their hash in the settings.
+AUDIO_PACKAGES = {"logmel": "librosa", "wavlm": "transformers", "hubert": "transformers",
+                  "wav2vec2": "transformers"}
 
 
 def sha256_file(path: str | Path) -> str:

@@ -46,7 +46,7 @@ from trainer.extract.openface import openface_csv, read_openface
 from trainer.extract.pool import run_clips
 from trainer.store.files import atomic_write_bytes as atomic_write
 from trainer.store.uri import cache_dir as default_cache
-from trainer.store.uri import is_s3
+from trainer.store.uri import is_s3, parse_s3_uri
 
 log = structlog.get_logger()
 
@@ -288,9 +288,13 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     """
     s = settings or ExtractSettings()
     s.check()
+    for uri in (media, out):  # a bad s3:// URI is one line before any work
+        if is_s3(uri):
+            parse_s3_uri(str(uri))
     t_start = time.perf_counter()
     cache = default_cache(cache_dir)
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
+    fingerprint = staging.media_fingerprint(str(media))  # the media as this run reads them
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)
@@ -341,7 +345,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     work_seconds = time.perf_counter() - t_work
     _write_manifest(local_out, clips, set(written) | done_rel)
     report = {
-        "media": str(media), "out": str(out),
+        "media": str(media), "media_fingerprint": fingerprint, "out": str(out),
         "written": sorted(f"{rel}.npz" for rel in written),
         "already_done": sorted(f"{rel}.npz" for rel in done_rel),
         "skipped": sorted(skipped, key=lambda x: x["path"]),
@@ -358,9 +362,8 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     }
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     atomic_write(local_out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-    if is_s3(out):  # clips, manifest and report (its seconds exclude this)
-        from trainer.store.s3 import sync_up  # boto3: only for s3://
-
-        sync_up(local_out, str(out))
+    if is_s3(out):  # clips and manifest, then the report once they are there (its seconds
+        # exclude this); a stop signal waits for it
+        staging.uninterrupted(lambda: staging.publish(local_out, str(out), REPORT), "publish")
     log.info("extract.done", **report["counts"], seconds=report["seconds"])
     return report

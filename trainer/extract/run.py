@@ -45,8 +45,9 @@ from trainer.extract.face import make_face
 from trainer.extract.openface import openface_csv, read_openface
 from trainer.extract.pool import run_clips
 from trainer.store.files import atomic_write_bytes as atomic_write
+from trainer.store.s3uri import parse_s3_uri
 from trainer.store.uri import cache_dir as default_cache
-from trainer.store.uri import is_s3, parse_s3_uri
+from trainer.store.uri import is_s3
 
 log = structlog.get_logger()
 

@@ -48,7 +48,7 @@ from trainer.store.files import (  # noqa: F401 - is_temp_name: also here, for i
     is_temp_name,
     walk_files,
 )
-from trainer.store.uri import parse_s3_uri  # noqa: F401 - also this module's, for its users
+from trainer.store.s3uri import parse_s3_uri  # noqa: F401 - also this module's, for its users
 
 log = structlog.get_logger()
 T = TypeVar("T")

@@ -287,8 +287,8 @@ class Uploader:
                     failed.append(rel)
                     continue
                 self.sent[rel] = (st.st_size, st.st_mtime_ns)
-        log.info("extract.upload_round", files=len(done), sent=len(self.sent),
-                 failed=len(failed), listed_at=round(listed_at, 3))
+            log.info("extract.upload_round", files=len(done), sent=len(self.sent),
+                     failed=len(failed), listed_at=round(listed_at, 3))
         self.on_progress(len(done), len(self.sent))
 
     def _safe(self, step: Callable[[], None]) -> None:

@@ -9,6 +9,7 @@ extraction sends only new clips, features belong to the media content they came 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 import signal
@@ -28,6 +29,20 @@ from trainer.store.s3 import S3Error, sync_up
 from trainer.store.s3uri import UnsafeURI, parse_s3_uri
 from trainer.store.uri import resolve_data
 from trainer.train_media import extract_media
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_handlers():
+    """The verbs run here set up logging on this test's captured stderr; put back the handlers
+    that were there, so that a later test does not log into a closed stream."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in before:
+        root.addHandler(h)
+
 
 ARGS = "--video opencv --workers 1"
 CLIPS = 4  # in crema; the kill test uses 8, to have clips left to interrupt

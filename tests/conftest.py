@@ -17,6 +17,7 @@
       flaky_proxy.fail("drop", rate=0.3, methods={"PUT"})  # 30% of PUTs: closed, no answer
       flaky_proxy.fail("cut", methods={"GET"}, times=2)    # 2 GETs: half the body, then closed
       flaky_proxy.fail("500")                    # every request: 500 InternalError (S3 down)
+      flaky_proxy.fail("403", path="/x.npz")     # this key: AccessDenied, not retried
       flaky_proxy.heal()
       flaky_proxy.count("GET", "/data/")         # requests seen, by method and path substring
 
@@ -136,7 +137,8 @@ def s3_bucket(aws_env, moto_server):
 
 _S3_ERRORS = {"503": (503, "SlowDown", "Please reduce your request rate."),
               "500": (500, "InternalError", "We encountered an internal error."),
-              # what S3 answers a missing key to a caller that may not list the bucket
+              # what S3 answers a missing key to a caller that may not list the bucket; no
+              # client retries it: it fails at once
               "403": (403, "AccessDenied", "Access Denied")}
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "expect",
         "proxy-connection", "content-length"}
@@ -167,8 +169,9 @@ class FlakyProxy:
 
     def fail(self, mode: str, rate: float = 1.0, every: int | None = None,
              times: int | None = None, methods: set[str] | None = None, path: str = "") -> None:
-        """Fail matching requests: ``mode`` is "503", "500", "403", "drop" (close, no answer) or
-        "cut" (answer with half the body, then close). ``every=N`` fails every Nth matching request,
+        """Fail matching requests: ``mode`` is "503", "500", "403" (AccessDenied, which no client
+        retries), "drop" (close, no answer) or "cut" (answer with half the body, then close).
+        ``every=N`` fails every Nth matching request,
         else a fraction ``rate``; ``times`` bounds how many fail."""
         assert mode in ("503", "500", "403", "drop", "cut"), mode
         with self._lock:
@@ -187,7 +190,7 @@ class FlakyProxy:
     @property
     def failures(self) -> int:
         with self._lock:
-            return sum(1 for _, _, o in self.requests if o in ("503", "500", "drop", "cut"))
+            return sum(1 for _, _, o in self.requests if o in ("503", "500", "403", "drop", "cut"))
 
     def _decide(self, method: str, path: str) -> str | None:
         with self._lock:

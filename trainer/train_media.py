@@ -11,12 +11,16 @@ container, resumed by bootstrap.sh after a spot interruption with the same argum
 extraction inside ``train`` a resumed run continues the extraction where it stopped (``extract``
 skips clips already in ``--data`` with the same settings) and then trains, with no second kind
 of job to schedule, watch or resume. The features go to ``--data``: deploy names it
-``features/MEDIA-SETTINGS/`` by the media's content and the extract settings, so a later run
-with the same media and settings finds ``extract.json`` there and skips extraction entirely.
+``features/MEDIA-DIGEST-SETTINGS/`` by the media's content and the extract settings, so a later
+run with the same media and settings finds ``extract.json`` there and skips extraction
+entirely. That record is trusted only when its settings and its media fingerprint (the
+media's keys, sizes and ETags) are those of this run, and every clip file it lists is there;
+media changed in place are refused in one line, missing clip files extracted again.
 
-While it extracts, finished clip files are uploaded every ``UPLOAD_SECONDS``
-(trainer.extract.staging.Uploader), so a spot interruption loses at most the clips of the last
-interval; ``status.json`` says ``extracting`` with the clips done.
+While it extracts, finished clip files are uploaded every 45 s (``AVE_UPLOAD_SECONDS``;
+trainer.extract.staging.Uploader), so a spot interruption loses at most the clips of the last
+interval, and ``extract.json`` goes up last, once every clip file is there;
+``status.json`` says ``extracting`` with the clips done.
 """
 
 from __future__ import annotations
@@ -31,9 +35,15 @@ from trainer.extract.cli import parse_extract_args
 from trainer.extract.clips import VIDEO_EXTENSIONS
 from trainer.extract.encoders import resolve
 from trainer.extract.places import check_folder
-from trainer.extract.run import extract
+from trainer.extract.run import REPORT, extract
 from trainer.extract.settings import ExtractSettings
-from trainer.extract.staging import Uploader
+from trainer.extract.staging import (
+    Uploader,
+    media_fingerprint,
+    missing_files,
+    publish,
+    uninterrupted,
+)
 from trainer.store.uri import cache_dir as default_cache
 from trainer.store.uri import has, is_s3, join, read_json
 
@@ -42,7 +52,7 @@ log = structlog.get_logger()
 
 def _read_report(data: str) -> dict | None:
     """``DATA/extract.json`` (written only when an extraction ends), or None."""
-    uri = join(data, "extract.json")
+    uri = join(data, REPORT)
     try:
         return read_json(uri) if has(uri) else None
     except ValueError:
@@ -79,13 +89,20 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
         check_folder(cache, "--cache-dir")
     settings = resolve(settings, cache)  # an s3:// model synced down: params hash its weights
     report = _read_report(data)
-    if (report is not None and report.get("media") == media
-            and report.get("settings") == settings.params()
+    if (report is not None and report.get("settings") == settings.params()
             and report.get("min_face_frames") == settings.min_face_frames
             and report.get("max_seconds", ExtractSettings.max_seconds) == settings.max_seconds):
-        log.info("extract.reused", data=data, written=len(report.get("written", [])) +
-                 len(report.get("already_done", [])))
-        return None
+        if report.get("media_fingerprint") != media_fingerprint(media):
+            raise DataError(f"--data {data} holds features of other media than --media {media} "
+                            "now holds (changed since, or not recorded): extract into a new "
+                            "--data (make deploy names it by the media's content)")
+        missing = missing_files(data, report)
+        if not missing:
+            log.info("extract.reused", data=data, written=len(report.get("written", [])) +
+                     len(report.get("already_done", [])))
+            return None
+        log.warning("extract.record_incomplete", data=data, missing=len(missing),
+                    first=missing[0], then="extracting the missing clips")
     total = _media_files(media)
     say = status or (lambda **kw: None)
     say(state="extracting", extract={"clips_done": 0, "media_files": total, "uploaded": 0})
@@ -111,10 +128,8 @@ def extract_media(media: str, data: str, extract_args: str, cache_dir: str = "",
     with Uploader(local, data if is_s3(data) else "", every, progress):
         # isolate: a clip killed for memory takes only itself, not this training run
         report = extract(media, local, settings, workers, cache_dir=cache, isolate=True)
-    if is_s3(data):  # the report and manifest.csv, after every clip file
-        from trainer.store.s3 import sync_up  # boto3
-
-        sync_up(local, data)
+    if is_s3(data):  # manifest.csv and the rest, then the report once they are all there
+        uninterrupted(lambda: publish(local, data, REPORT), "publish")
     c = report["counts"]
     if c["written"] + c["already_done"] == 0:
         top = report["skipped"][0]["reason"] if report["skipped"] else "no clips"
@@ -126,9 +141,17 @@ def extract_in_run(cfg, status, on_signal, stop_signal) -> None:
     """``train --media``'s extraction, with status ``extracting``. A stop signal ends it at once
     (``on_signal`` records it, then KeyboardInterrupt: ``extract`` keeps every clip file whole,
     and those finished are sent up); ``Stopped`` then ends the run, and the same command
-    continues the extraction. ``stop_signal()`` is the signal that stopped it."""
+    continues the extraction. A second signal is only logged: it never cuts the final upload
+    short (only SIGKILL does). ``stop_signal()`` is the signal that stopped it."""
+
+    stopping = []
 
     def stop_now(signum, frame):
+        if stopping:  # a second signal (a spot stop sends two): the clip files go up first
+            log.warning("stop_already_requested", signal=signal.Signals(signum).name,
+                        message="the finished clip files are uploaded first")
+            return
+        stopping.append(signum)
         on_signal(signum, frame)
         raise KeyboardInterrupt
 

@@ -46,6 +46,7 @@ from trainer.extract.resume import is_done, made_by, sha256_file
 from trainer.extract.settings import ExtractSettings
 from trainer.extract.speech import SPEECH_KINDS
 from trainer.store.files import atomic_write_bytes as atomic_write
+from trainer.store.s3uri import parse_s3_uri
 from trainer.store.uri import cache_dir as default_cache
 from trainer.store.uri import is_s3
 
@@ -241,11 +242,15 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     """
     s = settings or ExtractSettings()
     s.check()
+    for uri in (media, out):  # a bad s3:// URI is one line before any work
+        if is_s3(uri):
+            parse_s3_uri(str(uri))
     t_start = time.perf_counter()
     cache = default_cache(cache_dir)
     check_places(str(media), str(out), manifest, cache)
     s = encoders.resolve(s, cache)  # s3:// models into the cache, a hub id downloaded if asked
     stage = dict.fromkeys(("s3_down", "find", *STAGES), 0.0)  # the upload comes after the report
+    fingerprint = staging.media_fingerprint(str(media))  # the media as this run reads them
     local_media = staging.local_media(str(media), cache, stage)
     t0 = time.perf_counter()
     clips, skipped = find_clips(local_media, Path(manifest) if manifest else None)
@@ -303,7 +308,7 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     work_seconds = time.perf_counter() - t_work
     _write_manifest(local_out, clips, set(written) | done_rel)
     report = {
-        "media": str(media), "out": str(out),
+        "media": str(media), "media_fingerprint": fingerprint, "out": str(out),
         "written": sorted(f"{rel}.npz" for rel in written),
         "already_done": sorted(f"{rel}.npz" for rel in done_rel),
         "skipped": sorted(skipped, key=lambda x: x["path"]),
@@ -322,9 +327,8 @@ def extract(media: str | Path, out: str | Path, settings: ExtractSettings | None
     }
     report["seconds"] = round(time.perf_counter() - t_start, 3)
     atomic_write(local_out / REPORT, (json.dumps(report, indent=2) + "\n").encode())
-    if is_s3(out):  # clips, manifest and report (its seconds exclude this)
-        from trainer.store.s3 import sync_up  # boto3: only for s3://
-
-        sync_up(local_out, str(out))
+    if is_s3(out):  # clips and manifest, then the report once they are there (its seconds
+        # exclude this); a stop signal waits for it
+        staging.uninterrupted(lambda: staging.publish(local_out, str(out), REPORT), "publish")
     log.info("extract.done", **report["counts"], seconds=report["seconds"])
     return report

@@ -9,7 +9,6 @@ files under ``models/NAME-HASH/``).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 import shutil
@@ -22,15 +21,15 @@ from trainer.extract.cli import settings_key
 from trainer.extract.clips import VIDEO_EXTENSIONS
 from trainer.ops import OpsError
 from trainer.store.s3 import (
-    INDEX,
     as_folder,
     client,
-    is_temp_name,
     list_objects,
     local_etag,
     parse_s3_uri,
+    retry,
     sync_up,
 )
+from trainer.store.files import listing_digest, walk_files
 from trainer.store.uri import is_s3
 
 
@@ -81,9 +80,8 @@ def check_media(media: str) -> None:
 def _manifest(folder: Path) -> dict[str, tuple[int, str]]:
     """The files ``sync_up`` sends, as ``{relative path: (size, S3 ETag)}``."""
 
-    return {path.relative_to(folder).as_posix(): (path.stat().st_size, local_etag(path))
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != INDEX and not is_temp_name(path.name)}
+    return {rel: (path.stat().st_size, local_etag(path))
+            for rel, path in walk_files(folder).items()}
 
 
 def data_prefix(folder: Path, manifest: dict | None = None, kind: str = "data") -> str:
@@ -91,11 +89,9 @@ def data_prefix(folder: Path, manifest: dict | None = None, kind: str = "data") 
     folder's name, HASH (12 hex digits) is over every file's path, size and MD5 (``_manifest``). Other content is another prefix, so an upload never
     rewrites a data set that a run (going, or resumable later) reads, and two folders with the
     same name but other files never share one."""
-    digest = hashlib.sha256()
-    for rel, (size, etag) in sorted((manifest or _manifest(folder)).items()):
-        digest.update(f"{rel}\0{size}\0{etag}\n".encode())
+    digest = listing_digest(manifest or _manifest(folder))
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", folder.resolve().name).strip("-.") or "data"
-    return f"{kind}/{name}-{digest.hexdigest()[:12]}/"
+    return f"{kind}/{name}-{digest[:12]}/"
 
 
 def _copy_unchanged(s3, bucket: str, prefix: str, manifest: dict) -> int:
@@ -164,15 +160,21 @@ def upload_media(bucket: str, media: str, echo=print) -> str:
 
 
 def features_uri(bucket: str, media_uri: str, extract_args: str) -> str:
-    """Where the run extracts ``media_uri`` to: ``features/MEDIA-SETTINGS/``, named by the
-    media's prefix (content-addressed for an uploaded folder) and the extract settings
-    (``trainer.extract.cli.settings_key``), so a later run with both the same finds the
-    features there and skips extraction."""
-    _, prefix = parse_s3_uri(media_uri)
-    parts = prefix.strip("/").split("/")
-    name = parts[-1] if parts[0] == "media" and len(parts) == 2 else \
-        f"{re.sub(r'[^A-Za-z0-9._-]+', '-', parts[-1])}-" \
-        f"{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+    """Where the run extracts ``media_uri`` to: ``features/NAME-DIGEST-SETTINGS/``, named by
+    the media's content (``listing_digest`` of their keys, sizes and ETags) and the extract
+    settings (``trainer.extract.cli.settings_key``), so a later run with both the same finds
+    the features there and skips extraction, and media changed in place get new features. An
+    uploaded folder's ``media/NAME-HASH/`` already ends in that digest and is not named twice.
+    """
+    media_bucket, prefix = parse_s3_uri(media_uri)
+    listing = retry(lambda: list_objects(client(), media_bucket, as_folder(prefix)),
+                    f"list {media_uri}")
+    if not listing:
+        raise OpsError(f"MEDIA {media_uri} holds no objects: give a folder of media files, or "
+                       "the s3:// prefix they were uploaded to")
+    digest = listing_digest(listing)[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix.strip("/").split("/")[-1]).strip("-.")
+    name = name if name.endswith(f"-{digest}") else f"{name or 'media'}-{digest}"
     return f"s3://{bucket}/features/{name}-{settings_key(extract_args)}/"
 
 

@@ -19,13 +19,12 @@ import hashlib
 import json
 import os
 import random
-import re
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Collection, TypeVar
 
 import boto3
 import structlog
@@ -43,13 +42,18 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from tqdm import tqdm
 
-from trainer.errors import DataError
-from trainer.store.files import atomic_write_bytes
+from trainer.store.files import (  # noqa: F401 - is_temp_name: also here, for its users
+    SYNC_INDEX,
+    atomic_write_bytes,
+    is_temp_name,
+    walk_files,
+)
+from trainer.store.s3uri import parse_s3_uri  # noqa: F401 - also this module's, for its users
 
 log = structlog.get_logger()
 T = TypeVar("T")
 
-INDEX = ".s3-sync-index.json"  # sidecar in a sync_down folder: rel path -> etag, size, mtime_ns
+INDEX = SYNC_INDEX  # sidecar in a sync_down folder: rel path -> etag, size, mtime_ns
 # 8 MiB parts, as s3transfer's defaults; stated so that sync_up can predict multipart ETags.
 CHUNK = 8 * 1024 * 1024
 TRANSFER = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK)
@@ -57,32 +61,10 @@ TRANSFER = TransferConfig(multipart_threshold=CHUNK, multipart_chunksize=CHUNK)
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                     "RequestTimeoutException", "InternalError", "ServiceUnavailable",
                     "RequestLimitExceeded"}
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
 
 class S3Error(RuntimeError):
     """An S3 problem the user can act on; ``str()`` is one line."""
-
-
-def parse_s3_uri(uri: str) -> tuple[str, str]:
-    """Split ``s3://bucket/some/prefix`` into ``("bucket", "some/prefix")``.
-
-    The prefix is returned as written (possibly ``""``); a malformed URI raises ``ValueError``.
-
-    Example:
-        >>> parse_s3_uri("s3://my-bucket/runs/r1/")
-        ('my-bucket', 'runs/r1/')
-    """
-    uri = str(uri)
-    scheme, sep, rest = uri.partition("://")
-    if (scheme, sep) != ("s3", "://"):
-        raise ValueError(f"not an S3 URI (expected s3://bucket/prefix): {uri!r}")
-    bucket, _, prefix = rest.partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise ValueError(f"bad bucket name {bucket!r} in {uri!r} (3-63 characters: a-z 0-9 . -)")
-    if prefix.startswith("/") or "//" in prefix or any(c in prefix for c in "\n\r\t"):
-        raise ValueError(f"bad key prefix {prefix!r} in {uri!r}")
-    return bucket, prefix
 
 
 def as_folder(prefix: str) -> str:
@@ -178,10 +160,6 @@ def read_bytes(uri: str) -> bytes:
     return retry(lambda: client().get_object(Bucket=bucket, Key=key)["Body"].read(), f"get {uri}")
 
 
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") and name.endswith((".tmp", ".part"))
-
-
 def _unsafe(rel: str) -> str | None:
     """Why the relative key ``rel`` cannot be a file under a folder, or None if it can.
 
@@ -212,17 +190,6 @@ def list_objects(s3, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _check_prefix(uri: str) -> None:
-    """The prefix of ``uri`` becomes a local folder: no ``..``, ``.`` or empty segment in it (a
-    trailing ``/`` is fine), else one ``DataError``; ``s3://b/data/../..`` would sync outside
-    the cache. Checked before ``parse_s3_uri``, which would call ``a//b`` malformed."""
-    prefix = uri.removeprefix("s3://").partition("/")[2]
-    segments = prefix.removesuffix("/").split("/")
-    if prefix and any(seg in ("", ".", "..") for seg in segments):
-        raise DataError(f"bad S3 prefix in {uri}: '..', '.' and empty segments are not allowed "
-                        "(the data would be written outside the cache folder)")
-
-
 def _inside(root: Path, rel: str) -> bool:
     """Whether ``root/rel`` resolves (symbolic links followed) to a path inside ``root``."""
     return (root / rel).resolve().is_relative_to(root.resolve())
@@ -237,7 +204,8 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
     """Download every object under ``uri`` into ``cache_dir/BUCKET/PREFIX/`` and return that folder.
 
     A file already there with the same size, mtime and ETag as recorded in the folder's
-    ``.s3-sync-index.json`` is not downloaded again; a changed object is; a file that was synced
+    ``.s3-sync-index.json``, or with the object's size and ETag (a file uploaded from this
+    folder: ``local_etag``), is not downloaded again; a changed object is; a file that was synced
     before but is gone from S3 is removed. Each file arrives under a temp name and is renamed.
 
     Nothing is written outside that folder: a prefix with a ``..``, ``.`` or empty segment is
@@ -246,14 +214,13 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
 
     Raises:
         S3Error: no credentials, no such bucket, nothing under the prefix, S3 unreachable.
-        DataError: a ``..``, ``.`` or empty segment in the prefix.
+        UnsafeURI (a DataError): a ``..``, ``.`` or empty segment in the prefix.
 
     Example:
         >>> sync_down("s3://my-bucket/data/", "~/.cache/av-emotion")
         PosixPath('/home/me/.cache/av-emotion/my-bucket/data')
     """
     uri = str(uri)
-    _check_prefix(uri)
     bucket, prefix = parse_s3_uri(uri)
     prefix = as_folder(prefix)
     dest = Path(cache_dir).expanduser() / bucket / prefix
@@ -284,8 +251,17 @@ def sync_down(uri: str, cache_dir: str | os.PathLike, workers: int = 8) -> Path:
             st = (dest / rel).stat()
         except OSError:
             return False
-        return index.get(rel) == {"etag": etag, "size": size, "mtime_ns": st.st_mtime_ns} \
-            and st.st_size == size
+        entry = {"etag": etag, "size": size, "mtime_ns": st.st_mtime_ns}
+        if st.st_size != size:
+            return False
+        if index.get(rel) == entry:
+            return True
+        # Not synced down by us, but perhaps the very bytes sent from here (an extraction's
+        # staging folder): its MD5 says so, and it is not downloaded again.
+        if local_etag(dest / rel) == etag:
+            index[rel] = entry
+            return True
+        return False
 
     for rel in [r for r in index if r not in objects]:  # deleted in S3: not training data now
         if not _unsafe(rel) and _inside(dest, rel):  # an index edited by hand deletes nothing else
@@ -352,10 +328,24 @@ def local_etag(path: Path, chunk: int = CHUNK) -> str:
     return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
 
+def same_as_remote(files: dict[str, Path], remote: dict[str, tuple[int, str]]) -> set[str]:
+    """The relative paths of ``files`` that ``remote`` (``list_objects``) holds with the same
+    size and ETag, i.e. the same bytes (MD5s computed only where the sizes agree)."""
+    same = set()
+    for rel, path in files.items():
+        got = remote.get(rel)
+        if got is not None and got[0] == path.stat().st_size and got[1] == local_etag(path):
+            same.add(rel)
+    return same
+
+
 def sync_up(local_dir: str | os.PathLike, uri: str, only_changed: bool = True,
-            workers: int = 8) -> dict:
-    """Upload every file under ``local_dir`` to ``uri``; with ``only_changed``, skip objects already
-    there with the same size and ETag. Nothing is deleted in S3. Returns counts.
+            workers: int = 8, exclude: Collection[str] = ()) -> dict:
+    """Upload every file under ``local_dir`` to ``uri`` but those whose relative paths are in
+    ``exclude``; with ``only_changed``, skip objects already there with the same size and ETag.
+    Nothing is deleted in S3. Returns counts. On the first file that cannot be sent, the rest
+    are cancelled and ``S3Error`` is raised: a file that must go up only after all others (a
+    completion record) is excluded here and sent after this returns.
 
     Example:
         >>> sync_up("demo-data", "s3://my-bucket/data/")
@@ -366,16 +356,14 @@ def sync_up(local_dir: str | os.PathLike, uri: str, only_changed: bool = True,
     prefix = as_folder(prefix)
     if not local.is_dir():
         raise FileNotFoundError(f"no folder {local} to upload")
-    files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*"))
-             if p.is_file() and p.name != INDEX and not is_temp_name(p.name)}
+    files = {rel: p for rel, p in walk_files(local).items() if rel not in exclude}
     s3 = client()
     try:
         remote = retry(lambda: list_objects(s3, bucket, prefix), f"list {uri}") if only_changed else {}
     except (BotoCoreError, ClientError) as e:
         raise explain(e, uri) from None
-    todo = [rel for rel, p in files.items()
-            if not (rel in remote and remote[rel][0] == p.stat().st_size
-                    and remote[rel][1] == local_etag(p))]
+    same = same_as_remote(files, remote)
+    todo = [rel for rel in files if rel not in same]
     total = sum(files[rel].stat().st_size for rel in todo)
     log.info("s3.sync_up.start", local=str(local), uri=uri, files=len(files), to_upload=len(todo),
              bytes=total)

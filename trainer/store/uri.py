@@ -1,6 +1,7 @@
-"""Paths that are a local folder or an ``s3://`` prefix: one test for which, and the few reads
-that work on both (``join``, ``has``, ``read_text``, ``read_json``), and the local cache that
-S3 data is synced into.
+"""Paths that are a local folder or an ``s3://`` prefix: one test for which, the few reads that
+work on both (``join``, ``has``, ``read_text``, ``read_json``), and the local cache that S3 data
+is synced into. ``s3://`` URIs are parsed (and a prefix leaving its folder refused) in one
+place, trainer.store.s3uri.
 
 Example:
     >>> is_s3("s3://my-bucket/runs/r1/")

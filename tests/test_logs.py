@@ -20,3 +20,27 @@ def test_setup_levels_reach_loggers_that_cached_the_old_level(tmp_path):
     early.info("reaches the file")
     logs.flush()
     assert "reaches the file" in (tmp_path / "x.log").read_text()
+
+
+def test_a_run_folder_about_to_go_loses_its_log_handlers(tmp_path):
+    """RunDir.close removes an s3:// run's staging folder; the train.log handler in it must go
+    first, or a later record (the same process training again) opens the file anew there."""
+    import shutil
+
+    from trainer.store.rundir import detach_file_logs
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        logs.setup(tmp_path / "staging" / "train.log")
+        logging.getLogger("t").info("during")
+        detach_file_logs(tmp_path / "staging")
+        shutil.rmtree(tmp_path / "staging")
+        assert not [h for h in root.handlers if getattr(h, "baseFilename", None)]
+        logging.getLogger("t").info("after")
+        assert not (tmp_path / "staging").exists()
+    finally:
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in before:
+            root.addHandler(h)

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -98,4 +99,17 @@ class RunDir:
         if self.remote is not None:
             self.remote.flush(timeout)
             if self.temp is not None:
+                detach_file_logs(Path(self.temp))
                 shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def detach_file_logs(folder: Path) -> None:
+    """Close the logging file handlers that write into ``folder``, which is about to go: a closed
+    handler left on the root logger opens its file again at the next record, in a folder that
+    no longer exists (a process that trains twice, or a test suite)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        name = getattr(h, "baseFilename", None)
+        if name and Path(name).is_relative_to(folder):
+            root.removeHandler(h)
+            h.close()

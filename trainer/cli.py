@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "bench.json")
     p.add_argument("--out", default="bench.json", metavar="FILE", help="JSON report "
                    "(default: bench.json)")
-    p.add_argument("--quick", action="store_true", help="small workload, under a minute, for CI "
+    p.add_argument("--quick", action="store_true", help="small workload, about a minute, for CI "
                    "(default: off: the full mode docs/performance.md quotes)")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
     p.add_argument("--instructions", action="store_true", help="also count instructions per "

@@ -65,7 +65,7 @@ def combine(windows: list[dict]) -> dict:
             ("seconds", "others_cpu_seconds", "steal_seconds", "own_cpu_seconds")}
     out = verdict(sums)
     out["windows"] = len(windows)
-    out["max_window_others_cores"] = max(w["others_cores"] for w in windows)
+    out["max_window_others_cores"] = max(verdict(w)["others_cores"] for w in windows)
     return out
 
 

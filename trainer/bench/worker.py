@@ -140,11 +140,8 @@ def serve(name: str, preset: str, seed: int, threads: int, overrides: dict) -> N
             print(json.dumps(w.done()), flush=True)
             return
         window = Window()
-        if cmd == "loader":
-            out = w.loader_pair(int(arg[0]))
-        else:
-            out = getattr(w, {"epoch": "epoch", "memory": "memory", "matmul": "matmul",
-                              "profile": "profile"}[cmd])()
+        out = {"epoch": w.epoch, "memory": w.memory, "matmul": w.matmul, "profile": w.profile,
+               "loader": lambda: w.loader_pair(int(arg[0]))}[cmd]()
         print(json.dumps(dict(out, load=window.stop())), flush=True)
 
 

@@ -113,9 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "bench.json")
     p.add_argument("--out", default="bench.json", metavar="FILE", help="JSON report "
                    "(default: bench.json)")
-    p.add_argument("--quick", action="store_true", help="small workload, under a minute, for CI "
+    p.add_argument("--quick", action="store_true", help="small workload, about a minute, for CI "
                    "(default: off: the full mode docs/performance.md quotes)")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tests: tiny shapes
+    p.add_argument("--instructions", action="store_true", help="also count instructions per "
+                   "training step under valgrind's callgrind (slow: minutes; default: off)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: 0 = all cores)")
     p.add_argument("--seed", type=int, default=0, help="workload seed (default: 0)")
 
@@ -214,7 +216,7 @@ def cmd_bench(args) -> int:
     from trainer.bench.run import main as bench  # torch
 
     bench("smoke" if args.smoke else "quick" if args.quick else "full", args.out, args.seed,
-          args.threads)
+          args.threads, args.instructions)
     return 0
 
 

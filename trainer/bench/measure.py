@@ -30,7 +30,8 @@ def peak_rss_mb() -> float:
 
 
 class HeapPeak:
-    """Peak of malloc's in-use bytes (glibc mallinfo2), sampled every half millisecond.
+    """Peak of malloc's in-use bytes (glibc mallinfo2), sampled every half millisecond (less
+    often when a call is slow).
 
     What the process allocated and still holds, torch's tensors included (torch releases the
     GIL in its kernels, so the sampler runs during them); unlike RSS, no library code pages
@@ -56,8 +57,18 @@ class HeapPeak:
         self.peak = self.in_use()
 
         def sample():
-            while not self._stop.wait(0.0005):
+            # mallinfo2 walks malloc's free lists under its arena locks, and the sampler needs
+            # a core and the GIL: on a busy machine its wake-ups come late and stall the
+            # training threads, so it waits ten times as long as its last wake-up came late
+            # (busy at most a tenth of the time); the memory figure's repeats give a missed
+            # peak more chances
+            wait = 0.0005
+            due = time.perf_counter() + wait
+            while not self._stop.wait(wait):
                 self.peak = max(self.peak, self.in_use())
+                now = time.perf_counter()
+                wait = max(0.0005, 10 * (now - due))
+                due = now + wait
 
         self._thread = threading.Thread(target=sample, daemon=True)
         self._thread.start()

@@ -22,10 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from trainer.batching import bucket_batches
+from trainer.bench.verdict import spread
 from trainer.bench.workload import (
     PRESETS,
     build,
@@ -40,11 +40,6 @@ from trainer.tracking import Tracker
 
 PAIRS = {"full": 4, "quick": 2, "smoke": 1}  # quick: CI's bench budget is about a minute
 TARGET = 0.01
-
-
-def spread(values: list[float]) -> dict:
-    return {"median": float(np.median(values)), "min": float(min(values)),
-            "max": float(max(values))}
 
 
 def tracking_cost(preset: str = "quick", seed: int = 0, threads: int = 0) -> dict:

@@ -61,6 +61,9 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # The last release with the face mesh `solutions` API and its models (pyproject.toml, extract).
 ARG MEDIAPIPE_VERSION=0.10.21
 COPY pyproject.toml wheel[s] /tmp/deps/
+# transformers (the extract extra, for the speech encoders) ships every model architecture it
+# knows, 113 MB; the image keeps the three that extract loads and the Auto classes (20 MB left),
+# and the build checks that each still builds from its config.
 # hadolint ignore=DL3008
 RUN set -eu; \
     apt-get update; \
@@ -88,11 +91,13 @@ RUN set -eu; \
     rm -rf "$site/torch/include" "$site/torch/test" "$site"/torch/bin/*Test "$site"/torch/bin/test_* \
         "$site"/torch/bin/protoc* /tmp/deps; \
     find "$site" -type d -name tests -prune -exec rm -rf {} +; \
+    for d in "$site"/transformers/models/*/; do case "$(basename "$d")" in \
+        auto|wavlm|hubert|wav2vec2) ;; *) rm -rf "$d" ;; esac; done; \
     for m in hand_landmark palm_detection pose_detection pose_landmark holistic_landmark \
         selfie_segmentation objectron; do find "$site/mediapipe/modules/$m" -name '*.tflite' -delete; done; \
     strip --strip-unneeded "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libtorch_python.so \
         "$site"/llvmlite/binding/libllvmlite.so; \
-    /opt/venv/bin/python -c 'import av, cv2, librosa, torch, torch.utils.tensorboard, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000)'; \
+    /opt/venv/bin/python -c 'import av, cv2, librosa, torch, torch.utils.tensorboard, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000); import onnxruntime; from transformers import AutoModel, WavLMConfig, HubertConfig, Wav2Vec2Config; [AutoModel.from_config(c(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, conv_dim=(8,) * 7)) for c in (WavLMConfig, HubertConfig, Wav2Vec2Config)]'; \
     rm -rf /var/lib/apt/lists/*
 
 # --- final: the venv and the package on a clean base, a non-root user -------------------------

@@ -22,10 +22,12 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-# 1.6 GB: the extractor's packages (librosa with numba and llvmlite, OpenCV, PyAV with its own
+# 1.75 GB: the extractor's packages (librosa with numba and llvmlite, OpenCV, PyAV with its own
 # FFmpeg, mediapipe) add about 0.5 GB to the 1.03 GB training image; the Dockerfile takes back
-# what it can (1.80 GB unstripped), leaving 1.54 GB.
-MAX_BYTES = 1_600_000_000
+# what it can, leaving 1.54 GB. The pretrained encoders' runtimes (onnxruntime 78 MB,
+# transformers cut to its three speech models 20 MB, tokenizers and huggingface_hub) and the
+# TensorBoard writer (12 MB) bring it to 1.73 GB: an instance extracts with them, so they stay.
+MAX_BYTES = 1_750_000_000
 NET = ["--network", "host"]
 
 
@@ -48,7 +50,7 @@ def run_in(image: str, *args: str, entrypoint: str | None = None, timeout: float
     return docker("run", "--rm", *NET, *ep, image, *args, timeout=timeout, check=check)
 
 
-def test_image_is_under_1_6_gb(image):
+def test_image_is_under_1_75_gb(image):
     size = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout)
     print(f"\nimage size: {size / 1e9:.2f} GB")
     assert size < MAX_BYTES, f"{size / 1e9:.2f} GB"

@@ -125,8 +125,9 @@ def test_every_named_profile_is_a_valid_data_set_with_eight_held_out_speakers():
 
 
 def test_every_profile_holds_cues_a_matched_filter_can_tell():
-    """However faint, each profile's cue is there to learn: a profile no model can learn would
-    rank settings on noise. The filter knows the cue dims and patterns; a faint one still fails."""
+    """However faint, each profile's cues and timing pairs are there to learn: a profile no model
+    can learn would rank settings on noise. The filter knows the cue dims and patterns; a faint
+    one still fails."""
     for name, p in PROFILES.items():
         if p.generator == "profile":
             assert min(ceiling(p, clips=96)) >= 0.9, name

@@ -240,21 +240,28 @@ class Maker:
         return out
 
 
-def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float]:
+def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float, float]:
     """How often a matched filter that knows the cue (its dimensions and the two kinds' shared
-    patterns, not a speaker's own) tells the audio and the video cue kind of fresh clips.
+    patterns, not a speaker's own) tells the audio and the video cue kind of fresh clips, and
+    the timing pairs apart.
 
     A profile is meant to hold its cues, however faint: where this is near 0.5, no model can
     learn them and the profile measures nothing. Each stream is standardised per clip,
     projected on both patterns, smoothed over an event's typical length, and the kind whose
-    strongest moments are stronger wins. Returns (audio, video) accuracies.
+    strongest moments are stronger wins. For the timing, each stream's trace along its clip's
+    own kind, the video's read at the audio's times, are correlated over the clip: events that
+    happen together correlate. The threshold is the midpoint of the two timings' means over the
+    first half of the timing clips, and the second half is scored. Returns (audio, video,
+    timing) accuracies.
     """
     maker, right, spk = Maker(p, seed), np.zeros(2), None
+    corr, sync = [], []
     for i in range(clips):
         if i % p.clips_per_speaker == 0:
             spk = maker.speaker()
         label = int(maker.rng.integers(len(LABELS)))
         clip = maker.clip(label, spk)
+        traces = []
         for s, (key, fps) in enumerate((("audio", p.audio_fps), ("video", p.video_fps))):
             x = clip[f"{key}_features"].astype(np.float64)
             x = (x - x.mean(0)) / (x.std(0) + 1e-9)
@@ -264,7 +271,19 @@ def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float]:
             score = np.apply_along_axis(np.convolve, 0, score, np.ones(k) / k, "same")
             top = np.sort(score, 0)[-k * p.events[0]:].mean(0)  # the strongest moments
             right[s] += cues(label)[s] == int(top[1] > top[0])
-    return tuple(float(r) for r in right / clips)
+            traces.append((clip[f"{key}_timestamps"], score[:, cues(label)[s]]))
+        if cues(label)[2] is not None:
+            (ta, a), (tv, v) = traces
+            v = np.interp(ta, tv, v)  # (T_a,)
+            za, zv = ((y - y.mean()) / (y.std() + 1e-9) for y in (a, v))
+            corr.append(float((za * zv).mean()))
+            sync.append(cues(label)[2] == "sync")
+    c, y, h = np.array(corr), np.array(sync), len(corr) // 2
+    timing = 0.5
+    if y[:h].any() and (~y[:h]).any() and h < len(c):
+        threshold = (c[:h][y[:h]].mean() + c[:h][~y[:h]].mean()) / 2
+        timing = float(((c[h:] > threshold) == y[h:]).mean())
+    return (*(float(r) for r in right / clips), timing)
 
 
 def clip_name(speaker: int, label: int, k: int) -> tuple[str, str]:

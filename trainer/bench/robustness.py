@@ -181,12 +181,12 @@ def markdown(doc: dict) -> str:
                                     for k in FIGURES[1:]) if t else "")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines += ["", "## Profiles", "", "What each holds, and how often a matched filter that knows "
-              "the cue tells each stream's cue kind (audio / video; the most any model can "
-              "hope for on the grouped figures):", ""]
+              "the cue tells each stream's cue kind and the timing pairs apart (audio / video "
+              "/ timing; the most any model can hope for on the grouped figures):", ""]
     for p in profiles:
         c = doc.get("ceiling", {}).get(p)
         lines.append(f"- `{p}`: {PROFILES[p].about}" +
-                     (f" (matched filter {c[0]:.2f} / {c[1]:.2f})" if c else ""))
+                     (f" (matched filter {' / '.join(f'{x:.2f}' for x in c)})" if c else ""))
     flags = " ".join(doc["extra_flags"]) or "none"
     lines += ["", f"Seeds {', '.join(map(str, doc['seeds']))}; extra train flags: {flags}."]
     if doc["errors"]:

@@ -70,3 +70,13 @@ def test_values_that_would_fail_later_fail_at_once(setting, value, message):
 def test_flags_override_the_file(tmp_path):
     cfg = resolve(str(write(tmp_path, "epochs: 7\nheads: 2\n")), epochs=3)
     assert cfg.epochs == 3 and cfg.heads == 2 and cfg.lr == defaults()["lr"]
+
+
+def test_a_cache_dir_that_is_a_file_fails_at_once(tmp_path):
+    """train --data s3://... --cache-dir FILE: one line before anything runs, not a traceback at
+    the first download."""
+    (tmp_path / "notes.txt").write_text("x")
+    for given in (tmp_path / "notes.txt", tmp_path / "notes.txt" / "cache"):
+        with pytest.raises(ValueError, match="is a file, not a folder"):
+            validate(TrainConfig(data="s3://b/data/", out="runs/x", cache_dir=str(given)))
+    validate(TrainConfig(data="s3://b/data/", out="runs/x", cache_dir=str(tmp_path / "new")))

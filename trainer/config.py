@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from trainer.extract.cli import parse_extract_args
+from trainer.extract.places import check_folder
 
 
 @dataclass
@@ -190,6 +191,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.d_model % cfg.heads or cfg.d_model % 2:
         raise ValueError(f"d_model must be even and divisible by heads (d_model {cfg.d_model}, "
                          f"heads {cfg.heads})")
+    if cfg.cache_dir:  # a file there is one line now, not a traceback at the first download
+        check_folder(Path(cfg.cache_dir).expanduser(), "--cache-dir")
     if cfg.extract_args and not cfg.media:
         raise ValueError("extract_args needs media (the raw media to extract)")
     if cfg.media:  # its flags checked here too, so that deploy refuses bad ones before the run

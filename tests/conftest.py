@@ -27,6 +27,7 @@ Everything is real HTTP on 127.0.0.1; nothing inside boto3 is patched.
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import random
 import socket
@@ -363,3 +364,16 @@ def local_stack(aws_env, moto_server, s3_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("AVE_STATE_DIR", str(state_dir))
     monkeypatch.chdir(tmp_path)
     yield state
+
+
+@pytest.fixture
+def restore_log_handlers():
+    """A verb run in the test's process sets up logging on the test's captured stderr; put back
+    the handlers that were there, so that a later test does not log into a closed stream."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in before:
+        root.addHandler(h)

@@ -9,7 +9,6 @@ with HSEmotion's signature). Nothing is downloaded; real media from tests/media.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -22,16 +21,8 @@ from trainer.bench.tiny_encoders import tiny_hsemotion, tiny_speech
 from trainer.extract.clips import media_clip
 from trainer.extract.run import ExtractSettings, extract, extract_clip
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """The verb sets up logging on the captured stderr; put the handlers back afterwards."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in before:
-        root.addHandler(h)
+# The verbs run here set up logging on this test's captured stderr (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_log_handlers")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ espeak-ng speech, a photographed face, encoded with PyAV as CREMA-D FLV + WAV an
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -25,17 +24,8 @@ from trainer.extract.decode import at_rate, read_audio, read_frames
 FACE_KIND = "opencv"  # the pipeline's face extractor in these tests: the fastest to make
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """The verb sets up logging on this test's captured stderr; put back the handlers that were
-    there, so that a later test does not log into a closed stream."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in before:
-        root.addHandler(h)
+# The verbs run here set up logging on this test's captured stderr (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_log_handlers")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ there is only one.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 from pathlib import Path
@@ -24,17 +23,8 @@ RAVDESS = "01-01-03-01-01-01-01"  # speech, HAP, actor 01
 SONG_NAME = "01-02-03-01-01-01-01"  # the same, sung
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """The verb sets up logging on this test's captured stderr; put back the handlers that were
-    there, so that a later test does not log into a closed stream."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in before:
-        root.addHandler(h)
+# The verbs run here set up logging on this test's captured stderr (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_log_handlers")
 
 
 @pytest.fixture(scope="module")

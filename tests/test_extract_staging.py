@@ -9,7 +9,6 @@ extraction sends only new clips, features belong to the media content they came 
 from __future__ import annotations
 
 import json
-import logging
 import random
 import shutil
 import signal
@@ -31,17 +30,8 @@ from trainer.store.uri import resolve_data
 from trainer.train_media import extract_media
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_handlers():
-    """The verbs run here set up logging on this test's captured stderr; put back the handlers
-    that were there, so that a later test does not log into a closed stream."""
-    root = logging.getLogger()
-    before = list(root.handlers)
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in before:
-        root.addHandler(h)
+# The verbs run here set up logging on this test's captured stderr (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("restore_log_handlers")
 
 
 ARGS = "--video opencv --workers 1"

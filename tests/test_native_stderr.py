@@ -34,7 +34,7 @@ def test_what_another_thread_writes_while_mediapipe_starts_reaches_stderr(capfd)
         stop.set()
         beat.join()
     err = capfd.readouterr().err
-    assert len(sent) > 10
+    assert sent  # how many fit in the start-up depends on the machine (7 to 100 seen)
     assert [line for line in sent if line not in err] == []
     assert "inference_feedback_manager" not in err and "XNNPACK" not in err  # still held back
 

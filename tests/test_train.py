@@ -294,6 +294,26 @@ def test_a_second_sigterm_during_setup_still_saves_a_checkpoint(demo, tmp_path):
     assert resumed.returncode == 0, err
 
 
+def test_a_second_ctrl_c_inside_a_constructor_leaves_without_a_traceback():
+    # CI once caught the second Ctrl-C inside np.load's ZipFile(); the half-built object's
+    # __del__ then printed "Exception ignored ... Traceback" on the way out.
+    code = """
+import signal
+from trainer.errors import exit_now
+class HalfBuilt:
+    def __init__(self):
+        exit_now(signal.SIGINT)
+        self.fp = None
+    def __del__(self):
+        self.fp.close()
+HalfBuilt()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_a_second_ctrl_c_with_no_save_in_progress_stops_at_once(demo, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("train", "--data", str(demo), "--out", str(out), *FAST, "--epochs", "3")

@@ -6,6 +6,7 @@ Also the two argparse parsers whose errors are such one-liners.
 
 import argparse
 import signal
+import sys
 
 
 class DataError(Exception):
@@ -25,6 +26,19 @@ class Stopped(Exception):
     def __init__(self, code: int, advice: str = "checkpoint saved; continue with --resume"):
         super().__init__(f"stopped by signal, exit code {code}")
         self.code, self.advice = code, advice
+
+
+def exit_now(signum: int):
+    """Leave at once on a second Ctrl-C, wherever the main thread is.
+
+    The signal can land inside any constructor (``np.load`` half-way through opening a
+    clip's zip file, say); that object's ``__del__`` then fails on the way out, and Python
+    would print its traceback as an "Exception ignored" report. Nothing is lost by leaving
+    here (the checkpoint is not being written, or this is not called), so such reports are
+    dropped for the rest of this process.
+    """
+    sys.unraisablehook = lambda unraisable: None
+    raise SystemExit(EXIT_STOPPED[signal.Signals(signum)])
 
 
 class MediaError(Exception):

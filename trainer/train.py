@@ -28,7 +28,7 @@ from trainer.batching import Normalizer, bucket_batches, collate, padding_effici
 from trainer.checkpoint import CheckpointPair, load_weights, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, check_data, data_stats, load_dataset
-from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped
+from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
 from trainer.losses import focal_loss, inverse_frequency_weights, mixed_focal_loss
@@ -196,7 +196,7 @@ class Training:
         # (docker's SIGKILL after its timeout is the hard stop). A second Ctrl-C means "now",
         # unless a checkpoint is being written or uploaded: that finishes first.
         if sig == signal.SIGINT and not self.ckpts.busy:
-            raise SystemExit(EXIT_STOPPED[sig])
+            exit_now(sig)
         log.warning("stop_already_requested", signal=sig.name, saving=self.ckpts.busy,
                     message="the checkpoint is saved first")
 

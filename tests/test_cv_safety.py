@@ -157,6 +157,36 @@ def test_an_s3_lease_has_one_holder_and_a_stale_one_is_taken_over(s3_bucket, s3_
     late.release()
 
 
+HOLD_A_LEASE = """
+import sys, time
+from trainer.cv.lock import Lease
+Lease(sys.argv[1], ttl=1.5, wait=0, poll=0.05).acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_holder_whose_lease_was_taken_over_stops_without_writing_more(s3_bucket, s3_client):
+    uri = f"s3://{s3_bucket}/runs/r1/fold-2/{LEASE_FILE}"
+    key = uri.split("/", 3)[3]
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_A_LEASE, uri], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        # another writer takes the task over (as after the holder's renewals failed for > ttl)
+        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b'{"owner": "another host"}')
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, err
+    assert time.monotonic() - t0 < 5  # at its next renewal (every ttl / 3), not after its work
+    assert "another process took over" in err and "Traceback" not in err
+    # it wrote nothing more: the lease is the other writer's still
+    body = s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    assert json.loads(body) == {"owner": "another host"}
+
+
 # --------------------------------------------------------------- 3: media extracted once
 def test_cv_media_extracts_once_then_plans_every_clip(tmp_path, capsys):
     from tests.media import frames, speech, write_video, write_wav

@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import structlog
 
+from trainer import logs
 from trainer.errors import DataError
 from trainer.store.uri import is_s3, join
 
@@ -41,6 +43,7 @@ LEASE_FILE = ".writer-lease.json"
 LEASE_SECONDS = 90.0  # a Batch retry waits at most this long (plus a poll) for a dead holder
 WAIT_SECONDS = 2 * LEASE_SECONDS  # how long a second writer waits before giving up
 POLL_SECONDS = 1.0
+LOST_EXIT = 75  # EX_TEMPFAIL: the task goes on in the process that took it over
 
 
 def owner() -> str:
@@ -80,12 +83,22 @@ def local_lock(where: str | os.PathLike, wait: float = WAIT_SECONDS, poll: float
         os.close(fd)  # releases the flock
 
 
+def leave(uri: str) -> None:
+    """What a holder does when its lease was taken over: stop at once, writing nothing more.
+    The process that took the task resumes it from its last checkpoint; a checkpoint or metric
+    written from here after that would mix two runs in one folder."""
+    print(f"error: another process took over {uri.rsplit('/', 1)[0]}/ (this one could not renew "
+          f"its lease for over its ttl); stopping without writing more", file=sys.stderr)
+    logs.flush()
+    os._exit(LOST_EXIT)
+
+
 class Lease:
     """A lease object on S3 (see the module's docstring). ``acquire``, then ``release``; a
-    thread renews it meanwhile."""
+    thread renews it meanwhile, and calls ``on_lost(uri)`` if another writer took it over."""
 
     def __init__(self, uri: str, ttl: float = LEASE_SECONDS, wait: float | None = None,
-                 poll: float = POLL_SECONDS):
+                 poll: float = POLL_SECONDS, on_lost=leave):
         from trainer.store import s3  # boto3: loaded only where S3 is used
 
         self.s3lib, self.uri = s3, uri
@@ -94,7 +107,7 @@ class Lease:
         self.ttl, self.poll = ttl, poll
         self.wait = 2 * ttl if wait is None else wait
         self.etag: str | None = None
-        self.lost = False
+        self.lost, self.on_lost = False, on_lost
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,6 +186,7 @@ class Lease:
                     self.lost = True  # another writer took it: our renewals failed for > ttl
                     log.error("cv_task_lease_lost", lease=self.uri,
                               message="another process took this task over")
+                    self.on_lost(self.uri)
                     return
                 log.warning("cv_task_lease_renew_failed", lease=self.uri, error=str(e)[:200])
             except Exception as e:  # S3 unreachable for a moment: the next round tries again

@@ -122,7 +122,7 @@ def test_ratios_are_taken_round_by_round_and_figures_carry_their_load():
     mem = [{"hybrid": {"allocated_peak_mb": 25.0, "load": q},
             "lstm": {"allocated_peak_mb": 100.0, "load": q}}] * 3
     t = {"epochs": epochs, "memory": mem, "load": q,
-         "loader": [{"overhead": x, "load": q} for x in (0.01, 0.02, 0.015)],
+         "loader": [{"share": x, "overhead": x - 0.05, "load": q} for x in (0.01, 0.02, 0.015)],
          "matmul": [{"fraction": x, "load": q} for x in (0.7, 0.75, 0.72)],
          "done": {"hybrid": {"training_peak_mb": 1.0}, "lstm": {"training_peak_mb": 2.0}}}
     lat = {m: {"p50_ms_blocks": [1.0, 1.1, 1.2], "load": q} for m in ("eager", "exported")}
@@ -133,6 +133,9 @@ def test_ratios_are_taken_round_by_round_and_figures_carry_their_load():
     assert figs["throughput_ratio"]["under_load"]  # 2 CPU s of others over 12 s: 0.17 cores
     assert figs["throughput_ratio"]["load"]["others_cores"] == pytest.approx(2.0 / 12)
     assert not figs["memory_ratio"]["under_load"] and not figs["loader_overhead"]["under_load"]
+    # the target reads the data path's own time; the epoch A/B is kept beside it, untargeted
+    assert figs["loader_overhead"]["repeats"] == [0.01, 0.02, 0.015]
+    assert figs["loader_overhead_ab"]["median"] == pytest.approx(0.015 - 0.05)
     assert figs["extract_speed"]["n"] == 0
 
 

@@ -96,13 +96,21 @@ class Worker:
     def loader_pair(self, n: int) -> dict:
         """The same epoch with the real data path and on batches made beforehand, in turn."""
         ready = [self.load(idx, b) for b, idx in enumerate(self.batches)]
-        out = {}
+        out, data_s = {}, 0.0
         for kind in (("real", "pre") if n % 2 == 0 else ("pre", "real")):
             t0 = time.perf_counter()
             for i, (b, idx) in enumerate(zip(ready, self.batches)):
-                self.step(self.load(idx, i) if kind == "real" else b)
+                if kind == "real":
+                    t1 = time.perf_counter()
+                    b = self.load(idx, i)
+                    data_s += time.perf_counter() - t1
+                self.step(b)
             out[kind] = time.perf_counter() - t0
+        # train.py loads in its own thread between steps: the time in the data path is what
+        # the epoch waits for it (``share``); the difference of the two epochs also holds any
+        # effect of the data path on the steps (caches), but the noise of two whole epochs
         return {"real_seconds": out["real"], "precollated_seconds": out["pre"],
+                "data_seconds": data_s, "share": data_s / out["real"],
                 "overhead": (out["real"] - out["pre"]) / out["real"]}
 
     def matmul(self) -> dict:

@@ -64,8 +64,9 @@ CREMA_D_LIMIT_MINUTES = 90
 # clips: how many; seconds: their length range; kinds: face extractors; workers: pool sizes.
 # encoders: the pretrained encoders' runs (ENCODERS).
 PRESETS = {
+    # repeats: runs of the default kind on TARGET_WORKERS, the spread the bench's target needs
     "full": dict(clips=60, seconds=(2.0, 3.2), kinds=("mediapipe", "opencv"), workers=(1, 2),
-                 encoders=("wavlm", "hubert", "wav2vec2", "hsemotion")),
+                 encoders=("wavlm", "hubert", "wav2vec2", "hsemotion"), repeats=3),
     # bench --quick (CI): one small run per face kind, in this process (about 10 s)
     "quick": dict(clips=2, seconds=(2.0, 2.0), kinds=("mediapipe", "opencv"), workers=(1,),
                   encoders=()),
@@ -254,8 +255,15 @@ def verdict(runs: list[dict]) -> dict:
 'crema_d_minutes': 64.8, 'crema_d_under_limit': True}}
     """
     out = {}
-    for r in runs:
+    rates: dict[str, list[float]] = {}
+    for r in runs:  # a kind run several times: its median run speaks for it
         if r["workers"] == TARGET_WORKERS:
+            rates.setdefault(r.get("label", r["video"]), []).append(
+                r["steady_media_seconds_per_second"] or 0.0)
+    for r in runs:
+        kind_rates = sorted(rates.get(r.get("label", r["video"]), []))
+        if r["workers"] == TARGET_WORKERS and (r["steady_media_seconds_per_second"] or 0.0) == \
+                kind_rates[(len(kind_rates) - 1) // 2]:
             r = {**r, "video": r.get("label", r["video"])}
             rate, start = r["steady_media_seconds_per_second"], r["start"]
             minutes = (start["wall_seconds"] + (CREMA_D_HOURS * 3600 - start["media_seconds"])
@@ -307,12 +315,15 @@ def measure(preset: str = "full", seed: int = 0, audio_model: str | None = None,
         runs = []
         for kind in p["kinds"]:
             for w in p["workers"]:
-                start_media = Path(tmp) / f"start-{w}"
-                first = dict(list(made.items())[:w])
-                _subset(media, start_media, first)
-                start = one_run(start_media, first, Path(tmp) / f"start-{kind}-{w}", kind, w)
-                run = one_run(media, made, Path(tmp) / f"out-{kind}-{w}", kind, w)
-                runs.append(steady(run, start))
+                target = kind == p["kinds"][0] and w == TARGET_WORKERS
+                for i in range(p.get("repeats", 1) if target else 1):
+                    start_media = Path(tmp) / f"start-{w}"
+                    first = dict(list(made.items())[:w])
+                    _subset(media, start_media, first)
+                    start = one_run(start_media, first, Path(tmp) / f"start-{kind}-{w}-{i}",
+                                    kind, w)
+                    run = one_run(media, made, Path(tmp) / f"out-{kind}-{w}-{i}", kind, w)
+                    runs.append(steady(run, start))
         for label in encoders:
             settings, models[label] = encoder_settings(label, Path(tmp), audio_model, face_model)
             for w in p["workers"]:

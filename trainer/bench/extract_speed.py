@@ -16,15 +16,16 @@ voiced sound (harmonics of a gliding pitch, with noise): what is said does not c
 of decoding or of log-mel features, which depends only on the number of samples.
 
 Each run is ``trainer.extract.run.extract`` with the default settings apart from the face kind
-(``mediapipe``, the default, and ``opencv``), into a fresh folder, with 1 and 2 workers. Then
-each pretrained encoder (issue 17): ``wavlm``, ``hubert``, ``wav2vec2`` (with the ``opencv``
-face) and ``hsemotion`` (with log-mel audio), from ``--audio-model DIR`` / ``--face-model FILE``
-when given, else from tiny random stand-ins made here (trainer.bench.tiny_encoders: hidden size
-32, 2 layers). A stand-in's speed is NOT a real model's: a base model (95 M parameters) is
-thousands of times larger, and only its real weights can measure it. Its
-own report gives the figures: media seconds, the wall seconds of the extraction (worker start
-included), their ratio, and the seconds of each stage (``timing.stage_seconds``, summed over
-workers, so the audio and face stages are timed apart).
+(``mediapipe``, the default, and ``opencv``), into a fresh folder, with 1 and 2 workers (the
+default on 2 workers three times in full mode, for the target's spread). Then each pretrained
+encoder (issue 17): ``wavlm``, ``hubert``, ``wav2vec2`` (with the ``opencv`` face) and
+``hsemotion`` (with log-mel audio), from ``--audio-model DIR`` / ``--face-model FILE`` when
+given, else from tiny random stand-ins made here (trainer.bench.tiny_encoders: hidden size 32,
+2 layers). A stand-in's speed is NOT a real model's: a base model (95 M parameters) is
+thousands of times larger, and only its real weights can measure it. Its own report gives the
+figures: media seconds, the wall seconds of the extraction (worker start included), their
+ratio, and the seconds of each stage (``timing.stage_seconds``, summed over workers, so the
+audio and face stages are timed apart).
 
 A worker's start is a fixed cost: the interpreter, and the imports of the first clip (librosa
 loads scipy.signal lazily: about 3 s of the first clip's audio stage on an idle core; the face
@@ -254,24 +255,18 @@ def verdict(runs: list[dict]) -> dict:
         {'opencv': {'steady_media_seconds_per_second': 5.0, 'holds': True, \
 'crema_d_minutes': 64.8, 'crema_d_under_limit': True}}
     """
-    out = {}
-    rates: dict[str, list[float]] = {}
-    for r in runs:  # a kind run several times: its median run speaks for it
-        if r["workers"] == TARGET_WORKERS:
-            rates.setdefault(r.get("label", r["video"]), []).append(
-                r["steady_media_seconds_per_second"] or 0.0)
+    out, by_kind = {}, {}
     for r in runs:
-        kind_rates = sorted(rates.get(r.get("label", r["video"]), []))
-        if r["workers"] == TARGET_WORKERS and (r["steady_media_seconds_per_second"] or 0.0) == \
-                kind_rates[(len(kind_rates) - 1) // 2]:
-            r = {**r, "video": r.get("label", r["video"])}
-            rate, start = r["steady_media_seconds_per_second"], r["start"]
-            minutes = (start["wall_seconds"] + (CREMA_D_HOURS * 3600 - start["media_seconds"])
-                       / rate) / 60 if rate else None
-            out[r["video"]] = {
-                "steady_media_seconds_per_second": rate, "holds": bool(rate and rate >= TARGET),
-                "crema_d_minutes": round(minutes, 1) if minutes else None,
-                "crema_d_under_limit": bool(minutes and minutes < CREMA_D_LIMIT_MINUTES)}
+        if r["workers"] == TARGET_WORKERS:
+            by_kind.setdefault(r.get("label", r["video"]), []).append(r)
+    for kind, rs in by_kind.items():  # a kind run several times: its median run speaks for it
+        r = sorted(rs, key=lambda x: x["steady_media_seconds_per_second"] or 0.0)[(len(rs) - 1) // 2]
+        rate, start = r["steady_media_seconds_per_second"], r["start"]
+        minutes = (start["wall_seconds"] + (CREMA_D_HOURS * 3600 - start["media_seconds"])
+                   / rate) / 60 if rate else None
+        out[kind] = {"steady_media_seconds_per_second": rate, "holds": bool(rate and rate >= TARGET),
+                     "crema_d_minutes": round(minutes, 1) if minutes else None,
+                     "crema_d_under_limit": bool(minutes and minutes < CREMA_D_LIMIT_MINUTES)}
     return out
 
 

@@ -82,6 +82,8 @@ def load_trained(path: str | Path) -> Trained:
         raise CheckpointError(f"checkpoint {path} has model settings this version does not "
                               f"know: {e}") from None
     load_weights(model, ckpt["model"], path)
+    if ckpt.get("sync_weight") is not None:  # chosen after training (trainer.train_sync)
+        model.sync_weight.fill_(ckpt["sync_weight"])
     model.eval()
     modality = ckpt.get("config", {}).get("modality", "both")
     # Checkpoints without "prepare" (the lstm's, from 0.1) read clips as stored, globally scaled.

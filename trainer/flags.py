@@ -43,6 +43,9 @@ HELP = {
     "input_dropout": "hybrid: share of input features dropped whole per clip while training",
     "center": "hybrid: the temporal branches read each clip's deviation from its own mean (with "
               "--norm speaker: clip-level offsets removed there, kept for --stats-head)",
+    "sync_head": "hybrid: a synchrony head: the streams' traces along class directions fitted "
+                 "before training, correlated over each clip, to the logits at a weight chosen "
+                 "on validation (trainer.synchrony)",
     "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
                   "(the pooled linear model, inside the hybrid)",
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",

@@ -39,3 +39,16 @@ def mixed_focal_loss(logits: torch.Tensor, target: torch.Tensor, other: torch.Te
     loss = focal_loss(logits, target, alpha, gamma)
     return loss if lam == 1.0 else lam * loss + (1.0 - lam) * focal_loss(logits, other, alpha,
                                                                           gamma)
+
+
+def training_loss(model, batch: dict, other: torch.Tensor, lam: float,
+                  alpha: torch.Tensor | None, gamma: float) -> torch.Tensor:
+    """The loss of one training step. A hybrid with a synchrony head (``model.sync``) is
+    scored on its logits, and its head also on the head's own logits: once the rest of the
+    model fits its training clips, the sum's loss no longer teaches the head anything."""
+    if getattr(model, "sync", None) is None:
+        return mixed_focal_loss(model(**batch), batch["label"], other, lam, alpha, gamma)
+    rest, head = model(**batch, parts=True)
+    return (mixed_focal_loss(rest + model.sync_weight * head, batch["label"], other, lam, alpha,
+                             gamma)
+            + mixed_focal_loss(head, batch["label"], other, lam, alpha, gamma))

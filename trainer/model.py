@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from trainer.baseline import LSTMBaseline
+from trainer.synchrony import SyncFeatures
 
 FUSIONS = ("cross", "late")
 
@@ -297,7 +298,7 @@ class HybridModel(nn.Module):
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
                  fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0),
                  input_rank: int = 0, input_dropout: float = 0.0, center: bool = False,
-                 stats_head: bool = False):
+                 stats_head: bool = False, sync_head: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
@@ -307,6 +308,14 @@ class HybridModel(nn.Module):
         self.stats = (nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * (audio_dim + video_dim),
                                                                    n_classes))
                       if stats_head else None)
+        # The synchrony head (trainer.synchrony): correlations of the streams along fixed class
+        # directions, through a linear map of its own to the logits, weighted by sync_weight
+        # (1 while training, then chosen on the validation speakers: trainer.train_sync).
+        self.sync = SyncFeatures(audio_dim, video_dim, n_classes) if sync_head else None
+        if sync_head:
+            self.register_buffer("sync_weight", torch.ones(()))
+            self.sync_out = nn.Sequential(nn.Dropout(dropout),
+                                          nn.Linear(n_classes * n_classes, n_classes))
         self.in_drop = ChannelDropout(input_dropout)
         self.audio_in = input_projection(audio_dim, d_model, input_rank)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
@@ -321,7 +330,9 @@ class HybridModel(nn.Module):
         self.head = nn.Sequential(nn.LayerNorm(4 * d_model), nn.Linear(4 * d_model, d_model),
                                   nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_model, n_classes))
 
-    def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, **_):
+    def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, parts=False, **_):
+        """Logits (B, n_classes); with a synchrony head and ``parts``, (the rest's logits, the
+        head's own), which training scores apart (trainer.losses.training_loss)."""
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
@@ -329,6 +340,8 @@ class HybridModel(nn.Module):
         if self.stats is not None:
             stats = self.stats(torch.cat([*mean_std(audio, audio_mask),
                                           *mean_std(video, video_mask)], -1))  # (B, classes)
+        sync = None if self.sync is None else self.sync_out(
+            self.sync(audio, audio_mask, audio_t, video, video_mask, video_t))  # (B, classes)
         if self.center:  # the temporal branches read each clip's deviations from its mean
             audio = masked(audio - masked_mean(audio, audio_mask)[:, None], am)
             video = masked(video - masked_mean(video, video_mask)[:, None], vm)
@@ -343,7 +356,10 @@ class HybridModel(nn.Module):
         pooled = torch.cat([masked_mean(a, audio_mask), masked_max(a, audio_mask),
                             masked_mean(v, video_mask), masked_max(v, video_mask)], -1)
         logits = self.head(pooled)  # (B, 4d) -> (B, n_classes)
-        return logits if stats is None else logits + stats
+        logits = logits if stats is None else logits + stats
+        if sync is None:
+            return logits
+        return (logits, sync) if parts else logits + self.sync_weight * sync
 
 
 def build_model(name: str, **settings) -> nn.Module:

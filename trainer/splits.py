@@ -9,8 +9,11 @@ class in every split is taken (when the data allow it).
 from __future__ import annotations
 
 import numpy as np
+import structlog
 
 from trainer.data import Clip
+
+log = structlog.get_logger()
 
 SPLITS = ("train", "val", "test")
 
@@ -142,5 +145,7 @@ def make_split(clips: list[Clip], kind: str, seed: int, val_fraction: float,
     if kind == "speaker":
         return manifest_split(clips) or speaker_split(clips, seed, val_fraction, test_fraction)
     if kind == "random":
+        log.warning("random_split", message="speakers leak between splits: results will be "
+                    "optimistic (typically 20 to 45 points); use --split speaker for real figures")
         return random_split(clips, seed, val_fraction, test_fraction)
     raise ValueError(f"unknown split {kind!r}: use speaker or random")

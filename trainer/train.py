@@ -31,7 +31,7 @@ from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
-from trainer.losses import focal_loss, inverse_frequency_weights, mixed_focal_loss
+from trainer.losses import focal_loss, inverse_frequency_weights, training_loss
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
 from trainer.prepare import pool_clip, standardise, training_views
@@ -41,6 +41,7 @@ from trainer.status import Status, eta, versions
 from trainer.store.rundir import RunDir
 from trainer.store.uri import is_s3, resolve_data
 from trainer.train_media import extract_in_run
+from trainer.train_sync import choose_sync_weight, fit_sync
 
 log = structlog.get_logger()
 
@@ -80,10 +81,6 @@ class Training:
         self.status.update(state="starting")
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         log.info("config", **asdict(cfg))
-        if cfg.split == "random":
-            log.warning("random_split", message="speakers leak between splits: results will be "
-                        "optimistic (typically 20 to 45 points); use --split speaker for real "
-                        "figures")
 
         self.ckpt = read_checkpoint(run.path("checkpoints/last.pt")) if cfg.resume else None
         if cfg.media:  # raw media: extracted into cfg.data first (trainer/train_media.py)
@@ -91,9 +88,8 @@ class Training:
             extract_in_run(cfg, self.status.update, self._on_signal, lambda: self.stop_signal)
             self.status.update(state="starting", extract=None)
         data_path = resolve_data(cfg.data, cfg.cache_dir)
-        ds = load_dataset(data_path, cfg.audio_fps,
-                          progress=lambda it: logs.progress_bar(it, desc="loading clips"))
-        self.dataset = ds
+        self.dataset = ds = load_dataset(data_path, cfg.audio_fps, progress=lambda it:
+                                         logs.progress_bar(it, desc="loading clips"))
         log.info("data", clips=len(ds.clips), skipped=len(ds.skipped),
                  excluded=dict(ds.excluded), audio_dim=ds.audio_dim, video_dim=ds.video_dim)
         for s in ds.skipped:
@@ -146,6 +142,8 @@ class Training:
         self.history: list[dict] = []
         if self.ckpt:
             self._restore(self.ckpt)
+        else:  # a synchrony head's fixed directions, before the first step (train_sync)
+            fit_sync(self.model, self.clips["train"])
         log.info("model", name=cfg.model, parameters=count_parameters(self.model),
                  **{f"{k}_clips": len(v) for k, v in self.clips.items()},
                  **{f"{k}_speakers": len({c.speaker for c in v}) for k, v in self.clips.items()},
@@ -214,8 +212,7 @@ class Training:
             batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
             other, lam = training_views(batch, [cfg.seed, self.epoch, b], cfg.time_mask,
                                         cfg.feature_mask, cfg.noise, cfg.mixup)
-            loss = mixed_focal_loss(model(**batch), batch["label"], other, lam, self.alpha,
-                                    cfg.focal_gamma)
+            loss = training_loss(model, batch, other, lam, self.alpha, cfg.focal_gamma)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -292,6 +289,8 @@ class Training:
         self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+        if (sync_weight := choose_sync_weight(self.model, self.clips["val"], cfg)) is not None:
+            self.ckpts.amend(sync_weight=sync_weight)  # evaluate, predict, export read it there
         test, rows = score_rows(self.model, self.clips["test"], LABELS, self.prepare,
                                 cfg.batch_size, cfg.modality)
         run.write_text("predictions.csv", predictions_csv(rows))  # a row per test clip
@@ -301,7 +300,7 @@ class Training:
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
                            if self.best_epoch else None, "best_epoch": self.best_epoch,
                            "selected_by": cfg.select},
-            "lone_clip": self.measure_fallback(),
+            "lone_clip": self.measure_fallback(), "sync_weight": sync_weight,
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": {

@@ -48,6 +48,7 @@ VARIANTS = {
     "hybrid": ("hybrid at its defaults", []),
     "clip": ("hybrid `--norm clip` (the default until the suite chose `speaker`)",
              ["--norm", "clip"]),
+    "sync": ("hybrid `--sync-head`", ["--sync-head"]),
     "late": ("hybrid `--fusion late`", ["--fusion", "late"]),
     "audio": ("hybrid, audio only", ["--modality", "audio"]),
     "video": ("hybrid, video only", ["--modality", "video"]),

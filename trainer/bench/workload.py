@@ -59,7 +59,8 @@ def workload(n: int, seed: int = 0, short: bool = False) -> list[Clip]:
 # Full mode also times the hybrid with each of these settings changed (throughput only): what
 # cross-modal attention costs, and what twice the time resolution would.
 VARIANTS = {"late_fusion": {"fusion": "late"}, "rates_50_30": {"audio_rate": 50.0,
-                                                               "video_rate": 30.0}}
+                                                               "video_rate": 30.0},
+            "sync_head": {"sync_head": True}}
 
 
 def build(name: str, **overrides) -> torch.nn.Module:

@@ -24,7 +24,7 @@ def runs(tmp_path_factory):
     make_demo_data(root / "data", seed=0, speakers=6, clips_per_speaker=8)
     out = {}
     for model, flags in (("hybrid", []), ("lstm", ["--model", "lstm"]),
-                         ("sync", ["--sync-head"])):
+                         ("nosync", ["--no-sync-head"])):
         assert main(["train", "--data", str(root / "data"), "--out", str(root / model),
                      *flags, *TINY]) == 0
         out[model] = root / model / "checkpoints" / "best.pt"
@@ -41,8 +41,7 @@ def held_out(root, run):
 
 
 @pytest.mark.parametrize("model,fmt", [("hybrid", "onnx"), ("hybrid", "torchscript"),
-                                       ("lstm", "torchscript"), ("sync", "onnx"),
-                                       ("sync", "torchscript")])
+                                       ("lstm", "torchscript"), ("nosync", "onnx")])
 def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tmp_path):
     root, ckpt = runs
     out = tmp_path / f"model.{fmt}"
@@ -55,7 +54,7 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     assert prep["norm"] == side["prepare"]["norm"] and len(prep["steps"]) == 3
     assert prep["steps"][0].startswith("pool each stream") and "inside" in prep["steps"][2]
     trained = load_trained(ckpt[model])
-    if model == "sync":  # the head's weight, chosen after training, is in the artifact too
+    if model == "hybrid":  # the head's weight, chosen after training, is in the artifact too
         weight = torch.load(ckpt[model], weights_only=True)["sync_weight"]
         assert float(trained.model.sync_weight) == weight
     exported = load_exported(out, threads=1)

@@ -58,7 +58,7 @@ class TrainConfig:
     input_dropout: float = 0.0  # hybrid: share of input features dropped whole per clip (training)
     center: bool = False  # hybrid: temporal branches read each clip's deviation from its mean
     stats_head: bool = False  # hybrid: per-clip mean and std of each input feature to the logits
-    sync_head: bool = False  # hybrid: correlations along fixed class directions (trainer.synchrony)
+    sync_head: bool = True  # hybrid: correlations along fixed class directions (trainer.synchrony)
     mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
     noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
     select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss

@@ -16,7 +16,7 @@ import torch
 from trainer.batching import collate
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, Clip
-from trainer.losses import focal_loss
+from trainer.losses import training_loss
 from trainer.model import build_model
 from trainer.prepare import augment, pool_clips
 
@@ -60,7 +60,7 @@ def workload(n: int, seed: int = 0, short: bool = False) -> list[Clip]:
 # cross-modal attention costs, and what twice the time resolution would.
 VARIANTS = {"late_fusion": {"fusion": "late"}, "rates_50_30": {"audio_rate": 50.0,
                                                                "video_rate": 30.0},
-            "sync_head": {"sync_head": True}}
+            "no_sync_head": {"sync_head": False}}
 
 
 def build(name: str, **overrides) -> torch.nn.Module:
@@ -92,7 +92,7 @@ def training_step(model: torch.nn.Module, cfg):
                             fused=True)  # as train.py
 
     def step(batch):
-        loss = focal_loss(model(**batch), batch["label"], None, 2.0)
+        loss = training_loss(model, batch, batch["label"], 1.0, None, 2.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -3,7 +3,7 @@ that would fail later (a division by zero, a torch error) are one clear line up 
 
 import pytest
 
-from trainer.config import TrainConfig, defaults, load_file, resolve, validate
+from trainer.config import TrainConfig, defaults, load_file, model_settings, resolve, validate
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -80,3 +80,14 @@ def test_a_cache_dir_that_is_a_file_fails_at_once(tmp_path):
         with pytest.raises(ValueError, match="is a file, not a folder"):
             validate(TrainConfig(data="s3://b/data/", out="runs/x", cache_dir=str(given)))
     validate(TrainConfig(data="s3://b/data/", out="runs/x", cache_dir=str(tmp_path / "new")))
+
+
+def test_the_synchrony_head_is_on_by_default_and_off_where_it_would_change_an_ablation():
+    def head(**kw):
+        return model_settings(TrainConfig(**kw), 40, 64, 6)["sync_head"]
+    assert head() is True
+    assert head(sync_head=False) is False
+    # a late fusion relates nothing in time, and one stream alone has nothing to correlate
+    assert head(fusion="late") is False
+    assert head(modality="audio") is False and head(modality="video") is False
+    assert "sync_head" not in model_settings(TrainConfig(model="lstm"), 40, 64, 6)

@@ -211,7 +211,7 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
                  time_scales=(cfg.time_scale_min, cfg.time_scale_max),
                  input_rank=cfg.input_rank, input_dropout=cfg.input_dropout,
                  center=cfg.center, stats_head=cfg.stats_head,
-                 sync_head=cfg.sync_head and cfg.modality == "both")
+                 sync_head=cfg.sync_head and cfg.modality == "both" and cfg.fusion == "cross")
     return s
 
 

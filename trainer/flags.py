@@ -45,14 +45,14 @@ HELP = {
               "--norm speaker: clip-level offsets removed there, kept for --stats-head)",
     "sync_head": "hybrid: a synchrony head: the streams' traces along class directions fitted "
                  "before training, correlated over each clip, to the logits at a weight chosen "
-                 "on validation (trainer.synchrony)",
+                 "on validation (trainer.synchrony); with both streams and --fusion cross",
     "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
                   "(the pooled linear model, inside the hybrid)",
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",
     "noise": "training: std of Gaussian noise added to the standardised input features",
     "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "
-              "concatenated: the ablation)",
+              "concatenated, no synchrony head: the ablation)",
     "time_scale_min": "hybrid: seconds, the sharpest cross-modal head's time scale",
     "time_scale_max": "hybrid: seconds, the broadest cross-modal head's time scale",
     "audio_rate": "hybrid: audio frames per second the stream is pooled to, from its timestamps "

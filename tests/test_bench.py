@@ -15,6 +15,8 @@ from trainer.bench.load import THRESHOLD_CORES, Window, combine
 from trainer.bench.measure import HeapPeak
 from trainer.bench.run import figures, padding
 from trainer.bench.verdict import POSSIBLE, TARGETS, judge, spread
+from trainer.bench.worker import Worker
+from trainer.bench.workload import PRESETS
 from trainer.cli import main
 
 BURN = "while True: pass"  # one core's worth of work beside the bench
@@ -180,3 +182,22 @@ def test_heap_peak_sees_a_tensor_that_lived_only_inside_the_block():
         del x
     assert heap.peak - before >= 64 * 2**20
     assert heap.in_use() - before < 8 * 2**20
+
+
+def test_a_memory_reading_is_the_peak_over_several_steps():
+    """One step in several allocating more must set the reading (a single sampled step can
+    miss a short peak; the reading covers memory_steps of them)."""
+    w = Worker("hybrid", "smoke", seed=0, threads=1, overrides={})
+    assert PRESETS["smoke"]["memory_steps"] >= 2
+    calls = []
+
+    def step(batch):  # the second step holds 64 MiB for a moment
+        calls.append(batch)
+        if len(calls) == 2:
+            x = torch.ones(64, 2**18)
+            del x
+
+    w.step = step
+    mb = w.memory()["allocated_peak_mb"]
+    assert len(calls) == PRESETS["smoke"]["memory_steps"]
+    assert mb >= 64

@@ -231,12 +231,13 @@ METHOD = {
                   "pass; each round times one epoch of each model in turn (hybrid, lstm, and in "
                   "full mode the variants), the ratio is taken per round",
     "memory": "peak of malloc's in-use bytes (glibc mallinfo2, sampled every 0.5 ms, less "
-              "often when the sampler's wake-ups come late) during a step on the largest batch, minus the same before the model was built "
-              "(after one step of a one-weight model, which imports what every step imports): "
-              "weights, gradients, Adam state, activations and kernel workspaces; each round "
-              "reads hybrid then lstm, the ratio per round. memory_ratio_rss: ru_maxrss at the "
-              "end minus the RSS before the model, one reading per process (it also holds "
-              "library code pages and allocator slack)",
+              "often when the sampler's wake-ups come late) over memory_steps identical steps on "
+              "the largest batch, minus the same before the model was built (after one step of "
+              "a one-weight model, which imports what every step imports): weights, "
+              "gradients, Adam state, activations and kernel workspaces; each round reads "
+              "hybrid then lstm, the ratio per round. memory_ratio_rss: ru_maxrss at the end "
+              "minus the RSS before the model, one reading per process (it also holds library "
+              "code pages and allocator slack)",
     "matmul_fraction": "FLOPs of forward + backward (torch.utils.flop_counter: matmuls, "
                        "convolutions, attention) over an epoch's step time, against the "
                        "median rate of torch.mm on square fp32 matrices measured just before "

@@ -10,9 +10,10 @@ over the batches, since oneDNN builds its kernels per shape the first time), say
 ``load`` (trainer.bench.load) over the measurement:
 
 - ``epoch``: one timed epoch through train.py's data path (seconds in the data path and steps);
-- ``memory``: peak of malloc's in-use bytes over a step on the batch with the most padded
-  frames (the sampler can miss a peak that lasts under a millisecond: the rounds give it
-  more chances, and their spread shows a miss);
+- ``memory``: peak of malloc's in-use bytes over a few identical steps on the batch with the
+  most padded frames (the sampler can miss a peak that lasts under a millisecond: one quiet
+  full run read 86 MB once where eight other readings were 94-99, so each reading is the
+  peak over several steps, and the rounds' spread shows a miss that is left);
 - ``loader N``: the epoch once with the real data path and once on batches made beforehand,
   in the order N's parity says (hybrid);
 - ``matmul``: this machine's fp32 mm rate, then an epoch: the step's FLOP rate as a fraction of
@@ -89,8 +90,9 @@ class Worker:
             return {"allocated_peak_mb": None}
         largest = max(self.batches, key=lambda b: len(b) * max(self.lengths[i] for i in b))
         batch = collate([self.clips[i] for i in largest])
-        with self.heap:
-            self.step(batch)
+        with self.heap:  # steps after the first pass allocate alike: their peaks are one peak
+            for _ in range(self.p["memory_steps"]):
+                self.step(batch)
         return {"allocated_peak_mb": (self.heap.peak - self.heap_before) / 2**20}
 
     def loader_pair(self, n: int) -> dict:

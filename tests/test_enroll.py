@@ -21,7 +21,7 @@ from util import FAST, tiny_demo, write_clip
 
 from trainer.batching import Normalizer
 from trainer.bench.enroll_memory import run as enroll_memory
-from trainer.checkpoint import load_trained, read_checkpoint
+from trainer.checkpoint import CheckpointPair, load_trained, read_checkpoint
 from trainer.cli import main
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, load_dataset, parse_name
@@ -263,18 +263,25 @@ def test_enrolling_holds_memory_flat():
 
 
 @pytest.mark.slow
-def test_a_trained_speaker_model_records_its_fallback_and_predicts_as_evaluate(tmp_path,
-                                                                               capsys):
+def test_a_trained_speaker_model_records_its_fallback_and_predicts_as_evaluate(
+        tmp_path, capsys, monkeypatch):
     """Trained for real: the checkpoint and summary.json hold validation macro-F1 with speaker
-    statistics and with the fallback; the run's predictions.csv is its test split; a lone
-    held-out clip with its speaker's enrolment predicts as evaluate does."""
+    statistics and with the fallback, and the synchrony head's weight, both added to each
+    checkpoint in one rewrite; the run's predictions.csv is its test split; a lone held-out
+    clip with its speaker's enrolment predicts as evaluate does."""
     data = tiny_demo(tmp_path / "data", speakers=8, clips_per_speaker=8)
     out = tmp_path / "run"
+    amended = []
+    amend = CheckpointPair.amend
+    monkeypatch.setattr(CheckpointPair, "amend",
+                        lambda self, **extra: (amended.append(set(extra)), amend(self, **extra)))
     assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--norm",
                  "speaker", *FAST]) == 0
+    assert amended == [{"sync_weight", "fallback"}]  # last.pt and best.pt rewritten once each
     summary = json.loads((out / "summary.json").read_text())
     lone = summary["lone_clip"]
     for name in ("best.pt", "last.pt"):
+        assert read_checkpoint(out / "checkpoints" / name)["sync_weight"] == summary["sync_weight"]
         fb = read_checkpoint(out / "checkpoints" / name)["fallback"]
         assert fb["method"] == lone["fallback"] in CANDIDATES
         assert fb["validation_macro_f1"] == lone["validation"]

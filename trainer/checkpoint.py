@@ -133,8 +133,9 @@ class CheckpointPair:
             self.write("checkpoints/best.pt", state)
 
     def amend(self, **extra) -> None:
-        """Add ``extra`` to both checkpoints of a finished run, in the order ``save`` keeps."""
-        for name in ("checkpoints/last.pt", "checkpoints/best.pt"):
+        """Add ``extra`` to both checkpoints of a finished run, in the order ``save`` keeps
+        (one rewrite of each, however many keys; none for no key)."""
+        for name in ("checkpoints/last.pt", "checkpoints/best.pt") if extra else ():
             if self.run.exists(name):
                 self.write(name, dict(read_checkpoint(self.run.path(name)), **extra))
 

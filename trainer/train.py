@@ -289,10 +289,12 @@ class Training:
         self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        if (sync_weight := choose_sync_weight(self.model, self.clips["val"], cfg)) is not None:
-            self.ckpts.amend(sync_weight=sync_weight)  # evaluate, predict, export read it there
+        sync_weight = choose_sync_weight(self.model, self.clips["val"], cfg)
         test, rows = score_rows(self.model, self.clips["test"], LABELS, self.prepare,
                                 cfg.batch_size, cfg.modality)
+        lone = self.measure_fallback()  # evaluate, predict, export read both in the checkpoints
+        self.ckpts.amend(**{k: v for k, v in (("sync_weight", sync_weight),
+                                              ("fallback", self.fallback)) if v is not None})
         run.write_text("predictions.csv", predictions_csv(rows))  # a row per test clip
         ds = self.dataset
         summary = {
@@ -300,7 +302,7 @@ class Training:
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
                            if self.best_epoch else None, "best_epoch": self.best_epoch,
                            "selected_by": cfg.select},
-            "lone_clip": self.measure_fallback(), "sync_weight": sync_weight,
+            "lone_clip": lone, "sync_weight": sync_weight,
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": {
@@ -330,13 +332,12 @@ class Training:
 
     def measure_fallback(self) -> dict | None:
         """The lone-clip fallback chosen on the validation speakers, with held-out macro-F1 by
-        speaker statistics and by each candidate: into the checkpoints (predict quotes it)."""
+        speaker statistics and by each candidate (``choose`` sets the choice in self.fallback,
+        which ``finish`` adds to the checkpoints: predict quotes it)."""
         if self.fallback is None:
             return None
-        lone = choose(self.fallback, self.model, self.normalizer, self.pooled, LABELS,
+        return choose(self.fallback, self.model, self.normalizer, self.pooled, LABELS,
                       self.cfg.batch_size, self.cfg.modality)
-        self.ckpts.amend(fallback=self.fallback)
-        return lone
 
     def cleanup(self, state: str | None = None) -> None:
         if getattr(self, "spot", None) is not None:

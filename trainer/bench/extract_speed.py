@@ -307,14 +307,15 @@ def measure(preset: str = "full", seed: int = 0, audio_model: str | None = None,
         made = make_media(media, p["clips"], p["seconds"], seed)
         made_in = time.perf_counter() - t0
         media_seconds = sum(made.values()) / FPS
-        runs = []
+        runs, starts = [], {}
+        for w in p["workers"]:  # a clip per worker, copied once: each run's start-up alone
+            starts[w] = (Path(tmp) / f"start-{w}", dict(list(made.items())[:w]))
+            _subset(media, *starts[w])
         for kind in p["kinds"]:
             for w in p["workers"]:
                 target = kind == p["kinds"][0] and w == TARGET_WORKERS
                 for i in range(p.get("repeats", 1) if target else 1):
-                    start_media = Path(tmp) / f"start-{w}"
-                    first = dict(list(made.items())[:w])
-                    _subset(media, start_media, first)
+                    start_media, first = starts[w]
                     start = one_run(start_media, first, Path(tmp) / f"start-{kind}-{w}-{i}",
                                     kind, w)
                     run = one_run(media, made, Path(tmp) / f"out-{kind}-{w}-{i}", kind, w)
@@ -322,9 +323,7 @@ def measure(preset: str = "full", seed: int = 0, audio_model: str | None = None,
         for label in encoders:
             settings, models[label] = encoder_settings(label, Path(tmp), audio_model, face_model)
             for w in p["workers"]:
-                start_media = Path(tmp) / f"start-{w}"
-                first = dict(list(made.items())[:w])
-                _subset(media, start_media, first)
+                start_media, first = starts[w]
                 start = one_run(start_media, first, Path(tmp) / f"start-{label}-{w}", label, w,
                                 settings, label)
                 run = one_run(media, made, Path(tmp) / f"out-{label}-{w}", label, w, settings,

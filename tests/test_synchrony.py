@@ -1,5 +1,6 @@
 """The synchrony features (trainer.synchrony) and the head around training (trainer.train_sync):
-directions from class means, correlations that tell synchronous events from asynchronous ones
+directions from class means (only the dimensions that stand out) and from the frames' variation
+within clips, correlations that tell synchronous events from asynchronous ones
 across frame rates, padding invariance, and the head's weight chosen on validation."""
 
 from types import SimpleNamespace
@@ -10,8 +11,9 @@ import torch
 from trainer.batching import collate
 from trainer.data import Clip
 from trainer.model import HybridModel
+import trainer.synchrony
 from trainer.synchrony import SyncFeatures
-from trainer.train_sync import WEIGHTS, choose_sync_weight, fit_sync
+from trainer.train_sync import WEIGHTS, choose_sync_weight, fit_sync, within_cov
 
 DA, DV = 12, 20
 A_FPS, V_FPS = 25.0, 15.0
@@ -65,6 +67,83 @@ def test_the_directions_are_the_class_means_and_the_correlation_tells_sync_from_
     scaled = features(sync, train)
     assert torch.allclose(scaled.mean(0), torch.zeros(36), atol=1e-4)
     assert torch.allclose(scaled.std(0), torch.ones(36), atol=1e-3)
+
+
+def cue_means(rng, n: int = 600, dim: int = 200, amp: float = 1.0):
+    """Clip means: noise in ``dim`` dimensions; class k adds ``amp`` in dimensions 2k and 2k+1."""
+    labels = np.arange(n) % 6
+    x = rng.normal(size=(n, dim))
+    for k in range(6):
+        x[labels == k, 2 * k:2 * k + 2] += amp
+    return torch.from_numpy(x), torch.from_numpy(labels)
+
+
+def test_class_directions_keep_only_the_dimensions_that_stand_out(monkeypatch):
+    """A cue in 12 of 200 dimensions: the noise in the other 188 is left out of the directions
+    (with the threshold at 0 it is most of each direction)."""
+    means, labels = cue_means(np.random.default_rng(4))
+
+    def outside(threshold):
+        monkeypatch.setattr(trainer.synchrony, "THRESHOLD", threshold)
+        sync = SyncFeatures(200, 200, 6)
+        sync.fit(means, means, labels)
+        assert torch.allclose(sync.wa.norm(dim=1), torch.ones(6))
+        assert (sync.wa.abs().argmax(1) // 2 == torch.arange(6)).all()
+        return float((sync.wa[:, 12:] ** 2).sum(1).max())  # worst class's share outside the cue
+
+    kept, whole = outside(3.0), outside(0.0)
+    assert kept < 0.15 and whole > 0.5, (kept, whole)
+
+
+def test_a_class_direction_with_nothing_standing_out_keeps_the_whole_mean():
+    """Noise only, in 4 dimensions: no class mean stands out anywhere (checked), so each
+    direction is the whole centred class mean rather than nothing."""
+    means, labels = cue_means(np.random.default_rng(5), dim=4, amp=0.0)
+    x = means - means.mean(0)
+    y = torch.nn.functional.one_hot(labels, 6).double()
+    y = y - y.mean(0)
+    d = y.T @ x
+    assert (d / (x.std(0) * y.norm(dim=0)[:, None])).abs().max() < trainer.synchrony.THRESHOLD
+    sync = SyncFeatures(4, 4, 6)
+    sync.fit(means, means, labels)
+    torch.testing.assert_close(sync.wa, (d / d.norm(dim=1, keepdim=True)).float())
+
+
+def test_principal_directions_find_brief_events_of_every_class():
+    """Events along one pattern (4 of 30 dimensions, amplitude 0.8 against a background of 1),
+    a few frames each, in clips of every class: the first principal direction is the pattern,
+    though no class mean differs along it."""
+    rng = np.random.default_rng(6)
+    pattern = np.zeros(30)
+    pattern[[3, 11, 17, 25]] = [1.0, -1.0, 1.0, 1.0]
+    streams = []
+    for _ in range(300):
+        x = rng.normal(size=(75, 30))
+        for on in rng.choice(70, 4, replace=False):
+            x[on:on + 3] += 0.8 * pattern
+        streams.append(x)
+    cov = within_cov(streams)
+    sync = SyncFeatures(30, 30, 6, pcs=2)
+    means = torch.from_numpy(np.stack([x.mean(0) for x in streams]))
+    sync.fit(means, means, torch.arange(300) % 6, cov, cov)
+    assert sync.wa.shape == (8, 30) and sync.mu.shape == (6 * 6 + 2 * 2,)
+    first = sync.wa[6].double()
+    unit = torch.from_numpy(pattern / 2)
+    assert abs(float(first @ unit)) > 0.95
+    assert first[first.abs().argmax()] > 0  # one sign, whatever eigh returned
+    assert torch.equal(sync.wv, sync.wa)
+
+
+def test_a_stream_narrower_than_the_principal_directions_still_gives_features():
+    rng = np.random.default_rng(7)
+    train = [clip(rng, i % 6, sync=True) for i in range(60)]
+    narrow = [Clip(c.path, c.label, c.speaker, c.audio, c.video[:, :2], c.audio_t, c.video_t)
+              for c in train]
+    model = HybridModel(DA, 2, 6, d_model=16, heads=2, sync_head=True, sync_pcs=3)
+    fit_sync(model, narrow)
+    assert (model.sync.wv[6:8].norm(dim=1) > 0.99).all() and not model.sync.wv[8].any()
+    f = features(model.sync, narrow)
+    assert f.shape == (60, 36 + 9) and torch.isfinite(f).all()
 
 
 def test_a_clip_gives_the_same_features_alone_and_padded_in_a_batch():

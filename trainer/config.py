@@ -59,6 +59,7 @@ class TrainConfig:
     center: bool = False  # hybrid: temporal branches read each clip's deviation from its mean
     stats_head: bool = False  # hybrid: per-clip mean and std of each input feature to the logits
     sync_head: bool = True  # hybrid: correlations along fixed class directions (trainer.synchrony)
+    sync_pcs: int = 3  # hybrid: principal directions per stream the synchrony head reads too
     mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
     noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
     select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss
@@ -211,7 +212,8 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
                  time_scales=(cfg.time_scale_min, cfg.time_scale_max),
                  input_rank=cfg.input_rank, input_dropout=cfg.input_dropout,
                  center=cfg.center, stats_head=cfg.stats_head,
-                 sync_head=cfg.sync_head and cfg.modality == "both" and cfg.fusion == "cross")
+                 sync_head=cfg.sync_head and cfg.modality == "both" and cfg.fusion == "cross",
+                 sync_pcs=cfg.sync_pcs)
     return s
 
 

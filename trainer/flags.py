@@ -46,6 +46,8 @@ HELP = {
     "sync_head": "hybrid: a synchrony head: the streams' traces along class directions fitted "
                  "before training, correlated over each clip, to the logits at a weight chosen "
                  "on validation (trainer.synchrony); with both streams and --fusion cross",
+    "sync_pcs": "hybrid: the synchrony head also reads this many principal directions of each "
+                "stream's variation within clips (where brief events show, whatever class)",
     "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
                   "(the pooled linear model, inside the hybrid)",
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",

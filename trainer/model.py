@@ -298,7 +298,7 @@ class HybridModel(nn.Module):
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
                  fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0),
                  input_rank: int = 0, input_dropout: float = 0.0, center: bool = False,
-                 stats_head: bool = False, sync_head: bool = False):
+                 stats_head: bool = False, sync_head: bool = False, sync_pcs: int = 0):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
@@ -311,11 +311,11 @@ class HybridModel(nn.Module):
         # The synchrony head (trainer.synchrony): correlations of the streams along fixed class
         # directions, through a linear map of its own to the logits, weighted by sync_weight
         # (1 while training, then chosen on the validation speakers: trainer.train_sync).
-        self.sync = SyncFeatures(audio_dim, video_dim, n_classes) if sync_head else None
+        self.sync = SyncFeatures(audio_dim, video_dim, n_classes, sync_pcs) if sync_head else None
         if sync_head:
             self.register_buffer("sync_weight", torch.ones(()))
-            self.sync_out = nn.Sequential(nn.Dropout(dropout),
-                                          nn.Linear(n_classes * n_classes, n_classes))
+            self.sync_out = nn.Sequential(nn.Dropout(dropout), nn.Linear(
+                n_classes ** 2 + sync_pcs ** 2, n_classes))
         self.in_drop = ChannelDropout(input_dropout)
         self.audio_in = input_projection(audio_dim, d_model, input_rank)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)

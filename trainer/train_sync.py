@@ -29,6 +29,15 @@ def has_sync(model: torch.nn.Module) -> bool:
     return getattr(model, "sync", None) is not None
 
 
+def within_cov(streams: list[np.ndarray]) -> torch.Tensor:
+    """The frames' covariance (D, D) around each clip's own mean, over all clips' frames."""
+    total, frames = 0.0, 0
+    for x in streams:
+        c = torch.from_numpy(x - x.mean(0)).double()
+        total, frames = total + c.T @ c, frames + len(x)
+    return (total / max(1, frames)).float()
+
+
 @torch.no_grad()
 def fit_sync(model: torch.nn.Module, clips: list[Clip]) -> None:
     """Directions and scale of ``model``'s synchrony head from the (prepared) training clips;
@@ -37,7 +46,8 @@ def fit_sync(model: torch.nn.Module, clips: list[Clip]) -> None:
         return
     model.sync.fit(torch.from_numpy(np.stack([c.audio.mean(0) for c in clips])),
                    torch.from_numpy(np.stack([c.video.mean(0) for c in clips])),
-                   torch.tensor([c.label for c in clips]))
+                   torch.tensor([c.label for c in clips]),
+                   within_cov([c.audio for c in clips]), within_cov([c.video for c in clips]))
     feats = []
     for i in range(0, len(clips), BATCH):
         b = collate(clips[i:i + BATCH])

@@ -50,6 +50,8 @@ VARIANTS = {
              ["--norm", "clip"]),
     "nosync": ("hybrid `--no-sync-head` (the default until the suite chose the head)",
                ["--no-sync-head"]),
+    "pcs0": ("hybrid `--sync-pcs 0` (the synchrony head on class directions alone)",
+             ["--sync-pcs", "0"]),
     "late": ("hybrid `--fusion late`", ["--fusion", "late"]),
     "audio": ("hybrid, audio only", ["--modality", "audio"]),
     "video": ("hybrid, video only", ["--modality", "video"]),

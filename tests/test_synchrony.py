@@ -175,11 +175,13 @@ def test_the_weight_on_validation_takes_the_head_when_it_alone_is_right():
         for y in range(6):
             model.sync_out[-1].weight[y, 7 * y] = 5.0
     cfg = SimpleNamespace(batch_size=8, modality="both")
-    chosen = choose_sync_weight(model, clips, cfg)
+    choice = choose_sync_weight(model, clips, cfg)
+    chosen, scores = choice["weight"], choice["validation_macro_f1"]
     # 0 leaves every clip ANG; any weight past the bias's 3 gets every clip right, and among
     # the tied weights the one the head trained at (1) is taken when it is among them
     assert chosen != 0.0 and chosen in WEIGHTS
     assert float(model.sync_weight) == chosen
+    assert scores[str(chosen)] == 1.0 > scores["0.0"] and set(scores) == {str(w) for w in WEIGHTS}
     pred = model(**collate(clips)).argmax(1)
     assert (pred == torch.tensor([c.label for c in clips])).float().mean() == 1.0
 

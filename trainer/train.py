@@ -285,24 +285,24 @@ class Training:
 
     # ---------------------------------------------------------------------- test, summary
     def finish(self) -> dict:
-        cfg, run = self.cfg, self.run_dir
+        cfg, run, ds = self.cfg, self.run_dir, self.dataset
         self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        sync_weight = choose_sync_weight(self.model, self.clips["val"], cfg)
+        sync = choose_sync_weight(self.model, self.clips["val"], cfg) or {"weight": None}
         test, rows = score_rows(self.model, self.clips["test"], LABELS, self.prepare,
                                 cfg.batch_size, cfg.modality)
         lone = self.measure_fallback()  # evaluate, predict, export read both in the checkpoints
-        self.ckpts.amend(**{k: v for k, v in (("sync_weight", sync_weight),
+        self.ckpts.amend(**{k: v for k, v in (("sync_weight", sync["weight"]),
                                               ("fallback", self.fallback)) if v is not None})
         run.write_text("predictions.csv", predictions_csv(rows))  # a row per test clip
-        ds = self.dataset
         summary = {
             "test": test,
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
                            if self.best_epoch else None, "best_epoch": self.best_epoch,
                            "selected_by": cfg.select},
-            "lone_clip": lone, "sync_weight": sync_weight,
+            "lone_clip": lone, "sync_weight": sync["weight"], "sync_validation_macro_f1":
+            sync.get("validation_macro_f1"),  # each weight's: the chosen one's is the model's
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": {

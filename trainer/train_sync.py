@@ -57,10 +57,11 @@ def fit_sync(model: torch.nn.Module, clips: list[Clip]) -> None:
 
 
 @torch.no_grad()
-def choose_sync_weight(model: torch.nn.Module, clips: list[Clip], cfg) -> float | None:
+def choose_sync_weight(model: torch.nn.Module, clips: list[Clip], cfg) -> dict | None:
     """Set the head's weight to the one of ``WEIGHTS`` with the best macro-F1 on ``clips`` (the
-    validation speakers, prepared as ``cfg`` says; a tie goes to the weight nearest 1, the one it trained at) and return
-    it; None for a model without a head."""
+    validation speakers, prepared as ``cfg`` says; a tie goes to the weight nearest 1, the one
+    it trained at). Returns the weight and the validation macro-F1 of each (the chosen one's is
+    the finished model's); None for a model without a head."""
     if not has_sync(model):
         return None
     truth = [c.label for c in clips]
@@ -73,4 +74,4 @@ def choose_sync_weight(model: torch.nn.Module, clips: list[Clip], cfg) -> float 
     model.sync_weight.fill_(best)
     log.info("sync_weight", chosen=best, val_macro_f1={str(w): round(s, 4)
                                                        for w, s in scores.items()})
-    return best
+    return {"weight": best, "validation_macro_f1": {str(w): s for w, s in scores.items()}}

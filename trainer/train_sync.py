@@ -44,10 +44,11 @@ def fit_sync(model: torch.nn.Module, clips: list[Clip]) -> None:
     nothing for a model without one."""
     if not has_sync(model):
         return
+    covs = ((within_cov([c.audio for c in clips]), within_cov([c.video for c in clips]))
+            if model.sync.pcs else (None, None))  # D x D per clip: only when read
     model.sync.fit(torch.from_numpy(np.stack([c.audio.mean(0) for c in clips])),
                    torch.from_numpy(np.stack([c.video.mean(0) for c in clips])),
-                   torch.tensor([c.label for c in clips]),
-                   within_cov([c.audio for c in clips]), within_cov([c.video for c in clips]))
+                   torch.tensor([c.label for c in clips]), *covs)
     feats = []
     for i in range(0, len(clips), BATCH):
         b = collate(clips[i:i + BATCH])

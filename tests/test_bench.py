@@ -73,6 +73,9 @@ def test_bench_under_load_marks_its_figures_and_never_holds_on_an_impossible_val
     # the figures themselves stay sane
     assert 0 < r["padding_efficiency"] <= 1 and 0 < r["padding"]["shuffled"] <= 1
     assert r["latency_ms_p50"] > 0 and r["latency_ms_p50_exported"] > 0
+    # single clips on one thread; the exported model on all of them timed beside it
+    assert r["latency"]["threads"] == 1 and r["latency"]["all_threads"] >= 1
+    assert r["figures"]["latency_ms_p50_exported_all_threads"]["n"] == 3
     assert r["exported_max_abs_diff"] < 1e-4
     assert r["hybrid"]["flops"] > 0 and len(r["hybrid"]["matmul"]) == 3
     assert r["hybrid"]["training_peak_mb"] > 0 and r["lstm"]["training_peak_mb"] > 0
@@ -127,7 +130,8 @@ def test_ratios_are_taken_round_by_round_and_figures_carry_their_load():
          "loader": [{"share": x, "overhead": x - 0.05, "load": q} for x in (0.01, 0.02, 0.015)],
          "matmul": [{"fraction": x, "load": q} for x in (0.7, 0.75, 0.72)],
          "done": {"hybrid": {"training_peak_mb": 1.0}, "lstm": {"training_peak_mb": 2.0}}}
-    lat = {m: {"p50_ms_blocks": [1.0, 1.1, 1.2], "load": q} for m in ("eager", "exported")}
+    lat = {m: {"p50_ms_blocks": [1.0, 1.1, 1.2], "load": q} for m in ("eager", "exported",
+                                                                  "exported_all_threads")}
     figs = figures(t, lat, {"bucketed_epochs": [0.98, 0.99]}, None)
     assert figs["throughput_ratio"]["repeats"] == [20.0, 20.0, 21.0]
     assert figs["hybrid_clips_per_second"]["median"] == 200.0

@@ -8,7 +8,7 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import Clip
-from trainer.model import ChannelDropout, HybridModel, NormLinear, build_model
+from trainer.model import ChannelDropout, HybridModel, NormLinear, TemporalBlock, build_model
 
 
 def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
@@ -139,3 +139,19 @@ def test_input_dropout_drops_whole_input_features_only_in_training():
     assert ((dropped == 0).all(1) | (dropped == 2).all(1)).all()  # whole features, per clip
     assert (dropped == 0).any()
     torch.testing.assert_close(model.in_drop.eval()(x), x)
+
+
+def test_a_temporal_block_without_gradients_computes_the_same_causal_outputs():
+    """Inference pads only the past (TimeConv.causal); training pads both sides and drops the
+    end. Both must give every frame the same value, and no frame may read a later one."""
+    torch.manual_seed(0)
+    block = TemporalBlock(16, kernel=3, dilation=4, dropout=0.1).eval()
+    x = torch.randn(2, 23, 16)
+    trained_path = block(x)  # gradients on: the training path
+    with torch.no_grad():
+        inferred = block(x)
+        later_changed = block(torch.cat([x[:, :10], torch.randn(2, 13, 16)], 1))
+    assert trained_path.shape == inferred.shape == (2, 23, 16)
+    torch.testing.assert_close(inferred, trained_path.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(later_changed[:, :10], inferred[:, :10])  # causal
+    assert not torch.allclose(later_changed[:, 10:], inferred[:, 10:])

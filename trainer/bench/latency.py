@@ -2,9 +2,17 @@
 
 One clip per call, cycling over 20 clips of the workload; eager is softmax(model(...)) under
 inference_mode, exported the artifact of trainer.export (ONNX Runtime, else TorchScript) on
-clips pooled as trainer.prepare pools them, with the same threads. The calls are made in
-blocks, eager and exported in turn (E, X, E, X...), so that a moment of load hits both; each
-block's median is one repeat of the p50 figure.
+clips pooled as trainer.prepare pools them. The calls are made in blocks, eager and exported in
+turn (E, X, E, X...), so that a moment of load hits both; each block's median is one repeat of
+the p50 figure.
+
+Both run on one thread (``SINGLE_CLIP_THREADS``), as a server answering one clip per call
+would, scaling by one session per core: a clip's operators (about 50 to 125 frames by 128
+channels) are small to split. On this 2-vCPU VM, ONNX Runtime on 2 intra-op threads took
+either about 1.5 or about 2.3 ms, the mode changing from one process to the next (where its
+two threads landed), and 1.7 to 1.9 ms on 1 (eager 5.4 against 5.7 ms on 2). The exported
+model on the bench's own thread count is timed in the same blocks (``exported_all_threads``),
+for the comparison.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ from trainer.bench.load import Window, combine
 from trainer.bench.workload import PRESETS, build, pooled, workload
 from trainer.export import INPUTS, export_model, load_exported
 
+SINGLE_CLIP_THREADS = 1
+
 
 def latency(preset: str, seed: int, threads: int) -> dict:
     """p50 and p95 per block for each model, their agreement, and the load of each block."""
     p = PRESETS[preset]
-    torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(SINGLE_CLIP_THREADS)
+    try:
+        return _measure(p, seed, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(p: dict, seed: int, threads: int) -> dict:
     torch.manual_seed(seed)
     model = build("hybrid").eval()
     clips = pooled("hybrid", workload(20, seed + 1, p.get("short", False)))
@@ -39,12 +57,13 @@ def latency(preset: str, seed: int, threads: int) -> dict:
     blocks = p["latency_blocks"]
     per_block = max(1, p["latency_runs"] // blocks)
     out = {"clips": len(clips), "runs": per_block * blocks, "blocks": blocks,
-           "threads": threads, "format": fmt}
+           "threads": SINGLE_CLIP_THREADS, "all_threads": threads, "format": fmt}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         path = export_model(model, fmt, Path(tmp) / f"hybrid{'.onnx' if fmt == 'onnx' else '.ts'}")
         out["export_seconds"] = time.perf_counter() - t0
-        exported = load_exported(path, threads)
+        exported = load_exported(path, SINGLE_CLIP_THREADS)
+        exported_all = load_exported(path, threads)
 
         def eager(batch):
             with torch.inference_mode():
@@ -53,7 +72,8 @@ def latency(preset: str, seed: int, threads: int) -> dict:
         feeds = [{k: b[k].numpy() for k in INPUTS} for b in batches]
         out["max_abs_diff"] = max(float(np.abs(exported(f) - eager(b)).max())
                                   for f, b in zip(feeds, batches))
-        runs = {"eager": (eager, batches), "exported": (exported, feeds)}
+        runs = {"eager": (eager, batches), "exported": (exported, feeds),
+                "exported_all_threads": (exported_all, feeds)}
         for fn, args in runs.values():
             for a in args[:3]:
                 fn(a)  # warm-up

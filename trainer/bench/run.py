@@ -137,7 +137,8 @@ def figures(t: dict, lat: dict, pad: dict, extract: dict | None) -> dict:
     figs["loader_overhead_ab"] = dict(spread([x["overhead"] for x in t["loader"]]),
                                       load=combine([x["load"] for x in t["loader"]]))
     figs["padding_efficiency"] = dict(spread(pad["bucketed_epochs"]), load={})  # not timed
-    for key, model in (("latency_ms_p50", "eager"), ("latency_ms_p50_exported", "exported")):
+    for key, model in (("latency_ms_p50", "eager"), ("latency_ms_p50_exported", "exported"),
+                       ("latency_ms_p50_exported_all_threads", "exported_all_threads")):
         figs[key] = dict(spread(lat[model]["p50_ms_blocks"]), load=lat[model]["load"])
     runs = [r for r in (extract or {}).get("runs", [])
             if r["video"] == "mediapipe" and r["workers"] == 2
@@ -251,8 +252,9 @@ METHOD = {
                           "path's effect on the steps, within the noise of two epochs",
     "breakdown": "torch.profiler over one step per batch, each operator's own time by kind "
                  "(trainer.bench.breakdown)",
-    "latency": "trainer.bench.latency: one clip per call, blocks of eager and exported in "
-               "turn; each block's median is a repeat",
+    "latency": "trainer.bench.latency: one clip per call on one thread, blocks of eager and "
+               "exported in turn (and the exported on all threads, for comparison); each "
+               "block's median is a repeat",
     "extract_speed": "extract.runs' steady rate of mediapipe (the default) on 2 workers "
                      "(full mode; one run: one reading)",
     "projected_epoch_seconds": f"{CREMA_D_CLIPS} clips / the median clips per second: one "
@@ -288,6 +290,9 @@ def table(r: dict) -> str:
         (f"  exported ({r['latency']['format']})", fmt(f["latency_ms_p50_exported"], ".2f"), "",
          f"p95 {r['latency_ms_p95_exported']:.2f}, diff {r['exported_max_abs_diff']:.1e}"
          + star["latency_ms_p50_exported"]),
+        (f"  exported, {r['latency']['all_threads']} threads",
+         fmt(f["latency_ms_p50_exported_all_threads"], ".2f"), "", "for comparison"
+         + star["latency_ms_p50_exported_all_threads"]),
         ("TensorBoard writer / epoch", fmt(f["tracking_overhead"], ".2%"), "",
          f"the epoch-end call, {r['tracking']['pairs']} pairs" + star["tracking_overhead"]),
     ]

@@ -67,7 +67,8 @@ def test_existing_run_is_not_overwritten_without_resume(demo, tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("extra", [[], ["--mixup", "0.4", "--noise", "0.1"], ["--no-sync-head"]])
+@pytest.mark.parametrize("extra", [[], ["--mixup", "0.4", "--noise", "0.1"], ["--no-sync-head"],
+                                   ["--ema", "0.9"]])
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(demo, tmp_path, extra):
     assert train(demo, tmp_path / "full", "--epochs", "4", *extra) == 0
     assert train(demo, tmp_path / "part", "--epochs", "2", *extra) == 0
@@ -123,7 +124,7 @@ def test_stop_signal_saves_a_loadable_checkpoint_and_resume_matches(demo, tmp_pa
         read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("extra", [[], ["--no-sync-head"]])
+@pytest.mark.parametrize("extra", [[], ["--no-sync-head"], ["--ema", "0.9"]])
 def test_evaluate_reproduces_the_test_metrics_of_the_summary(demo, tmp_path, capsys, extra):
     out = tmp_path / "run"
     assert train(demo, out, "--epochs", "2", *extra) == 0
@@ -143,10 +144,15 @@ def test_evaluate_reproduces_the_test_metrics_of_the_summary(demo, tmp_path, cap
     printed = json.loads(capsys.readouterr().out)
     assert printed["macro_f1"] == round(test["macro_f1"], 6)
     weight = json.loads((out / "summary.json").read_text())["sync_weight"]
-    if not extra:  # the head's weight, chosen on validation after training, travels with best.pt
-        assert read_checkpoint(out / "checkpoints/best.pt")["sync_weight"] == weight
+    best = read_checkpoint(out / "checkpoints/best.pt")
+    if "--no-sync-head" not in extra:  # the head's weight, chosen on validation, goes with best.pt
+        assert best["sync_weight"] == weight
     else:
-        assert weight is None and "sync_weight" not in read_checkpoint(out / "checkpoints/best.pt")
+        assert weight is None and "sync_weight" not in best
+    if "--ema" in extra:  # what evaluate read (and matched) is the average, not the last weights
+        assert any(not torch.equal(v, best["train_weights"][k]) for k, v in best["model"].items())
+    else:
+        assert "train_weights" not in best
 
 
 def test_predict_gives_probabilities_per_clip(demo, tmp_path, capsys):

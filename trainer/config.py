@@ -61,6 +61,8 @@ class TrainConfig:
     sync_head: bool = True  # hybrid: correlations along fixed class directions (trainer.synchrony)
     sync_pcs: int = 3  # hybrid: principal directions per stream the synchrony head reads too
     mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
+    ema: float = 0.0  # training: decay of the weights' moving average that validation and
+    # the test read (trainer.averaging; 0 = off)
     noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
     select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss
     audio_fps: float = 100.0  # only for clips without timestamps
@@ -177,7 +179,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"threads must be 0 (all cores) or more, not {cfg.threads}")
     if not 0 <= cfg.feature_mask < 1:
         raise ValueError("feature_mask must be in [0, 1)")
-    for key in ("dropout", "input_dropout"):
+    for key in ("dropout", "input_dropout", "ema"):
         if not 0 <= getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be in [0, 1)")
     for key in ("input_rank", "noise", "mixup"):

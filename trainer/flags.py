@@ -51,6 +51,8 @@ HELP = {
     "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
                   "(the pooled linear model, inside the hybrid)",
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",
+    "ema": "training: validation, best.pt and the test read an exponential moving average of "
+           "the weights with this decay per step, e.g. 0.99 (trainer.averaging; 0 = off)",
     "noise": "training: std of Gaussian noise added to the standardised input features",
     "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "

@@ -3,11 +3,10 @@
     python -m trainer train --data demo-data --out runs/demo
     python -m trainer train --data s3://bucket/data/ --out s3://bucket/runs/r1/ --resume
 
-One class with ``setup``, ``train``, ``finish`` and ``cleanup`` (after torchtune's
-recipes); the loop itself is written out plainly. Every epoch writes ``checkpoints/last.pt``
-(and ``best.pt`` when validation macro-F1 improves) with everything needed to resume, including
-the position inside an epoch: SIGTERM or Ctrl-C saves at the next batch boundary, so a resumed
-run ends with the same metrics as one never stopped.
+One class with ``setup``, ``train``, ``finish`` and ``cleanup`` (after torchtune's recipes);
+the loop is written out plainly. Every epoch writes ``checkpoints/last.pt`` (and ``best.pt``
+when validation improves) with all a resume needs, the position inside an epoch too: SIGTERM
+or Ctrl-C saves at the next batch boundary, so a resumed run ends as one never stopped.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ import structlog
 import torch
 
 from trainer import logs, plots, tracking
+from trainer.averaging import WeightAverage, checkpoint_weights, judged_weights, restore_weights
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
-from trainer.checkpoint import CheckpointPair, load_weights, read_checkpoint
+from trainer.checkpoint import CheckpointPair, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
@@ -132,6 +132,7 @@ class Training:
                                      weight_decay=cfg.weight_decay, fused=True)
         self.sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.opt, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.ema = WeightAverage(self.model, cfg.ema)  # --ema 0: the weights themselves
         self.alpha = (inverse_frequency_weights([c.label for c in self.clips["train"]], len(LABELS))
                       if cfg.class_weights else None)
         # Loop state; a resumed run takes all of it from the checkpoint.
@@ -150,7 +151,7 @@ class Training:
                  resumed_at_epoch=self.epoch if self.ckpt else None)
 
     def _restore(self, ckpt: dict) -> None:
-        load_weights(self.model, ckpt["model"], self.run_dir.path("checkpoints/last.pt"))
+        restore_weights(self.ema, ckpt, self.run_dir.path("checkpoints/last.pt"))
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -167,15 +168,14 @@ class Training:
     # ---------------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {
-            "model": self.model.state_dict(), "model_name": self.cfg.model,
+            **checkpoint_weights(self.ema), "model_name": self.cfg.model,
             "model_settings": self.settings, "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "rng": {"torch": torch.get_rng_state()},
             "epoch": self.epoch, "step": self.step, "partial": dict(self.partial),
             "best": self.best, "best_epoch": self.best_epoch, "since_best": self.since_best,
             "history": self.history, "normalizer": self.normalizer.state_dict(),
             "prepare": dict(self.prepare), "fallback": self.fallback,
-            # how the clips were extracted (None: not by ``extract``): predict on raw media
-            "extract": self.dataset.extraction,
+            "extract": self.dataset.extraction,  # how (None: not by extract): predict on media
             "labels": list(LABELS), "config": asdict(self.cfg),
             "split": {k: [self.dataset.clips[i].path for i in v] for k, v in self.split.items()},
             "versions": versions(),
@@ -190,9 +190,8 @@ class Training:
                         message="saving a checkpoint at the next batch")
             return
         # A second signal. SIGTERM comes twice by design (the spot watcher, then docker stop):
-        # it never cuts the stop short; the checkpoint is saved at the next batch as asked
-        # (docker's SIGKILL after its timeout is the hard stop). A second Ctrl-C means "now",
-        # unless a checkpoint is being written or uploaded: that finishes first.
+        # it never cuts the stop short (docker's SIGKILL after its timeout is the hard stop).
+        # A second Ctrl-C means "now", unless a checkpoint is being written or uploaded.
         if sig == signal.SIGINT and not self.ckpts.busy:
             exit_now(sig)
         log.warning("stop_already_requested", signal=sig.name, saving=self.ckpts.busy,
@@ -217,6 +216,7 @@ class Training:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
+            self.ema.update()
             n = len(batches[b])
             self.partial["loss_sum"] += loss.item() * n
             self.partial["n"] += n
@@ -241,7 +241,8 @@ class Training:
     def validate(self) -> tuple[float, dict]:
         """Validation focal loss and metrics, from one pass over the validation clips."""
         clips = self.clips["val"]
-        logits = predict_logits(self.model, clips, self.cfg.batch_size, self.cfg.modality)
+        with self.ema.applied():
+            logits = predict_logits(self.model, clips, self.cfg.batch_size, self.cfg.modality)
         labels = torch.tensor([c.label for c in clips])
         loss = focal_loss(logits, labels, self.alpha, self.cfg.focal_gamma).item()
         return loss, classification_report(labels.tolist(), logits.argmax(1).tolist(), LABELS)
@@ -263,7 +264,7 @@ class Training:
             improved = score > self.best
             if improved:
                 self.best, self.best_epoch, self.since_best = score, self.epoch, 0
-                self.best_state = {k: v.clone() for k, v in self.model.state_dict().items()}
+                self.best_state = judged_weights(self.ema)
             else:
                 self.since_best += 1
             self.history.append(row)
@@ -331,9 +332,8 @@ class Training:
         return summary
 
     def measure_fallback(self) -> dict | None:
-        """The lone-clip fallback chosen on the validation speakers, with held-out macro-F1 by
-        speaker statistics and by each candidate (``choose`` sets the choice in self.fallback,
-        which ``finish`` adds to the checkpoints: predict quotes it)."""
+        """The lone-clip fallback chosen on validation, with held-out macro-F1 by speaker
+        statistics and each candidate (``choose`` sets self.fallback; predict quotes it)."""
         if self.fallback is None:
             return None
         return choose(self.fallback, self.model, self.normalizer, self.pooled, LABELS,

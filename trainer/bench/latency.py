@@ -26,6 +26,7 @@ import torch
 
 from trainer.batching import collate
 from trainer.bench.load import Window, combine
+from trainer.bench.measure import torch_threads
 from trainer.bench.workload import PRESETS, build, pooled, workload
 from trainer.export import INPUTS, export_model, load_exported
 
@@ -34,13 +35,8 @@ SINGLE_CLIP_THREADS = 1
 
 def latency(preset: str, seed: int, threads: int) -> dict:
     """p50 and p95 per block for each model, their agreement, and the load of each block."""
-    p = PRESETS[preset]
-    before = torch.get_num_threads()
-    torch.set_num_threads(SINGLE_CLIP_THREADS)
-    try:
-        return _measure(p, seed, threads)
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(SINGLE_CLIP_THREADS):
+        return _measure(PRESETS[preset], seed, threads)
 
 
 def _measure(p: dict, seed: int, threads: int) -> dict:

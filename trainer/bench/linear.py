@@ -26,6 +26,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from trainer.bench.measure import torch_threads
 from trainer.data import LABELS, Clip, load_dataset
 from trainer.metrics import classification_report
 
@@ -79,12 +80,8 @@ def linear_baseline(data: str, l2_grid=L2_GRID, norms=NORMS, threads: int = 1) -
     ``threads``: torch threads for the fits, restored after. One is right for so small a
     problem: on a busy two-core machine, two threads made a 10-second fit take 100 seconds.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         return _fit_all(data, l2_grid, norms)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _fit_all(data: str, l2_grid, norms) -> dict:

@@ -4,6 +4,7 @@ matrix-multiply rate, and what the machine is. ``trainer.bench.run`` decides wha
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -18,6 +19,17 @@ from torch.utils.flop_counter import (
     sdpa_backward_flop_count,
     sdpa_flop_count,
 )
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's intra-op threads at ``n`` inside the block, as they were after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def rss_mb() -> float:

@@ -71,7 +71,8 @@ class WeightAverage:
             self._swap()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The model's state dict with the averaged parameters in place of its own."""
+        """The weights a run is judged by, a copy of the model's state dict with the averaged
+        parameters in place of its own (its own while there is no average: off, or no step)."""
         state = {k: v.clone() for k, v in self.model.state_dict().items()}
         for name, a in zip(self.names, self.avg or []):
             state[name] = a.clone()
@@ -83,19 +84,12 @@ class WeightAverage:
         self.avg = None if averaged is None else [averaged[n].clone() for n in self.names]
 
 
-def judged_weights(ema: WeightAverage) -> dict:
-    """The weights a run is judged by, as a state dict: the model's, or their average."""
-    if ema.avg is not None:
-        return ema.state_dict()
-    return {k: v.clone() for k, v in ema.model.state_dict().items()}
-
-
 def checkpoint_weights(ema: WeightAverage) -> dict:
     """A checkpoint's weights: ``model`` is what evaluate, predict and export read (with
     --ema, the average); ``train_weights`` what a resumed run trains on from there."""
     if not ema.on:
         return {"model": ema.model.state_dict()}
-    return {"model": judged_weights(ema), "train_weights": ema.model.state_dict(),
+    return {"model": ema.state_dict(), "train_weights": ema.model.state_dict(),
             "averaged": ema.avg is not None}
 
 

@@ -23,7 +23,7 @@ import structlog
 import torch
 
 from trainer import logs, plots, tracking
-from trainer.averaging import WeightAverage, checkpoint_weights, judged_weights, restore_weights
+from trainer.averaging import WeightAverage, checkpoint_weights, restore_weights
 from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.checkpoint import CheckpointPair, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
@@ -264,7 +264,7 @@ class Training:
             improved = score > self.best
             if improved:
                 self.best, self.best_epoch, self.since_best = score, self.epoch, 0
-                self.best_state = judged_weights(self.ema)
+                self.best_state = self.ema.state_dict()
             else:
                 self.since_best += 1
             self.history.append(row)

@@ -14,7 +14,7 @@ from trainer.bench.breakdown import KINDS, profile_steps
 from trainer.bench.load import THRESHOLD_CORES, Window, combine
 from trainer.bench.measure import HeapPeak
 from trainer.bench.run import figures, padding
-from trainer.bench.verdict import POSSIBLE, TARGETS, judge, spread
+from trainer.bench.verdict import LEVEL, POSSIBLE, TARGETS, coverage, interval_rank, judge, spread
 from trainer.bench.worker import Worker
 from trainer.bench.workload import PRESETS
 from trainer.cli import main
@@ -88,7 +88,7 @@ def test_bench_under_load_marks_its_figures_and_never_holds_on_an_impossible_val
 def test_a_target_holds_or_misses_only_on_the_whole_spread():
     s = spread([0.02, 0.025, 0.028])
     assert s == {"repeats": [0.02, 0.025, 0.028], "n": 3, "min": 0.02, "median": 0.025,
-                 "max": 0.028}
+                 "max": 0.028, "low": 0.02, "high": 0.028, "coverage": 0.75}
     assert judge(s, "loader_overhead")["verdict"] == "holds"
     assert judge(spread([0.05, 0.08, 0.04]), "loader_overhead")["verdict"] == "misses"
     straddles = judge(spread([0.02, 0.04, 0.025]), "loader_overhead")
@@ -98,6 +98,22 @@ def test_a_target_holds_or_misses_only_on_the_whole_spread():
     loaded = judge(s, "loader_overhead", {"under_load": True})
     assert loaded["verdict"] == "holds" and loaded["under_load"]
     assert "not a result" in loaded["reason"]
+
+
+def test_with_more_repeats_one_stray_repeat_no_longer_decides_the_verdict():
+    # 9 rounds of a ratio under 20, one of them above it: the 2nd to the 8th of 9 is a 96 %
+    # interval of the median, so the stray round is outside it; with 5 rounds min to max (94 %)
+    # is the narrowest interval at 90 %, and the same stray round makes the verdict unsure
+    nine = [18.2, 18.9, 19.1, 18.6, 20.7, 18.4, 19.3, 18.8, 19.0]
+    s = spread(nine)
+    assert (s["low"], s["high"], s["coverage"]) == (18.4, 19.3, 0.9609)
+    assert judge(s, "throughput_ratio")["verdict"] == "misses"
+    assert "96% interval" in judge(s, "throughput_ratio")["reason"]
+    assert judge(spread(nine[:5]), "throughput_ratio")["verdict"] == "unsure"
+    # two stray rounds of nine are inside the interval: no verdict yet
+    assert judge(spread(nine[:8] + [20.2]), "throughput_ratio")["verdict"] == "unsure"
+    assert interval_rank(9) == 2 and coverage(9, 2) > LEVEL > coverage(9, 3)
+    assert interval_rank(4) == 1 and coverage(4, 1) < LEVEL  # min to max, and it says so
 
 
 def test_an_impossible_value_is_invalid_never_holds():

@@ -71,8 +71,8 @@ def _measure(p: dict, seed: int, threads: int) -> dict:
         runs = {"eager": (eager, batches), "exported": (exported, feeds),
                 "exported_all_threads": (exported_all, feeds)}
         for fn, args in runs.values():
-            for a in args[:3]:
-                fn(a)  # warm-up
+            for a in args:
+                fn(a)  # warm-up: each clip's shape met once, as a server meets its lengths
         res = {k: {"p50_ms": [], "p95_ms": [], "loads": []} for k in runs}
         for blk in range(blocks):
             for key, (fn, args) in runs.items():

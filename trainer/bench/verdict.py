@@ -1,11 +1,18 @@
 """Figures with their spread, and each target's verdict: holds, misses, unsure or invalid.
 
 A figure is the median of its repeats; ``spread`` keeps the repeats with their minimum, median
-and maximum. A target
+and maximum, and the interval a verdict is judged on: the narrowest pair of order statistics
+(the k-th smallest and the k-th largest repeat) that holds the median of the repeats' own
+distribution with at least ``LEVEL`` confidence, whatever that distribution is (the sign test's
+interval: P(x_(k) <= median <= x_(n+1-k)) = 1 - 2 P(Binomial(n, 1/2) < k)). With 5 to 7 repeats
+it is min to max (94 to 98 %), with 8 to 10 the 2nd to the 2nd largest (93 to 98 %): more
+repeats buy a narrower interval of the same confidence, so one stray repeat no longer decides
+a verdict. Under 5 repeats no pair reaches ``LEVEL``: the interval is min to max, and says so
+with its lower confidence. A target
 
-- **holds** when the whole spread is on the right side of its threshold,
-- **misses** when the whole spread is on the wrong side,
-- **unsure** when the spread straddles it, or there are fewer than ``MIN_REPEATS`` readings,
+- **holds** when the whole interval is on the right side of its threshold,
+- **misses** when the whole interval is on the wrong side,
+- **unsure** when the interval straddles it, or there are fewer than ``MIN_REPEATS`` readings,
 - **invalid** when the median is a value the quantity cannot take (a fraction below 0 or above
   1, a ratio of two positive quantities at 0 or below): an error of the measurement. A spread
   with some repeats outside the possible range, the median inside, is noisier than the
@@ -25,6 +32,7 @@ import math
 import numpy as np
 
 MIN_REPEATS = 3
+LEVEL = 0.9  # the confidence of the interval a verdict is judged on
 # What each kind of quantity can be: (test, in words).
 POSSIBLE = {
     "positive": (lambda v: v > 0, "> 0"),
@@ -48,17 +56,46 @@ TARGETS = {
 }
 
 
-def spread(values: list[float]) -> dict:
-    """The repeats of one figure, with their minimum, median and maximum.
+def coverage(n: int, k: int) -> float:
+    """The confidence that the k-th smallest and k-th largest of n repeats hold the median.
 
-    >>> spread([3.0, 1.0, 2.0])
-    {'repeats': [3.0, 1.0, 2.0], 'n': 3, 'min': 1.0, 'median': 2.0, 'max': 3.0}
+    >>> round(coverage(5, 1), 4), round(coverage(9, 2), 4)
+    (0.9375, 0.9609)
+    """
+    return 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k)) / 2.0 ** n
+
+
+def interval_rank(n: int, level: float = LEVEL) -> int:
+    """The largest k whose [k-th smallest, k-th largest] holds the median with ``level``
+    confidence; 1 (min to max) when none does.
+
+    >>> [interval_rank(n) for n in (3, 5, 7, 8, 9, 12, 15)]
+    [1, 1, 1, 2, 2, 3, 4]
+    """
+    k = 1
+    while 2 * (k + 1) <= n and coverage(n, k + 1) >= level:
+        k += 1
+    return k
+
+
+def spread(values: list[float]) -> dict:
+    """The repeats of one figure, with their minimum, median and maximum, and the interval
+    (``low`` to ``high``, ``coverage`` its confidence) that a verdict is judged on.
+
+    >>> spread([3.0, 1.0, 2.0])["low"], spread([3.0, 1.0, 2.0])["coverage"]
+    (1.0, 0.75)
+    >>> s = spread([5.0, 1.0, 2.0, 3.0, 4.0, 6.0, 7.0, 8.0, 9.0])
+    >>> s["min"], s["low"], s["median"], s["high"], s["max"]
+    (1.0, 2.0, 5.0, 8.0, 9.0)
     """
     v = [float(x) for x in values]
     if not v:
-        return {"repeats": [], "n": 0, "min": None, "median": None, "max": None}
-    return {"repeats": v, "n": len(v), "min": min(v), "median": float(np.median(v)),
-            "max": max(v)}
+        return {"repeats": [], "n": 0, "min": None, "median": None, "max": None, "low": None,
+                "high": None, "coverage": None}
+    k, srt = interval_rank(len(v)), sorted(v)
+    return {"repeats": v, "n": len(v), "min": srt[0], "median": float(np.median(v)),
+            "max": srt[-1], "low": srt[k - 1], "high": srt[-k],
+            "coverage": round(coverage(len(v), k), 4)}
 
 
 def judge(s: dict, key: str, load: dict | None = None) -> dict:
@@ -66,12 +103,14 @@ def judge(s: dict, key: str, load: dict | None = None) -> dict:
     op, thr, kind, means = TARGETS[key]
     ok, words = POSSIBLE[kind]
     out = {"target": f"{op} {thr:.3g}", "value": s["median"], "min": s["min"], "max": s["max"],
-           "n": s["n"], "means": means, "possible": words,
+           "low": s.get("low", s["min"]), "high": s.get("high", s["max"]),
+           "coverage": s.get("coverage"), "n": s["n"], "means": means, "possible": words,
            "under_load": bool(load and load.get("under_load"))}
-    rep = [x for x in s["repeats"] if math.isfinite(x)]
     if s["n"] == 0:
         return dict(out, verdict="not measured", holds=False, reason="not in this mode")
     bad = [x for x in s["repeats"] if not (math.isfinite(x) and ok(x))]
+    conf = (f"{out['coverage']:.0%} interval of the median" if out["coverage"] is not None
+            else "min to max")
     good_side = (lambda x: x >= thr) if op == ">=" else (lambda x: x <= thr)
     if not (math.isfinite(s["median"]) and ok(s["median"])):
         v, why = "invalid", (f"median {s['median']:.4g} is not {words}: an error of the "
@@ -81,12 +120,13 @@ def judge(s: dict, key: str, load: dict | None = None) -> dict:
                             "than the quantity")
     elif s["n"] < MIN_REPEATS:
         v, why = "unsure", f"{s['n']} reading(s): no spread to judge by"
-    elif all(good_side(x) for x in rep):
-        v, why = "holds", "the whole spread on the right side"
-    elif not any(good_side(x) for x in rep):
-        v, why = "misses", "the whole spread on the wrong side"
+    elif all(good_side(x) for x in (out["low"], out["high"])):
+        v, why = "holds", f"the whole interval on the right side ({conf})"
+    elif not any(good_side(x) for x in (out["low"], out["high"])):
+        v, why = "misses", f"the whole interval on the wrong side ({conf})"
     else:
-        v, why = "unsure", f"the spread {s['min']:.4g} to {s['max']:.4g} straddles {thr:.3g}"
+        v, why = "unsure", (f"the interval {out['low']:.4g} to {out['high']:.4g} straddles "
+                            f"{thr:.3g} ({conf})")
     if out["under_load"]:
         why += "; taken under load: not a result"
     return dict(out, verdict=v, holds=v == "holds", reason=why)
@@ -98,8 +138,9 @@ def ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def fmt(s: dict, f: str = ".2f", scale: float = 1.0) -> str:
-    """'median (min-max, n)' of a spread, e.g. '21.3 (20.1-22.0, n=5)'."""
+    """'median (low to high, n)' of a spread: its verdict's interval, e.g.
+    '21.3 (20.1 to 22.0, n=5)'."""
     if not s or not s["n"]:
         return "n/a"
-    return (f"{s['median'] * scale:{f}} ({s['min'] * scale:{f}} to {s['max'] * scale:{f}}, "
-            f"n={s['n']})")
+    lo, hi = s.get("low", s["min"]), s.get("high", s["max"])
+    return f"{s['median'] * scale:{f}} ({lo * scale:{f}} to {hi * scale:{f}}, n={s['n']})"

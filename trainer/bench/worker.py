@@ -44,6 +44,14 @@ from trainer.config import TrainConfig
 WORKER_TIMEOUT_S = 1800  # a worker that never answers fails the bench, never hangs it
 
 
+def epoch_of(batches: list[dict]) -> dict:
+    """One epoch's figures from its batches' answers (``Worker.batch``)."""
+    data_s = sum(b["data_seconds"] for b in batches)
+    step_s = sum(b["step_seconds"] for b in batches)
+    return {"seconds": data_s + step_s, "data_seconds": data_s, "step_seconds": step_s,
+            "clips_per_second": sum(b["clips"] for b in batches) / (data_s + step_s)}
+
+
 class Worker:
     """The state of one model's training: its clips, batches, data path and step."""
 
@@ -72,18 +80,20 @@ class Worker:
         self.epoch()  # untimed: each batch shape met for the first time
         self.first_pass_seconds = time.perf_counter() - t0
 
+    def batch(self, b: int) -> dict:
+        """train.py's work on batch ``b`` of the epoch: its clips, seconds in the data path and
+        in the step."""
+        idx = self.batches[b]
+        t0 = time.perf_counter()
+        batch = self.load(idx, b)
+        t1 = time.perf_counter()
+        self.step(batch)
+        return {"clips": len(idx), "data_seconds": t1 - t0,
+                "step_seconds": time.perf_counter() - t1}
+
     def epoch(self) -> dict:
         """train.py's loop over the batches: seconds in the data path and in the steps."""
-        data_s = step_s = 0.0
-        for b, idx in enumerate(self.batches):
-            t0 = time.perf_counter()
-            batch = self.load(idx, b)
-            t1 = time.perf_counter()
-            self.step(batch)
-            data_s += t1 - t0
-            step_s += time.perf_counter() - t1
-        return {"seconds": data_s + step_s, "data_seconds": data_s, "step_seconds": step_s,
-                "clips_per_second": len(self.clips) / (data_s + step_s)}
+        return epoch_of([self.batch(b) for b in range(len(self.batches))])
 
     def memory(self) -> dict:
         if self.heap is None:
@@ -151,7 +161,9 @@ def serve(name: str, preset: str, seed: int, threads: int, overrides: dict) -> N
             return
         window = Window()
         out = {"epoch": w.epoch, "memory": w.memory, "matmul": w.matmul, "profile": w.profile,
-               "loader": lambda: w.loader_pair(int(arg[0]))}[cmd]()
+               "loader": lambda: w.loader_pair(int(arg[0])),
+               "batch": lambda: w.batch(int(arg[0])), "batches": lambda: {"n": len(w.batches)}
+               }[cmd]()
         print(json.dumps(dict(out, load=window.stop())), flush=True)
 
 

@@ -22,14 +22,15 @@ from trainer.prepare import augment, pool_clips
 
 AUDIO_FPS, AUDIO_DIM, VIDEO_FPS, VIDEO_DIM = 100, 88, 30, 512
 CREMA_D_CLIPS = 7442
-# clips: training workload; rounds: timed epochs of each model, in turn; memory_rounds: memory
+# clips: training workload; rounds: timed epochs of each model, batch by batch in turn (9: the
+# 2nd smallest to the 2nd largest ratio is a 96 % interval of its median); memory_rounds: memory
 # readings of each, in turn, each the peak over memory_steps identical steps; loader_repeats:
 # A/B pairs of the data path; mm_pairs: (matmul rate, epoch) pairs; latency_runs: single-clip
 # calls per model, in latency_blocks blocks taken in turn; mm: square matmul size. Each
 # figure's spread is over its repeats (trainer.bench.verdict).
 PRESETS = {
-    "full": dict(clips=288, batch_size=24, rounds=5, memory_rounds=3, memory_steps=4,
-                 loader_repeats=7, mm_pairs=5, latency_runs=200, latency_blocks=5, mm=4096,
+    "full": dict(clips=288, batch_size=24, rounds=9, memory_rounds=3, memory_steps=4,
+                 loader_repeats=7, mm_pairs=5, latency_runs=360, latency_blocks=9, mm=4096,
                  mm_repeats=5),
     "quick": dict(clips=8, batch_size=4, rounds=5, memory_rounds=3, memory_steps=2,
                   loader_repeats=5, mm_pairs=3, latency_runs=30, latency_blocks=3, mm=2048,

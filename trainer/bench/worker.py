@@ -10,6 +10,8 @@ over the batches, since oneDNN builds its kernels per shape the first time), say
 ``load`` (trainer.bench.load) over the measurement:
 
 - ``epoch``: one timed epoch through train.py's data path (seconds in the data path and steps);
+- ``batches``, ``batch B``: how many batches an epoch has, and batch B of it alone, timed the
+  same way: the bench takes the models' epochs batch by batch in turn (``trainer.bench.run``);
 - ``memory``: peak of malloc's in-use bytes over a few identical steps on the batch with the
   most padded frames (the sampler can miss a peak that lasts under a millisecond: one quiet
   full run read 86 MB once where eight other readings were 94-99, so each reading is the

@@ -84,7 +84,8 @@ def training(preset: str, seed: int, threads: int) -> dict:
             workers[key] = Remote("hybrid" if key in VARIANTS else key, preset, seed, threads,
                                   overrides)
         pair = [workers["hybrid"], workers["lstm"]]
-        out = {"epochs": [interleaved_epoch(workers) for _ in range(p["rounds"])],
+        n = {k: w.ask("batches")["n"] for k, w in workers.items()}
+        out = {"epochs": [interleaved_epoch(workers, n) for _ in range(p["rounds"])],
                "memory": [{w.name: w.ask("memory") for w in pair}
                           for _ in range(p["memory_rounds"])],
                "loader": [workers["hybrid"].ask(f"loader {i}")
@@ -98,13 +99,13 @@ def training(preset: str, seed: int, threads: int) -> dict:
             w.close()
 
 
-def interleaved_epoch(workers: dict) -> dict:
+def interleaved_epoch(workers: dict, n: dict) -> dict:
     """One epoch of each worker, batch by batch in turn (hybrid batch 0, lstm batch 0, ...,
     hybrid batch 1, ...): each model's epoch then spans the same half-minute of this machine,
     so a change of its speed within it hits both sides of a ratio. Epochs in turn did not:
     the hybrid's took 1.5 s of the lstm's 30, and the ratio's rounds spread 16.3 to 23.9 where
-    batches in turn spread 18.3 to 21.2 (6 rounds of each, the same processes, alternating)."""
-    n = {k: w.ask("batches")["n"] for k, w in workers.items()}
+    batches in turn spread 18.3 to 21.2 (6 rounds of each, the same processes, alternating).
+    ``n``: each worker's batches per epoch."""
     answers: dict = {k: [] for k in workers}
     for b in range(max(n.values())):
         for k, w in workers.items():

@@ -103,14 +103,13 @@ def judge(s: dict, key: str, load: dict | None = None) -> dict:
     op, thr, kind, means = TARGETS[key]
     ok, words = POSSIBLE[kind]
     out = {"target": f"{op} {thr:.3g}", "value": s["median"], "min": s["min"], "max": s["max"],
-           "low": s.get("low", s["min"]), "high": s.get("high", s["max"]),
-           "coverage": s.get("coverage"), "n": s["n"], "means": means, "possible": words,
+           "low": s["low"], "high": s["high"], "coverage": s["coverage"], "n": s["n"],
+           "means": means, "possible": words,
            "under_load": bool(load and load.get("under_load"))}
     if s["n"] == 0:
         return dict(out, verdict="not measured", holds=False, reason="not in this mode")
     bad = [x for x in s["repeats"] if not (math.isfinite(x) and ok(x))]
-    conf = (f"{out['coverage']:.0%} interval of the median" if out["coverage"] is not None
-            else "min to max")
+    conf = f"{s['coverage']:.0%} interval of the median"
     good_side = (lambda x: x >= thr) if op == ">=" else (lambda x: x <= thr)
     if not (math.isfinite(s["median"]) and ok(s["median"])):
         v, why = "invalid", (f"median {s['median']:.4g} is not {words}: an error of the "
@@ -142,5 +141,5 @@ def fmt(s: dict, f: str = ".2f", scale: float = 1.0) -> str:
     '21.3 (20.1 to 22.0, n=5)'."""
     if not s or not s["n"]:
         return "n/a"
-    lo, hi = s.get("low", s["min"]), s.get("high", s["max"])
-    return f"{s['median'] * scale:{f}} ({lo * scale:{f}} to {hi * scale:{f}}, n={s['n']})"
+    return (f"{s['median'] * scale:{f}} ({s['low'] * scale:{f}} to {s['high'] * scale:{f}}, "
+            f"n={s['n']})")

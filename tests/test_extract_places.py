@@ -1,7 +1,7 @@
 """What extraction refuses or leaves out, in one line or with a reason, before harm is done: an
 output under a file or in the media folder, a manifest row that leads out of --out, RAVDESS
-songs, clips over --max-seconds, more workers than CPUs, and a worker killed for memory when
-there is only one.
+songs, clips over --max-seconds, more workers than CPUs, a worker killed for memory when
+there is only one, and a Ctrl-C that reaches a worker between clips.
 
     .venv/bin/python -m pytest tests/test_extract_places.py -q
 """
@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import signal
+import time
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.media import FPS, frames, speech, write_video
 from trainer.extract.clips import SONG, MediaClip, find_clips
-from trainer.extract.pool import DIED, run_clips
+from trainer.extract.pool import DIED, MARKERS, run_clips
 from trainer.extract.run import ExtractSettings, extract
 
 RAVDESS = "01-01-03-01-01-01-01"  # speech, HAP, actor 01
@@ -159,3 +161,90 @@ def test_train_media_with_a_cache_dir_that_is_a_file_is_one_line(clip, tmp_path,
     assert code == 1 and "Traceback" not in err, err  # the run's config line, then the error
     assert err.splitlines()[-1] == \
         f"error: --cache-dir {tmp_path}/afile: {tmp_path}/afile is a file, not a folder", err
+
+
+def _held(out: Path) -> set[str]:
+    """The clips the pool's workers hold now, from their marker files."""
+    held = set()
+    for marker in out.glob(MARKERS):
+        try:
+            held.add(marker.read_text())
+        except FileNotFoundError:  # its clip just finished
+            pass
+    return held
+
+
+def _one_quick_one_slow(clip: MediaClip, out: Path) -> dict:
+    """'quick' returns once another worker holds 'slow' (so that its own worker then waits
+    with nothing left to take); 'slow' takes 3 s."""
+    deadline = time.monotonic() + 30
+    while clip.rel == "quick" and "slow" not in _held(out) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if clip.rel == "slow":
+        time.sleep(3)
+    return {"rel": clip.rel, "reason": None, "seconds": 0.0, "timing": {"pid": os.getpid()}}
+
+
+def test_a_ctrl_c_that_reaches_an_idle_worker_prints_nothing_and_breaks_nothing(tmp_path, capfd):
+    todo = [MediaClip("a", None, None, "quick"), MediaClip("b", None, None, "slow")]
+    results = run_clips(todo, partial(_one_quick_one_slow, out=tmp_path), tmp_path, workers=2,
+                        isolate=True)
+    quick = next(results)
+    assert quick["rel"] == "quick"
+    # Its worker is idle now, inside the pool's read of its queue, as a terminal's Ctrl-C
+    # finds the workers between two clips. Raised there, it printed a traceback and broke
+    # the pool, whose other worker was then ended and its clip done again in a new one.
+    os.kill(quick["timing"]["pid"], signal.SIGINT)
+    rest = list(results)
+    assert [r["rel"] for r in rest] == ["slow"] and rest[0]["reason"] is None
+    assert rest[0]["timing"]["pid"] != quick["timing"]["pid"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert not list(tmp_path.glob(MARKERS))
+
+
+def _children() -> set[int]:
+    """This process's child processes now."""
+    kids = set()
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        try:
+            kids |= {int(pid) for pid in (task / "children").read_text().split()}
+        except FileNotFoundError:  # a thread that has just ended
+            pass
+    return kids
+
+
+def _slow(clip: MediaClip) -> dict:
+    """A clip that takes 2 s."""
+    time.sleep(2)
+    return {"rel": clip.rel, "reason": None, "seconds": 2.0, "timing": {}}
+
+
+def test_a_ctrl_c_that_reaches_a_worker_while_it_starts_prints_nothing(tmp_path, capfd):
+    import threading
+
+    before = _children()
+    signalled: set[int] = set()
+    done = threading.Event()
+
+    def ctrl_c_each_new_worker():  # as soon as it exists: it is still importing
+        while not done.is_set():
+            for pid in _children() - before - signalled:
+                os.kill(pid, signal.SIGINT)
+                signalled.add(pid)
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=ctrl_c_each_new_worker)
+    watcher.start()
+    try:  # from the main thread, as the CLI runs it
+        got = list(run_clips([MediaClip("a", None, None, "a")], _slow, tmp_path, workers=1,
+                             isolate=True))
+    except KeyboardInterrupt:  # the signal came after its handler was in place, mid-clip
+        got = None
+    finally:
+        done.set()
+        watcher.join()
+    assert signalled
+    assert got in (None, [{"rel": "a", "reason": None, "seconds": 2.0, "timing": {}}])
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err

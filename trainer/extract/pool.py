@@ -17,7 +17,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -46,12 +48,26 @@ def one_core() -> None:
 
 
 _MARKER: Path | None = None  # in a worker process: names the clip it is working on
+_WORKING = False  # in a worker process: it holds a clip
+_STOPPING = False  # in a worker process: Ctrl-C came while it held none
+
+
+def _interrupted(signum, frame) -> None:
+    """A worker's Ctrl-C: the clip in hand stops (its file is written whole or not at all).
+    Between clips it is only noted, and the next clip is refused: raised there, inside the
+    pool's own read of its queue, it would print a traceback and break the pool, which would
+    then be made anew and go on."""
+    global _STOPPING
+    if _WORKING:
+        raise KeyboardInterrupt
+    _STOPPING = True
 
 
 def _worker_init(out: Path) -> None:
-    """Set up a worker: its marker file's name, OpenCV on one core, and a SIGTERM (the pool
-    ending the other workers after one died) that takes the marker away."""
+    """Set up a worker: its Ctrl-C, its marker file's name, OpenCV on one core, and a SIGTERM
+    (the pool ending the other workers after one died) that takes the marker away."""
     global _MARKER
+    signal.signal(signal.SIGINT, _interrupted)
     _MARKER = out / f".extract-worker-{os.getpid()}"
     one_core()
 
@@ -64,11 +80,37 @@ def _worker_init(out: Path) -> None:
 
 def _marked(work: Callable[[MediaClip], dict], clip: MediaClip) -> dict:
     """``work(clip)`` in a worker, its marker naming the clip meanwhile (written whole)."""
-    atomic_write(_MARKER, clip.rel.encode())
+    global _WORKING
+    _WORKING = True  # before the check: a Ctrl-C between the two raises in the handler
     try:
+        if _STOPPING:
+            raise KeyboardInterrupt
+        atomic_write(_MARKER, clip.rel.encode())
         return work(clip)
     finally:
+        _WORKING = False
         _MARKER.unlink(missing_ok=True)
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Workers spawned inside start with Ctrl-C ignored until their handler is in place (an
+    ignored signal is the one disposition a new process inherits; a signal mask is not kept by
+    multiprocessing's spawn): one that came while a worker imported would print its traceback.
+    This process ignores it too for the milliseconds it takes to start them. Only in the main
+    thread, the one where Python sets signal handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.getsignal(signal.SIGINT)
+    if before is None:  # set outside Python: leave it be
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def run_clips(todo: list[MediaClip], work: Callable[[MediaClip], dict], out: Path, workers: int,
@@ -94,7 +136,8 @@ def run_clips(todo: list[MediaClip], work: Callable[[MediaClip], dict], out: Pat
     while queue:
         with ProcessPoolExecutor(min(workers, len(queue)), mp_context=ctx,
                                  initializer=_worker_init, initargs=(out,)) as pool:
-            futures = {pool.submit(_marked, work, clip): clip for clip in queue}
+            with _ctrl_c_ignored():  # submit spawns the workers
+                futures = {pool.submit(_marked, work, clip): clip for clip in queue}
             try:
                 for fut in as_completed(futures):
                     result = fut.result()

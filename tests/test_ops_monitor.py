@@ -37,7 +37,7 @@ class Terminal:
         os.close(tty)
         self.screen, self.seen = "", 0
 
-    def expect(self, text: str, timeout: float = 60) -> str:
+    def expect(self, text: str, timeout: float = 180) -> str:
         """Everything shown from the last match up to ``text``."""
         deadline = time.monotonic() + timeout
         while text not in self.screen[self.seen:]:
@@ -56,7 +56,7 @@ class Terminal:
         os.write(self.fd, keys.encode())
 
     def close(self) -> int:
-        code = self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=120)
         os.close(self.fd)
         return code
 
@@ -105,7 +105,7 @@ def test_monitor_menu_shows_metrics_time_to_go_status_and_resources(local_stack,
         assert [p.name for p in (tmp_path / "results" / RUN / "tb").iterdir()] == \
             [p.name for p in (finished_run / "tb").iterdir()]
         url = re.search(r"TensorBoard on (http://127\.0\.0\.1:\d+/)", shown).group(1)
-        assert json.loads(urllib.request.urlopen(url + "data/runs", timeout=10).read()) == ["tb"]
+        assert json.loads(urllib.request.urlopen(url + "data/runs", timeout=120).read()) == ["tb"]
         term.proc.send_signal(signal.SIGINT)
         assert "tensorboard stopped" in term.expect(PROMPT)
         with pytest.raises(OSError):

@@ -109,11 +109,11 @@ def test_tensorboard_serves_runs_on_a_free_loopback_port_until_ctrl_c(finished_r
         line = proc.stdout.readline()
         url = re.search(r"TensorBoard on (http://127\.0\.0\.1:\d+/) serving", line).group(1)
         tags = json.loads(urllib.request.urlopen(url + "data/plugin/scalars/tags",
-                                                 timeout=30).read())
+                                                 timeout=120).read())
         assert set(tags) == {"run/tb"}  # the run folder's name
         assert set(EPOCH_TAGS.values()) <= set(tags["run/tb"])
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

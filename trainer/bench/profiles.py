@@ -43,6 +43,7 @@ import numpy as np
 from trainer.data import LABELS, MANIFEST_NAME, load_dataset, write_manifest
 from trainer.demo import (
     CLASS_SHARE,
+    CLASSES,
     CREMA_LEVELS,
     CREMA_SENTENCES,
     RAVDESS_CODE,
@@ -52,6 +53,7 @@ from trainer.demo import (
     cues,
     make_demo_data,
 )
+from trainer.metrics import classification_report
 from trainer.store.files import atomic_write_bytes, atomic_write_text
 
 BACKGROUNDS = ("white", "ar", "drift")
@@ -240,10 +242,10 @@ class Maker:
         return out
 
 
-def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float, float]:
+def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float, float, float]:
     """How often a matched filter that knows the cue (its dimensions and the two kinds' shared
     patterns, not a speaker's own) tells the audio and the video cue kind of fresh clips, and
-    the timing pairs apart.
+    the timing pairs apart; and the macro-F1 of its own call of all six classes.
 
     A profile is meant to hold its cues, however faint: where this is near 0.5, no model can
     learn them and the profile measures nothing. Each stream is standardised per clip,
@@ -251,17 +253,19 @@ def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float, 
     strongest moments are stronger wins. For the timing, each stream's trace along its clip's
     own kind, the video's read at the audio's times, are correlated over the clip: events that
     happen together correlate. The threshold is the midpoint of the two timings' means over the
-    first half of the timing clips, and the second half is scored. Returns (audio, video,
-    timing) accuracies.
+    first half of the timing clips, and the second half is scored. The six-class call reads the
+    two kinds it found and, where they name a timing pair, the correlation along them against
+    the same threshold; it is scored on the second half of all the clips. Returns (audio,
+    video, timing) accuracies and that macro-F1: about the most a model can hope for.
     """
     maker, right, spk = Maker(p, seed), np.zeros(2), None
-    corr, sync = [], []
+    corr, sync, labels, calls = [], [], [], []
     for i in range(clips):
         if i % p.clips_per_speaker == 0:
             spk = maker.speaker()
         label = int(maker.rng.integers(len(LABELS)))
         clip = maker.clip(label, spk)
-        traces = []
+        traces, kinds = [], []
         for s, (key, fps) in enumerate((("audio", p.audio_fps), ("video", p.video_fps))):
             x = clip[f"{key}_features"].astype(np.float64)
             x = (x - x.mean(0)) / (x.std(0) + 1e-9)
@@ -270,20 +274,32 @@ def ceiling(p: Profile, seed: int = 0, clips: int = 240) -> tuple[float, float, 
             k = max(1, round(sum(p.event_frames) / 2 / p.video_fps * fps))
             score = np.apply_along_axis(np.convolve, 0, score, np.ones(k) / k, "same")
             top = np.sort(score, 0)[-k * p.events[0]:].mean(0)  # the strongest moments
-            right[s] += cues(label)[s] == int(top[1] > top[0])
-            traces.append((clip[f"{key}_timestamps"], score[:, cues(label)[s]]))
+            kinds.append(int(top[1] > top[0]))
+            right[s] += cues(label)[s] == kinds[-1]
+            traces.append((clip[f"{key}_timestamps"], score))
+        (ta, a), (tv, v) = traces
+
+        def along(ka: int, kv: int) -> float:  # the two streams' traces, correlated
+            za, zv = ((y - y.mean()) / (y.std() + 1e-9)
+                      for y in (a[:, ka], np.interp(ta, tv, v[:, kv])))
+            return float((za * zv).mean())
+
         if cues(label)[2] is not None:
-            (ta, a), (tv, v) = traces
-            v = np.interp(ta, tv, v)  # (T_a,)
-            za, zv = ((y - y.mean()) / (y.std() + 1e-9) for y in (a, v))
-            corr.append(float((za * zv).mean()))
+            corr.append(along(*cues(label)[:2]))
             sync.append(cues(label)[2] == "sync")
+        labels.append(label)
+        calls.append((*kinds, along(*kinds)))
     c, y, h = np.array(corr), np.array(sync), len(corr) // 2
-    timing = 0.5
+    timing, threshold = 0.5, np.inf
     if y[:h].any() and (~y[:h]).any() and h < len(c):
         threshold = (c[:h][y[:h]].mean() + c[:h][~y[:h]].mean()) / 2
         timing = float(((c[h:] > threshold) == y[h:]).mean())
-    return (*(float(r) for r in right / clips), timing)
+    called = [next(j for j, (ca, cv, t) in enumerate(CLASSES) if (ca, cv) == (ka, kv) and
+                   t in (None, "sync" if r > threshold else "async"))
+              for ka, kv, r in calls]
+    half = clips // 2
+    f1 = classification_report(labels[half:], called[half:], LABELS)["macro_f1"]
+    return (*(float(r) for r in right / clips), timing, f1)
 
 
 def clip_name(speaker: int, label: int, k: int) -> tuple[str, str]:

@@ -186,7 +186,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     lines += ["", "## Profiles", "", "What each holds, and how often a matched filter that knows "
               "the cue tells each stream's cue kind and the timing pairs apart (audio / video "
-              "/ timing; the most any model can hope for on the grouped figures):", ""]
+              "/ timing; the most any model can hope for on the grouped figures), and the "
+              "macro-F1 of its own call of the six classes:", ""]
     for p in profiles:
         c = doc.get("ceiling", {}).get(p)
         lines.append(f"- `{p}`: {PROFILES[p].about}" +

@@ -95,8 +95,9 @@ def _marked(work: Callable[[MediaClip], dict], clip: MediaClip) -> dict:
 @contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
     """Workers spawned inside start with Ctrl-C ignored until their handler is in place (an
-    ignored signal is the one disposition a new process inherits; a signal mask is not kept by
-    multiprocessing's spawn): one that came while a worker imported would print its traceback.
+    ignored signal is the one disposition a new process inherits; SIGINT blocked in this
+    thread did not stay blocked through multiprocessing's start of a process here): one that
+    came while a worker imported would print its traceback.
     This process ignores it too for the milliseconds it takes to start them. Only in the main
     thread, the one where Python sets signal handlers."""
     if threading.current_thread() is not threading.main_thread():

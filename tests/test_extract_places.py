@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -221,8 +222,6 @@ def _slow(clip: MediaClip) -> dict:
 
 
 def test_a_ctrl_c_that_reaches_a_worker_while_it_starts_prints_nothing(tmp_path, capfd):
-    import threading
-
     before = _children()
     signalled: set[int] = set()
     done = threading.Event()

@@ -100,11 +100,8 @@ def _ctrl_c_ignored() -> Iterator[None]:
     came while a worker imported would print its traceback.
     This process ignores it too for the milliseconds it takes to start them. Only in the main
     thread, the one where Python sets signal handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = signal.getsignal(signal.SIGINT)
-    if before is None:  # set outside Python: leave it be
+    before = signal.getsignal(signal.SIGINT)  # None: set outside Python, left be
+    if threading.current_thread() is not threading.main_thread() or before is None:
         yield
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -8,7 +8,9 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import Clip
-from trainer.model import ChannelDropout, HybridModel, NormLinear, TemporalBlock, build_model
+from trainer.lean import NormLinear, lean_relu, recomputed_in_backward
+from trainer.model import (ChannelDropout, CrossModalAttention, HybridModel, MultiScaleConv,
+                           TemporalBlock, build_model, masked)
 
 
 def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
@@ -155,3 +157,87 @@ def test_a_temporal_block_without_gradients_computes_the_same_causal_outputs():
     torch.testing.assert_close(inferred, trained_path.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(later_changed[:, :10], inferred[:, :10])  # causal
     assert not torch.allclose(later_changed[:, 10:], inferred[:, 10:])
+
+
+def grads_of(out: torch.Tensor, g: torch.Tensor, tensors) -> list[torch.Tensor]:
+    for t in tensors:
+        t.grad = None
+    out.backward(g)
+    return [t.grad.clone() for t in tensors]
+
+
+def test_lean_relu_keeps_a_sign_for_backward_and_gets_relus_gradients():
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    g = torch.randn(3, 7, 5)
+    y = lean_relu(x)
+    assert y.grad_fn is not None and "Lean" in type(y.grad_fn).__name__
+    got = grads_of(y, g, [x])
+    torch.testing.assert_close(y, torch.relu(x), rtol=0, atol=0)
+    torch.testing.assert_close(got, grads_of(torch.relu(x), g, [x]), rtol=0, atol=0)
+    with torch.no_grad():
+        assert lean_relu(x).grad_fn is None
+
+
+def test_multi_scale_conv_recomputes_its_layer_norm_and_gets_the_same_gradients():
+    """Training keeps the block's input, not the masked LayerNorm the convolutions read: the
+    same outputs and gradients as the modules called one by one, padded frames included."""
+    torch.manual_seed(0)
+    block = MultiScaleConv(16, (3, 5), dropout=0.3).eval()  # dropout off, gradients on
+    with torch.no_grad():
+        block.norm.weight.normal_(), block.norm.bias.normal_()
+    x = torch.randn(3, 11, 16, requires_grad=True)
+    m = torch.ones(3, 11, 1)
+    m[1, 7:], m[2, 3:] = 0, 0
+    g = torch.randn(3, 11, 16)
+    tensors = [x, *block.parameters()]
+    fused = block(x, m)
+    got = grads_of(fused, g, tensors)
+
+    def unfused():
+        h = torch.cat([conv(masked(block.norm(x), m)) for conv in block.convs], -1)
+        return masked(x + torch.relu(h), m)
+    torch.testing.assert_close(fused, unfused())
+    for a, b in zip(got, grads_of(unfused(), g, tensors)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, m), fused.detach())
+
+
+def test_a_tensor_kept_for_backward_is_made_again_when_backward_needs_it():
+    a = torch.randn(4, 5, requires_grad=True)
+    made = []
+
+    def make():
+        made.append(1)
+        return torch.arange(20.0).view(4, 5)
+    big = make()
+    with recomputed_in_backward(big, make):
+        y = (a * big).sum()  # mul keeps big for a's gradient
+    del big
+    assert made == [1]
+    y.backward()
+    assert made == [1, 1]
+    torch.testing.assert_close(a.grad, torch.arange(20.0).view(4, 5))
+
+
+def test_cross_modal_attention_makes_its_time_bias_again_and_gets_the_same_gradients():
+    torch.manual_seed(0)
+    block = CrossModalAttention(16, 4, dropout=0.3).eval()
+    x, ctx = torch.randn(2, 9, 16, requires_grad=True), torch.randn(2, 5, 16, requires_grad=True)
+    x_m = torch.ones(2, 9, 1)
+    x_m[1, 6:] = 0
+    keep = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    keep[1, ..., 3:] = False
+    x_t, ctx_t = torch.rand(2, 9).cumsum(1), torch.rand(2, 5).cumsum(1)
+    g = torch.randn(2, 9, 16)
+    tensors = [x, ctx, *block.parameters()]
+    out = block(x, x_m, x_t, ctx, keep, ctx_t)
+    got = grads_of(out, g, tensors)
+
+    def plain():  # the same attention with the bias made once and kept
+        bias = -(x_t[:, :, None] - ctx_t[:, None, :]).abs()[:, None] * block.slope[:, None, None]
+        y = x + block.attn(x, ctx, bias.masked_fill(~keep, float("-inf")))
+        return masked(y + block.ff(y), x_m)
+    torch.testing.assert_close(out, plain())
+    for a, b in zip(got, grads_of(plain(), g, tensors)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

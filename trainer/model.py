@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from trainer.baseline import LSTMBaseline
+from trainer.lean import NormLinear, lean_relu, norm_convs, recomputed_in_backward
 from trainer.synchrony import SyncFeatures
 
 FUSIONS = ("cross", "late")
@@ -89,44 +90,6 @@ def drop_relu(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return F.relu(drop(x))
 
 
-class _NormLinearFn(torch.autograd.Function):
-    """linear(layer_norm(x)), keeping x for backward and recomputing the LayerNorm from it."""
-
-    @staticmethod
-    def forward(ctx, x, norm_w, norm_b, w, b, eps):
-        h, mean, rstd = torch.native_layer_norm(x, (x.shape[-1],), norm_w, norm_b, eps)
-        ctx.save_for_backward(x, mean, rstd, norm_w, norm_b, w)
-        ctx.eps = eps
-        return F.linear(h, w, b)
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, mean, rstd, norm_w, norm_b, w = ctx.saved_tensors
-        h = torch.native_layer_norm(x, (x.shape[-1],), norm_w, norm_b, ctx.eps)[0]
-        gy2 = gy.reshape(-1, gy.shape[-1])
-        gw, gb = gy2.t() @ h.reshape(-1, h.shape[-1]), gy2.sum(0)
-        gx, g_norm_w, g_norm_b = torch.ops.aten.native_layer_norm_backward(
-            gy @ w, x, [x.shape[-1]], mean, rstd, norm_w, norm_b, [True, True, True])
-        return gx, g_norm_w, g_norm_b, gw, gb, None
-
-
-class NormLinear(nn.Module):
-    """LayerNorm then Linear. In training, backward keeps only the LayerNorm's input (as a
-    LayerNorm alone does) and recomputes its output in one cheap pass, rather than also keeping
-    that output for the Linear: one (B, T, C) tensor fewer per layer; selective recomputation
-    as in Korthikanti et al. 2022. Gradients are the unfused modules' (tests/test_model.py)."""
-
-    def __init__(self, d_in: int, d_out: int):
-        super().__init__()
-        self.norm, self.linear = nn.LayerNorm(d_in), nn.Linear(d_in, d_out)
-
-    def forward(self, x):
-        if not torch.is_grad_enabled():  # inference and export: plain modules
-            return self.linear(self.norm(x))
-        return _NormLinearFn.apply(x, self.norm.weight, self.norm.bias, self.linear.weight,
-                                   self.linear.bias, self.norm.eps)
-
-
 class FeedForward(nn.Module):
     """Pre-norm: LayerNorm, Linear d -> mult d, ReLU, Linear back (dropout after each)."""
 
@@ -177,9 +140,12 @@ class MultiScaleConv(nn.Module):
         self.drop = ChannelDropout(dropout)
 
     def forward(self, x, m):
-        h = masked(self.norm(x), m)  # zero padding, as if each clip were alone
-        h = torch.cat([conv(h) for conv in self.convs], dim=-1)  # (B, T, C)
-        return masked(x + drop_relu(self.drop, h), m)
+        if torch.is_grad_enabled():  # the same, keeping less for backward
+            h = norm_convs(x, m, self.norm, [c.conv for c in self.convs])
+        else:
+            h = masked(self.norm(x), m)  # zero padding, as if each clip were alone
+            h = torch.cat([conv(h) for conv in self.convs], dim=-1)  # (B, T, C)
+        return masked(x + lean_relu(self.drop(h)), m)
 
 
 class TemporalBlock(nn.Module):
@@ -210,7 +176,7 @@ class TemporalBlock(nn.Module):
             return F.relu(x + drop_relu(self.drop, self.conv2.causal(h)))
         t = x.shape[1]
         h = drop_relu(self.drop, self.conv1(x)[:, :t])
-        h = drop_relu(self.drop, self.conv2(h)[:, :t])
+        h = lean_relu(self.drop(self.conv2(h)[:, :t]))
         return F.relu(x + h)
 
 
@@ -289,11 +255,21 @@ class CrossModalAttention(nn.Module):
         self.register_buffer("slope", 1.0 / torch.logspace(math.log10(lo), math.log10(hi), heads))
 
     def forward(self, x, x_m, x_t, ctx, ctx_keep, ctx_t):
-        """x_t (B, Tq), ctx_t (B, Tk): frame times in seconds."""
-        dist = (x_t[:, :, None] - ctx_t[:, None, :]).abs()  # (B, Tq, Tk), contiguous
-        bias = dist[:, None] * -self.slope[None, :, None, None]  # (B, H, Tq, Tk)
-        bias.masked_fill_(~ctx_keep, float("-inf"))
-        x = x + self.drop(self.attn(x, ctx, bias))
+        """x_t (B, Tq), ctx_t (B, Tk): frame times in seconds. Attention's backward needs the
+        (B, H, Tq, Tk) bias, which is made again from the times then rather than kept: 3.4 MB
+        a direction on the bench's largest batch, for a few element-wise passes."""
+        def time_bias():
+            dist = (x_t[:, :, None] - ctx_t[:, None, :]).abs()  # (B, Tq, Tk), contiguous
+            bias = dist[:, None] * -self.slope[None, :, None, None]  # (B, H, Tq, Tk)
+            return bias.masked_fill_(~ctx_keep, float("-inf"))
+
+        bias = time_bias()
+        if torch.is_grad_enabled():
+            with recomputed_in_backward(bias, time_bias):
+                attended = self.attn(x, ctx, bias)
+        else:
+            attended = self.attn(x, ctx, bias)
+        x = x + self.drop(attended)
         return masked(x + self.ff(x), x_m)
 
 

@@ -29,7 +29,7 @@ CREMA_D_CLIPS = 7442
 # calls per model, in latency_blocks blocks taken in turn; mm: square matmul size. Each
 # figure's spread is over its repeats (trainer.bench.verdict).
 PRESETS = {
-    "full": dict(clips=288, batch_size=24, rounds=9, memory_rounds=3, memory_steps=4,
+    "full": dict(clips=288, batch_size=24, rounds=9, memory_rounds=5, memory_steps=4,
                  loader_repeats=7, mm_pairs=5, latency_runs=360, latency_blocks=9, mm=4096,
                  mm_repeats=5),
     "quick": dict(clips=8, batch_size=4, rounds=5, memory_rounds=3, memory_steps=2,

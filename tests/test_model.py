@@ -8,7 +8,7 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import Clip
-from trainer.lean import NormLinear, lean_relu, recomputed_in_backward
+from trainer.lean import NormLinear, lean_relu, norm_convs, recomputed_in_backward
 from trainer.model import (ChannelDropout, CrossModalAttention, HybridModel, MultiScaleConv,
                            TemporalBlock, build_model, masked)
 
@@ -201,6 +201,9 @@ def test_multi_scale_conv_recomputes_its_layer_norm_and_gets_the_same_gradients(
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(block(x, m), fused.detach())
+    dilated = torch.nn.Conv2d(16, 8, (1, 3), padding=(0, 2), dilation=(1, 2))
+    with pytest.raises(ValueError, match="stride 1, dilation 1"):
+        norm_convs(x, m, block.norm, [dilated])
 
 
 def test_a_tensor_kept_for_backward_is_made_again_when_backward_needs_it():

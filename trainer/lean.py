@@ -138,8 +138,14 @@ class NormLinear(nn.Module):
 def norm_convs(x: torch.Tensor, m: torch.Tensor, norm: nn.LayerNorm,
                convs: list[nn.Conv2d]) -> torch.Tensor:
     """cat([conv(norm(x) * m) for conv in convs], -1) for (B, T, C) x, each conv a (1 x k)
-    Conv2d over time run on the channels-last view (as model.TimeConv runs it), padded
-    (0, k // 2): backward keeps x, not the masked LayerNorm. (B, T, C) -> (B, T, sum C_out)."""
+    Conv2d over time run on the channels-last view (as model.TimeConv runs it), with its own
+    padding along time: backward keeps x, not the masked LayerNorm. (B, T, C) ->
+    (B, T, sum C_out). Its backward assumes stride 1, dilation 1 and one group, and no padding
+    across the unit height: anything else is refused rather than given wrong gradients."""
+    if any(c.stride != (1, 1) or c.dilation != (1, 1) or c.groups != 1 or c.padding[0] != 0
+           for c in convs):
+        raise ValueError("norm_convs takes (1 x k) convolutions of stride 1, dilation 1 and "
+                         "one group, padded along time only")
     return _NormConvsFn.apply(x, m, norm.weight, norm.bias, norm.eps,
                               tuple(c.padding[1] for c in convs),
                               *(t for c in convs for t in (c.weight, c.bias)))

@@ -52,6 +52,7 @@ def test_an_int_is_a_float_and_is_stored_as_one(tmp_path):
     ("heads", 0, "heads must be at least 1"),
     ("heads", -2, "heads must be at least 1"),
     ("d_model", 0, "d_model must be at least 1"),
+    ("ensemble", 0, "ensemble must be at least 1"),
     ("threads", -1, "threads must be 0 (all cores) or more"),
     ("lr", float("nan"), "lr must be a finite number"),
     ("dropout", 1.0, "dropout must be in [0, 1)"),

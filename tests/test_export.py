@@ -10,6 +10,7 @@ from trainer.batching import collate
 from trainer.cli import main
 from trainer.data import load_dataset
 from trainer.demo import make_demo_data
+from trainer.ensemble import members
 from trainer.checkpoint import load_trained
 from trainer.export import INPUTS, load_exported
 from trainer.prepare import prepare
@@ -24,7 +25,7 @@ def runs(tmp_path_factory):
     make_demo_data(root / "data", seed=0, speakers=6, clips_per_speaker=8)
     out = {}
     for model, flags in (("hybrid", []), ("lstm", ["--model", "lstm"]),
-                         ("nosync", ["--no-sync-head"])):
+                         ("nosync", ["--no-sync-head"]), ("ensemble", ["--ensemble", "2"])):
         assert main(["train", "--data", str(root / "data"), "--out", str(root / model),
                      *flags, *TINY]) == 0
         out[model] = root / model / "checkpoints" / "best.pt"
@@ -41,7 +42,8 @@ def held_out(root, run):
 
 
 @pytest.mark.parametrize("model,fmt", [("hybrid", "onnx"), ("hybrid", "torchscript"),
-                                       ("lstm", "torchscript"), ("nosync", "onnx")])
+                                       ("lstm", "torchscript"), ("nosync", "onnx"),
+                                       ("ensemble", "onnx"), ("ensemble", "torchscript")])
 def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tmp_path):
     root, ckpt = runs
     out = tmp_path / f"model.{fmt}"
@@ -54,9 +56,10 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     assert prep["norm"] == side["prepare"]["norm"] and len(prep["steps"]) == 3
     assert prep["steps"][0].startswith("pool each stream") and "inside" in prep["steps"][2]
     trained = load_trained(ckpt[model])
-    if model == "hybrid":  # the head's weight, chosen after training, is in the artifact too
+    if model in ("hybrid", "ensemble"):  # the head's weight, chosen after training, goes too
         weight = torch.load(ckpt[model], weights_only=True)["sync_weight"]
-        assert float(trained.model.sync_weight) == weight
+        assert [float(m.sync_weight) for m in members(trained.model)] == [weight] * (
+            2 if model == "ensemble" else 1)
     exported = load_exported(out, threads=1)
     clips = held_out(root, ckpt[model].parent.parent)
     # One padded batch of clips of different lengths, then each clip alone (other shapes).

@@ -24,7 +24,7 @@ def clip(t_a, t_v, seed, f_a=20, f_v=30, label=0):
 @pytest.mark.parametrize("name,extra", [("hybrid", {}), ("hybrid", {"fusion": "late"}),
                                         ("hybrid", {"input_rank": 8, "input_dropout": 0.3}),
                                         ("hybrid", {"stats_head": True, "center": True}),
-                                        ("lstm", {})])
+                                        ("hybrid", {"members": 2}), ("lstm", {})])
 def test_padding_never_changes_a_prediction(name, extra):
     torch.manual_seed(0)
     model = build_model(name, audio_dim=20, video_dim=30, n_classes=6, **extra).eval()

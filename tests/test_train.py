@@ -68,7 +68,7 @@ def test_existing_run_is_not_overwritten_without_resume(demo, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra", [[], ["--mixup", "0.4", "--noise", "0.1"], ["--no-sync-head"],
-                                   ["--ema", "0.9"]])
+                                   ["--ema", "0.9"], ["--ensemble", "2"]])
 def test_resume_ends_with_the_same_metrics_as_an_uninterrupted_run(demo, tmp_path, extra):
     assert train(demo, tmp_path / "full", "--epochs", "4", *extra) == 0
     assert train(demo, tmp_path / "part", "--epochs", "2", *extra) == 0
@@ -124,7 +124,7 @@ def test_stop_signal_saves_a_loadable_checkpoint_and_resume_matches(demo, tmp_pa
         read_jsonl(tmp_path / "straight" / "metrics.jsonl"))
 
 
-@pytest.mark.parametrize("extra", [[], ["--no-sync-head"], ["--ema", "0.9"]])
+@pytest.mark.parametrize("extra", [[], ["--no-sync-head"], ["--ema", "0.9"], ["--ensemble", "2"]])
 def test_evaluate_reproduces_the_test_metrics_of_the_summary(demo, tmp_path, capsys, extra):
     out = tmp_path / "run"
     assert train(demo, out, "--epochs", "2", *extra) == 0

@@ -63,6 +63,8 @@ class TrainConfig:
     mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
     ema: float = 0.0  # training: decay of the weights' moving average that validation and
     # the test read (trainer.averaging; 0 = off)
+    ensemble: int = 1  # models trained side by side from their own initial weights, their
+    # probabilities averaged (trainer.ensemble; 1 = one model)
     noise: float = 0.0  # training: Gaussian noise of this std added to the standardised inputs
     select: str = "macro_f1"  # early stopping and best.pt: validation macro_f1 or loss
     audio_fps: float = 100.0  # only for clips without timestamps
@@ -168,7 +170,7 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, not "
                              f"{getattr(cfg, key)!r}")
-    for key in ("epochs", "batch_size", "patience", "heads", "d_model"):
+    for key in ("epochs", "batch_size", "patience", "heads", "d_model", "ensemble"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key} must be at least 1, not {getattr(cfg, key)}")
     for key in ("audio_rate", "video_rate", "time_mask", "weight_decay", "focal_gamma",
@@ -216,6 +218,8 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
                  center=cfg.center, stats_head=cfg.stats_head,
                  sync_head=cfg.sync_head and cfg.modality == "both" and cfg.fusion == "cross",
                  sync_pcs=cfg.sync_pcs)
+    if cfg.ensemble > 1:  # absent for one model: its checkpoints read as before
+        s["members"] = cfg.ensemble
     return s
 
 

@@ -36,6 +36,7 @@ from trainer.batching import Normalizer, collate
 from trainer.checkpoint import Trained, load_trained
 from trainer.data import Clip
 from trainer.enroll import fit_of
+from trainer.ensemble import members
 from trainer.store.files import atomic_write_text
 
 INPUTS = ("audio", "audio_mask", "audio_t", "video", "video_mask", "video_t")
@@ -87,14 +88,15 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, normalizer: Normal
     """Write ``model`` (eager, trained) as a TorchScript or ONNX file and its sidecar JSON."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    is_lstm = type(model).__name__ == "LSTMBaseline"
+    first = members(model)[0]  # an ensemble's members all read the same inputs
+    is_lstm = type(first).__name__ == "LSTMBaseline"
     if fmt == "onnx" and is_lstm:
         raise ValueError("the lstm baseline exports to torchscript only (packed sequences do "
                          "not export to ONNX with variable lengths); use --format torchscript")
     out = writable(out)
     wrapper = Exportable(model, normalizer, modality).eval()
-    dims = (model.audio_in.in_features, model.video_in.in_features) if not is_lstm else (
-        model.audio.lstm1.input_size, model.video.lstm1.input_size)
+    dims = (first.audio_in.in_features, first.video_in.in_features) if not is_lstm else (
+        first.audio.lstm1.input_size, first.video.lstm1.input_size)
     args = example_inputs(*dims)
     tmp = out.with_name(f".{out.name}.tmp")
     with warnings.catch_warnings(), torch.no_grad():

@@ -53,6 +53,8 @@ HELP = {
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",
     "ema": "training: validation, best.pt and the test read an exponential moving average of "
            "the weights with this decay per step, e.g. 0.99 (trainer.averaging; 0 = off)",
+    "ensemble": "train this many models side by side, each from its own initial weights, and "
+                "read the mean of their probabilities (N times the compute; 1 = one model)",
     "noise": "training: std of Gaussian noise added to the standardised input features",
     "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from trainer.ensemble import members
+
 
 def inverse_frequency_weights(labels: list[int], n_classes: int) -> torch.Tensor:
     """alpha_c = N / (C * n_c): 1 for every class when balanced; absent classes get 0."""
@@ -52,3 +54,19 @@ def training_loss(model, batch: dict, other: torch.Tensor, lam: float,
     return (mixed_focal_loss(rest + model.sync_weight * head, batch["label"], other, lam, alpha,
                              gamma)
             + mixed_focal_loss(head, batch["label"], other, lam, alpha, gamma))
+
+
+def backward_step(model, batch: dict, other: torch.Tensor, lam: float,
+                  alpha: torch.Tensor | None, gamma: float, clip: float) -> float:
+    """Gradients of one training step, clipped to norm ``clip``; returns the loss. An ensemble
+    (``trainer.ensemble``) is a member at a time, each on its own loss and clipped as if trained
+    alone, its graph freed before the next member's is built, so that memory holds one member's
+    activations; it returns the members' mean loss."""
+    parts = members(model)
+    total = 0.0
+    for m in parts:
+        loss = training_loss(m, batch, other, lam, alpha, gamma)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
+        total += loss.item()
+    return total / len(parts)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from trainer.baseline import LSTMBaseline
+from trainer.ensemble import Ensemble
 from trainer.lean import NormLinear, lean_relu, norm_convs, recomputed_in_backward
 from trainer.synchrony import SyncFeatures
 
@@ -354,12 +355,15 @@ class HybridModel(nn.Module):
         return (logits, sync) if parts else logits + self.sync_weight * sync
 
 
-def build_model(name: str, **settings) -> nn.Module:
-    """A model from its name and settings (as stored in a checkpoint)."""
+def build_model(name: str, members: int = 1, **settings) -> nn.Module:
+    """A model from its name and settings (as stored in a checkpoint); ``members`` > 1: an
+    ensemble of that many, each from its own initial weights (trainer.ensemble)."""
 
     models = {"hybrid": HybridModel, "lstm": LSTMBaseline}
     if name not in models:
         raise ValueError(f"unknown model {name!r}: choose from {', '.join(models)}")
+    if members > 1:
+        return Ensemble([models[name](**settings) for _ in range(members)])
     return models[name](**settings)
 
 

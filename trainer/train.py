@@ -31,7 +31,7 @@ from trainer.data import LABELS, check_data, data_stats, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
-from trainer.losses import focal_loss, inverse_frequency_weights, training_loss
+from trainer.losses import backward_step, focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
 from trainer.prepare import pool_clip, standardise, training_views
@@ -211,14 +211,13 @@ class Training:
             batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
             other, lam = training_views(batch, [cfg.seed, self.epoch, b], cfg.time_mask,
                                         cfg.feature_mask, cfg.noise, cfg.mixup)
-            loss = training_loss(model, batch, other, lam, self.alpha, cfg.focal_gamma)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            loss = backward_step(model, batch, other, lam, self.alpha, cfg.focal_gamma,
+                                 cfg.grad_clip)
             self.opt.step()
             self.ema.update()
             n = len(batches[b])
-            self.partial["loss_sum"] += loss.item() * n
+            self.partial["loss_sum"] += loss * n
             self.partial["n"] += n
             self.step = b + 1
             if hasattr(bar, "set_postfix"):

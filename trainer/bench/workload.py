@@ -16,7 +16,7 @@ import torch
 from trainer.batching import collate
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, Clip
-from trainer.losses import training_loss
+from trainer.losses import backward_step
 from trainer.model import build_model
 from trainer.prepare import augment, pool_clips
 
@@ -96,12 +96,10 @@ def training_step(model: torch.nn.Module, cfg):
                             fused=True)  # as train.py
 
     def step(batch):
-        loss = training_loss(model, batch, batch["label"], 1.0, None, 2.0)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        loss = backward_step(model, batch, batch["label"], 1.0, None, 2.0, 1.0)
         opt.step()
-        return loss.detach()
+        return loss
     return step
 
 

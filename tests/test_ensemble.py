@@ -57,12 +57,12 @@ def test_each_member_gets_the_gradient_of_its_own_loss_clipped_as_if_alone(clip_
                                                         dropout=0.0)).train()
     batch = collate([clip(40, 24, s, label=s % 6) for s in range(6)])
     other = torch.zeros(6, dtype=torch.long)
-    loss = backward_step(model, batch, other, 1.0, None, 2.0, clip_norm)
+    loss = backward_step(model, lambda k: (batch, other, 1.0), None, 2.0, clip_norm)
     together = [[p.grad.clone() for p in m.parameters()] for m in members(model)]
     alone = []
     for m, grads in zip(members(model), together):
         model.zero_grad(set_to_none=True)
-        alone.append(backward_step(m, batch, other, 1.0, None, 2.0, clip_norm))
+        alone.append(backward_step(m, lambda k: (batch, other, 1.0), None, 2.0, clip_norm))
         for p, g in zip(m.parameters(), grads):
             torch.testing.assert_close(p.grad, g, atol=1e-7, rtol=1e-5)
         norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))

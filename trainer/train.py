@@ -24,17 +24,18 @@ import torch
 
 from trainer import logs, plots, tracking
 from trainer.averaging import WeightAverage, checkpoint_weights, restore_weights
-from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
+from trainer.batching import Normalizer, bucket_batches, padding_efficiency
 from trainer.checkpoint import CheckpointPair, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, check_data, data_stats, load_dataset
+from trainer.ensemble import members
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
 from trainer.losses import backward_step, focal_loss, inverse_frequency_weights
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
-from trainer.prepare import pool_clip, standardise, training_views
+from trainer.prepare import member_view, pool_clip, standardise
 from trainer.splits import given_split, make_split
 from trainer.spot import SpotWatcher
 from trainer.status import Status, eta, versions
@@ -199,7 +200,9 @@ class Training:
 
     def train_epoch(self) -> dict:
         cfg, model = self.cfg, self.model
-        batches = bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket)
+        orders = [bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket,
+                                 stream=k) for k in range(len(members(model)))]  # member_view
+        batches = orders[0]
         model.train()
         t_start = time.perf_counter() - self.partial["seconds"]
         bar = logs.progress_bar(range(self.step, len(batches)), total=len(batches),
@@ -208,12 +211,9 @@ class Training:
             bar.update(self.step)
         last_log = time.monotonic()
         for b in bar:
-            batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
-            other, lam = training_views(batch, [cfg.seed, self.epoch, b], cfg.time_mask,
-                                        cfg.feature_mask, cfg.noise, cfg.mixup)
+            view = member_view(self.clips["train"], orders, b, [cfg.seed, self.epoch, b], cfg)
             self.opt.zero_grad(set_to_none=True)
-            loss = backward_step(model, batch, other, lam, self.alpha, cfg.focal_gamma,
-                                 cfg.grad_clip)
+            loss = backward_step(model, view, self.alpha, cfg.focal_gamma, cfg.grad_clip)
             self.opt.step()
             self.ema.update()
             n = len(batches[b])

@@ -52,6 +52,8 @@ VARIANTS = {
                ["--no-sync-head"]),
     "pcs0": ("hybrid `--sync-pcs 0` (the synchrony head on class directions alone)",
              ["--sync-pcs", "0"]),
+    "ens3": ("hybrid `--ensemble 3` (three models' mean probability; 3x the compute)",
+             ["--ensemble", "3"]),
     "late": ("hybrid `--fusion late`", ["--fusion", "late"]),
     "audio": ("hybrid, audio only", ["--modality", "audio"]),
     "video": ("hybrid, video only", ["--modality", "video"]),

@@ -97,7 +97,7 @@ def training_step(model: torch.nn.Module, cfg):
 
     def step(batch):
         opt.zero_grad(set_to_none=True)
-        loss = backward_step(model, batch, batch["label"], 1.0, None, 2.0, 1.0)
+        loss = backward_step(model, lambda k: (batch, batch["label"], 1.0), None, 2.0, 1.0)
         opt.step()
         return loss
     return step

@@ -91,7 +91,7 @@ def loader(clips: list[Clip], cfg, seed: int, rank: int = 0):
 
 def training_step(model: torch.nn.Module, cfg):
     """train.py's step for ``model`` (also a DistributedDataParallel wrapper): focal loss,
-    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, detached."""
+    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, a float."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)  # as train.py
 

@@ -1,8 +1,9 @@
 """Several models trained side by side from different initial weights, read as one: the mean
 of their class probabilities (``--ensemble N``).
 
-Each member is a whole model (a hybrid, or the lstm) with its own weights, dropout draws and
-loss; they see the same batches, and validation, early stopping and ``best.pt`` read the
+Each member is a whole model (a hybrid, or the lstm) with its own weights, its own order of
+each epoch's batches and augmentation draws (``trainer.prepare.member_view``) and its own loss
+(``trainer.losses.backward_step``); validation, early stopping and ``best.pt`` read the
 ensemble. Its output is the log of the members' mean probability, so ``softmax`` of it is that
 mean, and everything that reads logits (the focal loss, ``evaluate``, ``predict``, ``export``)
 reads an ensemble as it reads one model. Why: on the robustness suite's hard profiles the

@@ -51,10 +51,6 @@ def test_bucket_batches_cover_every_clip_once_and_are_seeded_per_epoch():
     assert sorted(i for batch in b for i in batch) == list(range(1000))
     assert b == bucket_batches(lengths, 24, seed=0, epoch=0)
     assert b != bucket_batches(lengths, 24, seed=0, epoch=1)
-    other = bucket_batches(lengths, 24, seed=0, epoch=0, stream=1)  # an ensemble's member 1
-    assert other != b and len(other) == len(b) and sorted(map(len, other)) == sorted(map(len, b))
-    assert sorted(i for batch in other for i in batch) == list(range(1000))
-    assert other == bucket_batches(lengths, 24, seed=0, epoch=0, stream=1)
 
 
 def test_bucketing_wastes_less_padding_than_shuffled_batches():

@@ -56,10 +56,13 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     assert prep["norm"] == side["prepare"]["norm"] and len(prep["steps"]) == 3
     assert prep["steps"][0].startswith("pool each stream") and "inside" in prep["steps"][2]
     trained = load_trained(ckpt[model])
-    if model in ("hybrid", "ensemble"):  # the head's weight, chosen after training, goes too
+    if model == "hybrid":  # the head's weight, chosen after training, goes too
         weight = torch.load(ckpt[model], weights_only=True)["sync_weight"]
-        assert [float(m.sync_weight) for m in members(trained.model)] == [weight] * (
-            2 if model == "ensemble" else 1)
+        assert float(trained.model.sync_weight) == weight
+    if model == "ensemble":  # each member's, chosen by its own run
+        run = ckpt[model].parent.parent
+        assert [float(m.sync_weight) for m in members(trained.model)] == [json.loads(
+            (run / f"members/{k}/summary.json").read_text())["sync_weight"] for k in (0, 1)]
     exported = load_exported(out, threads=1)
     clips = held_out(root, ckpt[model].parent.parent)
     # One padded batch of clips of different lengths, then each clip alone (other shapes).

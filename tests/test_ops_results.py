@@ -228,3 +228,29 @@ def test_summary_md_links_the_per_clip_predictions_and_the_lone_clip_figures():
     assert "| test | 0.8000 | 0.4500 | 0.4500 | 0.2000 | 0.3000 |" in md
     plain = summary_markdown("r1", {"state": "done"}, dict(summary, lone_clip=None), [], {})
     assert "lone clip" not in plain
+
+
+def test_summary_md_of_an_ensemble_lists_its_members_and_links_no_learning_curves():
+    per = {y: {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1} for y in ("ANG", "SAD")}
+    members = [{"seed": 3 + k, "best_epoch": 9 + k, "sync_weight": [2.0, 0.5][k],
+                "test_macro_f1": [0.8, 0.75][k]} for k in (0, 1)]
+    summary = {"test": {"accuracy": 1.0, "macro_f1": 0.9, "uar": 1.0, "per_class": per,
+                        "confusion_matrix": [[1, 0], [0, 1]]},
+               "validation": {"best_macro_f1": 0.85, "best_epoch": 0}, "members": members}
+    md = summary_markdown("r1", {"state": "done", "epoch": 0}, summary, [], {})
+    assert "2 members, each a run of its own" in md and "epoch 0" not in md
+    assert "Validation macro-F1 0.8500: the mean probability of 2 members" in md
+    assert "| `members/0` | 3 | 9 | 2.0 | 0.8000 |" in md
+    assert "| `members/1` | 4 | 10 | 0.5 | 0.7500 |" in md
+    assert "at epoch 0" not in md and "learning_curves" not in md
+    assert "confusion_matrix.png" in md
+    one = dict(summary, validation={"best_macro_f1": 0.85, "best_epoch": 7})
+    del one["members"]
+    assert "at epoch 7 (the weights tested)" in summary_markdown("r1", {}, one, [], {})
+
+
+def test_status_views_name_the_member_an_ensemble_is_training():
+    st = heartbeat(member=2, members=3)
+    assert views.eta_lines(st, [], {})[0].startswith("epoch 3 of at most 50 (member 2 of 3);")
+    assert "epoch      3 / 50 (member 2 of 3)" in views.status_lines("r1", st)
+    assert views.eta_lines(heartbeat(), [], {})[0].startswith("epoch 3 of at most 50;")

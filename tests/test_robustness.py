@@ -187,19 +187,23 @@ def test_grouped_figures_of_a_confusion_matrix():
 def test_the_suite_writes_its_table_and_reads_finished_runs_instead_of_repeating_them(
         tmp_path, capsys):
     args = ["--out", str(tmp_path), "--profiles", "base", "--seeds", "0",
-            "--variants", "hybrid,linear", "--quick", "--epochs", "1"]
+            "--variants", "hybrid,ens3,linear", "--quick", "--epochs", "1"]
     assert main(args) == 0
     doc = json.loads((tmp_path / "robustness.json").read_text())
     cell = doc["summary"]["profiles"]["base"]
-    assert set(cell) == {"hybrid", "linear"} and cell["hybrid"]["seeds"] == 1
+    assert set(cell) == {"hybrid", "ens3", "linear"} and cell["hybrid"]["seeds"] == 1
     run = doc["runs"]["base/hybrid"]["0"]
     assert run["test_speakers"] == 8 and len(run["curve"]) == 1 and 0 <= run["timing"] <= 1
     cfg = json.loads((tmp_path / "base" / "hybrid-seed-0" / "config.json").read_text())
     assert cfg["epochs"] == 1 and cfg["threads"] == 1 and cfg["d_model"] == 32
     assert cfg["data"].endswith("data/base-seed-0")
+    ens = doc["runs"]["base/ens3"]["0"]  # its members' own epochs and figures
+    assert ens["best_epoch"] == [1, 1, 1] and len(ens["member_macro_f1"]) == 3
+    assert run["macro_f1"] == ens["member_macro_f1"][0]  # member 0 is the run of its seed
     table = (tmp_path / "robustness.md").read_text()
     assert "| base |" in table and "**worst**" in table and "±" in table
     assert "base             hybrid  seed 0: macro-F1" in capsys.readouterr().out
+    assert (tmp_path / "base" / "ens3-seed-0" / "members" / "2" / "summary.json").is_file()
     stamps = [(tmp_path / "base" / f"{v}-seed-0" / "summary.json").stat().st_mtime_ns
               for v in ("hybrid", "linear")]
     assert main(args) == 0  # the second time: read, not trained again

@@ -132,16 +132,14 @@ def collate(clips: list[Clip], modality: str = "both") -> dict[str, torch.Tensor
 
 
 def bucket_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
-                   bucket: bool = True, pool: int = 50, stream: int = 0) -> list[list[int]]:
-    """Index batches for one epoch; the same (seed, epoch, stream) always gives the same
-    batches, as many of them whatever the seed. ``stream`` > 0: another order of the same
-    epoch (an ensemble's member k reads stream k).
+                   bucket: bool = True, pool: int = 50) -> list[list[int]]:
+    """Index batches for one epoch; the same (seed, epoch) always gives the same batches.
 
     With ``bucket``, indices are shuffled, cut into pools of ``pool`` batches, sorted by length
     inside each pool and cut into batches, and the batches shuffled: clips of like length share
     a batch, yet every epoch differs. Without it, plain shuffled batches.
     """
-    rng = np.random.default_rng([seed, epoch, stream] if stream else [seed, epoch])
+    rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if bucket:
         lengths_arr = np.asarray(lengths)

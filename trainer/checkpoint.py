@@ -19,7 +19,6 @@ import torch
 
 from trainer.batching import Normalizer
 from trainer.data import Clip
-from trainer.ensemble import set_sync_weight
 from trainer.errors import CheckpointError
 from trainer.model import build_model
 from trainer.prepare import prepare
@@ -84,7 +83,7 @@ def load_trained(path: str | Path) -> Trained:
                               f"know: {e}") from None
     load_weights(model, ckpt["model"], path)
     if ckpt.get("sync_weight") is not None:  # chosen after training (trainer.train_sync)
-        set_sync_weight(model, ckpt["sync_weight"])
+        model.sync_weight.fill_(ckpt["sync_weight"])
     model.eval()
     modality = ckpt.get("config", {}).get("modality", "both")
     # Checkpoints without "prepare" (the lstm's, from 0.1) read clips as stored, globally scaled.

@@ -155,7 +155,8 @@ def cmd_train(args) -> int:
     print(f"test macro-F1 {t['macro_f1']:.3f}  accuracy {t['accuracy']:.3f}  UAR {t['uar']:.3f}  "
           f"({summary['data']['test']['clips']} clips of {len(summary['data']['test']['speakers'])}"
           f" held-out speakers)")
-    print(f"results: {cfg.out}  (summary.json, metrics.jsonl, plots/, checkpoints/best.pt)")
+    each = "members/*/ (each member's run)" if cfg.ensemble > 1 else "metrics.jsonl"
+    print(f"results: {cfg.out}  (summary.json, {each}, plots/, checkpoints/best.pt)")
     return 0
 
 

@@ -1,14 +1,12 @@
-"""Several models trained side by side from different initial weights, read as one: the mean
-of their class probabilities (``--ensemble N``).
+"""Several models read as one: the mean of their class probabilities (``--ensemble N``).
 
-Each member is a whole model (a hybrid, or the lstm) with its own weights, its own order of
-each epoch's batches and augmentation draws (``trainer.prepare.member_view``) and its own loss
-(``trainer.losses.backward_step``); validation, early stopping and ``best.pt`` read the
-ensemble. Its output is the log of the members' mean probability, so ``softmax`` of it is that
-mean, and everything that reads logits (the focal loss, ``evaluate``, ``predict``, ``export``)
-reads an ensemble as it reads one model. Why: on the robustness suite's hard profiles the
-members' errors on held-out speakers are partly independent, and their mean is right more
-often than any one of them (docs/training.md).
+Each member is a whole model (a hybrid, or the lstm) trained as a run of its own, with its
+own seed, best epoch and synchrony-head weight (``trainer.train_members``). The ensemble's
+output is the log of the members' mean probability, so ``softmax`` of it is that mean, and
+everything that reads logits (``evaluate``, ``predict``, ``export``) reads an ensemble as it
+reads one model. Why: on the robustness suite's hard profiles the members' errors on held-out
+speakers are partly independent, and their mean is right more often than any one of them
+(docs/training.md).
 
 Example:
     >>> model = Ensemble([HybridModel(88, 512, 6) for _ in range(3)])
@@ -43,9 +41,3 @@ class Ensemble(nn.Module):
 def members(model: nn.Module) -> list[nn.Module]:
     """The models inside ``model``: an ensemble's members, or the model itself."""
     return list(model.members) if isinstance(model, Ensemble) else [model]
-
-
-def set_sync_weight(model: nn.Module, weight: float) -> None:
-    """Every member's synchrony-head weight in the logits (``trainer.train_sync``)."""
-    for m in members(model):
-        m.sync_weight.fill_(weight)

@@ -9,12 +9,8 @@ With gamma 0 and no alpha it is cross-entropy. Example:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
-
-from trainer.ensemble import members
 
 
 def inverse_frequency_weights(labels: list[int], n_classes: int) -> torch.Tensor:
@@ -56,21 +52,3 @@ def training_loss(model, batch: dict, other: torch.Tensor, lam: float,
     return (mixed_focal_loss(rest + model.sync_weight * head, batch["label"], other, lam, alpha,
                              gamma)
             + mixed_focal_loss(head, batch["label"], other, lam, alpha, gamma))
-
-
-def backward_step(model, view: Callable[[int], tuple[dict, torch.Tensor | None, float]],
-                  alpha: torch.Tensor | None, gamma: float, clip: float) -> float:
-    """Gradients of one training step, clipped to norm ``clip``; returns the loss. ``view(k)``
-    gives member k's batch, its mixup partners' labels and lam (``trainer.prepare``). An
-    ensemble (``trainer.ensemble``) is a member at a time, each on its own batch and loss and
-    clipped as if trained alone, its graph freed before the next member's is built, so that
-    memory holds one member's activations; it returns the members' mean loss."""
-    parts = members(model)
-    total = 0.0
-    for k, m in enumerate(parts):
-        batch, other, lam = view(k)
-        loss = training_loss(m, batch, other, lam, alpha, gamma)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(m.parameters(), clip)
-        total += loss.item()
-    return total / len(parts)

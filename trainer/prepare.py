@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from trainer.batching import FeatureSums, collate
+from trainer.batching import FeatureSums
 from trainer.data import Clip
 
 NORMS = ("speaker", "clip", "none")
@@ -190,16 +190,3 @@ def training_views(batch: dict, key: list[int], time_mask: float, feature_mask: 
     if time_mask or feature_mask or noise:
         augment(batch, np.random.default_rng([*key, 1]), time_mask, feature_mask, noise=noise)
     return mix(batch, np.random.default_rng([*key, 2]), mixup) if mixup else (None, 1.0)
-
-
-def member_view(clips: list[Clip], orders: list[list[list[int]]], b: int, key: list[int], cfg):
-    """``view(k)``: member k's batch ``b`` of an epoch, for ``trainer.losses.backward_step``:
-    the clips of ``orders[k][b]`` collated, with the training views of ``key`` (seed, epoch,
-    batch; ``training_views``). An ensemble's member k reads its own order of the epoch
-    (``bucket_batches``' stream k) and its own draws (``key`` + [k]); member 0, like a single
-    model, the run's own. Returns ``view``: k -> (batch, mixup partners' labels, lam)."""
-    def view(k: int) -> tuple[dict, torch.Tensor | None, float]:
-        batch = collate([clips[i] for i in orders[k][b]], cfg.modality)
-        return (batch, *training_views(batch, [*key, *([k] if k else [])], cfg.time_mask,
-                                       cfg.feature_mask, cfg.noise, cfg.mixup))
-    return view

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import structlog
 
-from trainer.data import Clip
+from trainer.data import Clip, Dataset, data_stats
 
 log = structlog.get_logger()
 
@@ -149,3 +149,12 @@ def make_split(clips: list[Clip], kind: str, seed: int, val_fraction: float,
                     "optimistic (typically 20 to 45 points); use --split speaker for real figures")
         return random_split(clips, seed, val_fraction, test_fraction)
     raise ValueError(f"unknown split {kind!r}: use speaker or random")
+
+
+def data_summary(ds: Dataset, split: dict[str, list[int]], source: str, kind: str) -> dict:
+    """summary.json's ``data``: where from, each split's clips per class and speakers, what was
+    skipped or excluded, the widths, and how the features were extracted."""
+    return {"source": source, "split": kind,
+            **{k: data_stats([ds.clips[i] for i in v]) for k, v in split.items()},
+            "skipped": ds.skipped, "excluded": dict(ds.excluded), "audio_dim": ds.audio_dim,
+            "video_dim": ds.video_dim, "extraction": ds.extraction}

@@ -13,6 +13,7 @@ import os
 import platform
 import threading
 import time
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -36,8 +37,9 @@ class Status:
     final state (done, stopped, failed) that the loop writes next.
     """
 
-    def __init__(self, run: RunDir, epochs_max: int):
-        self.run, self.lock = run, threading.RLock()
+    def __init__(self, run: RunDir, epochs_max: int,
+                 relay: Callable[[dict], None] | None = None):
+        self.run, self.lock, self.relay = run, threading.RLock(), relay  # relay: each update
         self.state = {"state": "starting", "epoch": 0, "epochs_max": epochs_max, "best": None,
                       "eta_seconds": None, "eta_early_stop_seconds": None, "pid": os.getpid()}
         self.proc = psutil.Process()
@@ -50,6 +52,8 @@ class Status:
         with self.lock:
             self.state.update(kw)
             self.write()
+        if self.relay is not None:  # an ensemble's member tells the ensemble's status
+            self.relay(kw)
 
     def resources(self) -> dict:
         mem = self.proc.memory_info()
@@ -96,6 +100,15 @@ def eta(epoch_seconds: list[float], epochs_left: int, patience_left: int) -> dic
     per_epoch = float(np.mean(epoch_seconds[-5:] or [0.0]))
     return {"eta_seconds": round(per_epoch * epochs_left, 1),
             "eta_early_stop_seconds": round(per_epoch * min(epochs_left, patience_left), 1)}
+
+
+def timings(t0: float, history: list[dict], members: list[dict]) -> dict:
+    """summary.json's ``timings``: since ``t0``, in training (a run's epochs, an ensemble's
+    members'; trainer.train_members), and per epoch (an ensemble's: 0, it has none itself)."""
+    seconds = [h["epoch_seconds"] for h in history]
+    return {"total_seconds": round(time.time() - t0, 2),
+            "train_seconds": round(sum(seconds) + sum(m["train_seconds"] for m in members), 2),
+            "mean_epoch_seconds": round(float(np.mean(seconds or [0.0])), 3)}
 
 
 def versions() -> dict:

@@ -18,30 +18,29 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import structlog
 import torch
 
 from trainer import logs, plots, tracking
 from trainer.averaging import WeightAverage, checkpoint_weights, restore_weights
-from trainer.batching import Normalizer, bucket_batches, padding_efficiency
+from trainer.batching import Normalizer, bucket_batches, collate, padding_efficiency
 from trainer.checkpoint import CheckpointPair, read_checkpoint
 from trainer.config import TrainConfig, model_settings, prepare_settings
-from trainer.data import LABELS, check_data, data_stats, load_dataset
-from trainer.ensemble import members
+from trainer.data import LABELS, check_data, load_dataset
 from trainer.errors import EXIT_STOPPED, CheckpointError, DataError, Stopped, exit_now
 from trainer.evaluate import predict_logits, predictions_csv, score_rows
 from trainer.fallback import choose, fallback_state
-from trainer.losses import backward_step, focal_loss, inverse_frequency_weights
+from trainer.losses import focal_loss, inverse_frequency_weights, training_loss
 from trainer.metrics import classification_report
 from trainer.model import build_model, count_parameters
-from trainer.prepare import member_view, pool_clip, standardise
-from trainer.splits import given_split, make_split
+from trainer.prepare import pool_clip, standardise, training_views
+from trainer.splits import data_summary, given_split, make_split
 from trainer.spot import SpotWatcher
-from trainer.status import Status, eta, versions
+from trainer.status import Status, eta, timings, versions
 from trainer.store.rundir import RunDir
 from trainer.store.uri import is_s3, resolve_data
 from trainer.train_media import extract_in_run
+from trainer.train_members import fit_members
 from trainer.train_sync import choose_sync_weight, fit_sync
 
 log = structlog.get_logger()
@@ -54,8 +53,8 @@ class Training:
     """One training run. ``Training(cfg).run()`` returns the summary dict."""
 
     def __init__(self, cfg: TrainConfig, split: dict[str, list[str]] | None = None):
-        self.cfg = cfg
-        self.given_split = split  # clip paths per split, made outside (cv's folds), or None
+        self.cfg, self.given_split = cfg, split  # split: clip paths per split (cv's), or None
+        self.relay = None  # an ensemble member's: its status updates, for the ensemble's
         self.run_dir = RunDir(cfg.out)
         self.stop_signal: int | None = None
         self.ckpts = CheckpointPair(self.run_dir)
@@ -74,7 +73,7 @@ class Training:
         if not cfg.resume and has_ckpt:
             raise DataError(f"{run} already holds a run; pass --resume to continue it, or "
                             "choose another --out")
-        self.status = Status(run, cfg.epochs)
+        self.status = Status(run, cfg.epochs, self.relay)
         self.status.start()
         # On EC2 spot (AVE_WATCH_SPOT=1): an interruption notice becomes SIGTERM, so the
         # checkpoint is saved within one batch of the two-minute warning.
@@ -142,6 +141,7 @@ class Training:
         self.best, self.best_epoch, self.since_best = -float("inf"), 0, 0
         self.best_state = None
         self.history: list[dict] = []
+        self.members: list[dict] = []  # an ensemble's, as each member's run reports it
         if self.ckpt:
             self._restore(self.ckpt)
         else:  # a synchrony head's fixed directions, before the first step (train_sync)
@@ -200,9 +200,7 @@ class Training:
 
     def train_epoch(self) -> dict:
         cfg, model = self.cfg, self.model
-        orders = [bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket,
-                                 stream=k) for k in range(len(members(model)))]  # member_view
-        batches = orders[0]
+        batches = bucket_batches(self.lengths, cfg.batch_size, cfg.seed, self.epoch, cfg.bucket)
         model.train()
         t_start = time.perf_counter() - self.partial["seconds"]
         bar = logs.progress_bar(range(self.step, len(batches)), total=len(batches),
@@ -211,13 +209,17 @@ class Training:
             bar.update(self.step)
         last_log = time.monotonic()
         for b in bar:
-            view = member_view(self.clips["train"], orders, b, [cfg.seed, self.epoch, b], cfg)
+            batch = collate([self.clips["train"][i] for i in batches[b]], cfg.modality)
+            other, lam = training_views(batch, [cfg.seed, self.epoch, b], cfg.time_mask,
+                                        cfg.feature_mask, cfg.noise, cfg.mixup)
+            loss = training_loss(model, batch, other, lam, self.alpha, cfg.focal_gamma)
             self.opt.zero_grad(set_to_none=True)
-            loss = backward_step(model, view, self.alpha, cfg.focal_gamma, cfg.grad_clip)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             self.opt.step()
             self.ema.update()
             n = len(batches[b])
-            self.partial["loss_sum"] += loss * n
+            self.partial["loss_sum"] += loss.item() * n
             self.partial["n"] += n
             self.step = b + 1
             if hasattr(bar, "set_postfix"):
@@ -248,6 +250,12 @@ class Training:
 
     def train(self) -> None:
         cfg = self.cfg
+        if cfg.ensemble > 1:  # each member a whole run of its own (trainer.train_members)
+            self.ckpts.save(self.state())  # a run begun, resumed with --resume like any other
+            self.members = fit_members(self, Training)
+            self.best_state = None  # the members' own best weights are the ensemble's
+            self.ckpts.save(self.state(), best=True)
+            return
         self.status.update(state="training", epoch=self.epoch)
         while self.epoch < cfg.epochs and self.since_best < cfg.patience:
             ep = self.train_epoch()
@@ -299,28 +307,21 @@ class Training:
         summary = {
             "test": test,
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
-                           if self.best_epoch else None, "best_epoch": self.best_epoch,
-                           "selected_by": cfg.select},
+                           if self.best_epoch else self.validate()[1]["macro_f1"],
+                           "best_epoch": self.best_epoch, "selected_by": cfg.select},
             "lone_clip": lone, "sync_weight": sync["weight"], "sync_validation_macro_f1":
             sync.get("validation_macro_f1"),  # each weight's: the chosen one's is the model's
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
-            "data": {
-                "source": cfg.data, "split": cfg.split,
-                **{k: data_stats([ds.clips[i] for i in v]) for k, v in self.split.items()},
-                "skipped": ds.skipped, "excluded": dict(ds.excluded),
-                "audio_dim": ds.audio_dim, "video_dim": ds.video_dim,
-                "extraction": ds.extraction,
-            },
+            "data": data_summary(ds, self.split, cfg.data, cfg.split),
+            **({"members": self.members} if self.members else {}),
             "epochs": self.epoch, "stopped_early": self.since_best >= cfg.patience,
-            "timings": {"total_seconds": round(time.time() - self.t0, 2),
-                        "train_seconds": round(sum(h["epoch_seconds"] for h in self.history), 2),
-                        "mean_epoch_seconds": round(float(np.mean(
-                            [h["epoch_seconds"] for h in self.history])), 3)},
+            "timings": timings(self.t0, self.history, self.members),
             "versions": versions(),
         }
         run.write_json("summary.json", summary)
-        run.write_bytes("plots/learning_curves.png", plots.learning_curves(self.history))
+        if self.history:  # an ensemble's: its members' run directories
+            run.write_bytes("plots/learning_curves.png", plots.learning_curves(self.history))
         run.write_bytes("plots/confusion_matrix.png",
                         plots.confusion(test["confusion_matrix"], LABELS))
         self.tracker.finish(asdict(cfg), test, LABELS, self.history)

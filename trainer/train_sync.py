@@ -16,7 +16,6 @@ import torch
 
 from trainer.batching import collate
 from trainer.data import LABELS, Clip
-from trainer.ensemble import members, set_sync_weight
 from trainer.evaluate import predict_logits
 from trainer.metrics import classification_report
 
@@ -27,8 +26,7 @@ BATCH = 64  # clips per forward pass while fitting the scale
 
 
 def has_sync(model: torch.nn.Module) -> bool:
-    """Whether ``model`` (or each of an ensemble's members) has a synchrony head."""
-    return getattr(members(model)[0], "sync", None) is not None
+    return getattr(model, "sync", None) is not None
 
 
 def within_cov(streams: list[np.ndarray]) -> torch.Tensor:
@@ -43,17 +41,9 @@ def within_cov(streams: list[np.ndarray]) -> torch.Tensor:
 @torch.no_grad()
 def fit_sync(model: torch.nn.Module, clips: list[Clip]) -> None:
     """Directions and scale of ``model``'s synchrony head from the (prepared) training clips;
-    nothing for a model without one. They are fitted, not learned: an ensemble's members get
-    the same."""
+    nothing for a model without one."""
     if not has_sync(model):
         return
-    first, *rest = members(model)
-    _fit_one(first, clips)
-    for m in rest:
-        m.sync.load_state_dict(first.sync.state_dict())
-
-
-def _fit_one(model: torch.nn.Module, clips: list[Clip]) -> None:
     covs = ((within_cov([c.audio for c in clips]), within_cov([c.video for c in clips]))
             if model.sync.pcs else (None, None))  # D x D per clip: only when read
     model.sync.fit(torch.from_numpy(np.stack([c.audio.mean(0) for c in clips])),
@@ -78,11 +68,11 @@ def choose_sync_weight(model: torch.nn.Module, clips: list[Clip], cfg) -> dict |
     truth = [c.label for c in clips]
     scores = {}
     for w in WEIGHTS:
-        set_sync_weight(model, w)
+        model.sync_weight.fill_(w)
         pred = predict_logits(model, clips, cfg.batch_size, cfg.modality).argmax(1).tolist()
         scores[w] = classification_report(truth, pred, LABELS)["macro_f1"]
     best = max(WEIGHTS, key=lambda w: (scores[w], -abs(w - 1.0)))
-    set_sync_weight(model, best)
+    model.sync_weight.fill_(best)
     log.info("sync_weight", chosen=best, val_macro_f1={str(w): round(s, 4)
                                                        for w, s in scores.items()})
     return {"weight": best, "validation_macro_f1": {str(w): s for w, s in scores.items()}}

@@ -116,7 +116,7 @@ def serve(preset: str, seed: int, threads: int, batch: int, rank: int, world: in
         losses = [step(load(idx, b)) for b, idx in enumerate(mine)]
         if world > 1:
             dist.barrier()  # the epoch ends when the slowest rank's does
-        say({"seconds": time.perf_counter() - t0, "loss": sum(losses) / len(losses)})
+        say({"seconds": time.perf_counter() - t0, "loss": float(torch.stack(losses).mean())})
     out = {"rank": rank, "clips": sum(map(len, mine)), "steps": len(mine),
            # equal on every rank if the all-reduce kept the replicas in step
            "weights_sha256": hashlib.sha256(b"".join(

@@ -52,7 +52,7 @@ VARIANTS = {
                ["--no-sync-head"]),
     "pcs0": ("hybrid `--sync-pcs 0` (the synchrony head on class directions alone)",
              ["--sync-pcs", "0"]),
-    "ens3": ("hybrid `--ensemble 3` (three models' mean probability; 3x the compute)",
+    "ens3": ("hybrid `--ensemble 3` (three whole runs, their mean probability; 3x the compute)",
              ["--ensemble", "3"]),
     "late": ("hybrid `--fusion late`", ["--fusion", "late"]),
     "audio": ("hybrid, audio only", ["--modality", "audio"]),
@@ -94,7 +94,12 @@ def record(run: Path, summary: dict) -> dict:
     r = {k: test[k] for k in ("macro_f1", "accuracy", "uar")}
     r.update(grouped(test["confusion_matrix"]))
     r["test_speakers"] = len(summary["data"]["test"]["speakers"])
-    if "epochs" in summary:
+    if "members" in summary:  # --ensemble: each member's own best epoch, and test figure
+        r.update(epochs=[m["epochs"] for m in summary["members"]],
+                 best_epoch=[m["best_epoch"] for m in summary["members"]],
+                 member_macro_f1=[m["test_macro_f1"] for m in summary["members"]],
+                 seconds=summary["timings"]["total_seconds"])
+    elif "epochs" in summary:
         r.update(epochs=summary["epochs"], best_epoch=summary["validation"]["best_epoch"],
                  seconds=summary["timings"]["total_seconds"], curve=curve(run))
     else:

@@ -16,7 +16,7 @@ import torch
 from trainer.batching import collate
 from trainer.config import TrainConfig, model_settings, prepare_settings
 from trainer.data import LABELS, Clip
-from trainer.losses import backward_step
+from trainer.losses import training_loss
 from trainer.model import build_model
 from trainer.prepare import augment, pool_clips
 
@@ -91,15 +91,17 @@ def loader(clips: list[Clip], cfg, seed: int, rank: int = 0):
 
 def training_step(model: torch.nn.Module, cfg):
     """train.py's step for ``model`` (also a DistributedDataParallel wrapper): focal loss,
-    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, a float."""
+    backward, clipping, fused AdamW. ``step(batch)`` returns the loss, detached."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=True)  # as train.py
 
     def step(batch):
+        loss = training_loss(model, batch, batch["label"], 1.0, None, 2.0)
         opt.zero_grad(set_to_none=True)
-        loss = backward_step(model, lambda k: (batch, batch["label"], 1.0), None, 2.0, 1.0)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss
+        return loss.detach()
     return step
 
 

@@ -61,10 +61,14 @@ def summary_markdown(run_id: str, st: dict | None, summary: dict | None, rows: l
     st, config = st or {}, config or {}
     state = st.get("state", "unknown")
     out = [f"# Run {run_id}", ""]
-    line = (f"State: **{state}** (status updated {st.get('updated_at', '?')}), epoch "
-            f"{st.get('epoch', 0)} of at most {st.get('epochs_max', config.get('epochs', '?'))}")
-    if summary:
-        line += ", stopped early" if summary.get("stopped_early") else ", ran to the epoch cap"
+    line = f"State: **{state}** (status updated {st.get('updated_at', '?')}), "
+    if summary and summary.get("members"):  # --ensemble: its epochs are its members'
+        line += f"{len(summary['members'])} members, each a run of its own"
+    else:
+        line += (f"epoch {st.get('epoch', 0)} of at most "
+                 f"{st.get('epochs_max', config.get('epochs', '?'))}")
+        if summary:
+            line += ", stopped early" if summary.get("stopped_early") else ", ran to the epoch cap"
     out += [line + ".", ""]
     if config:
         out += [f"Model `{config.get('model')}`; data `{config.get('data')}`; split "
@@ -81,7 +85,13 @@ def summary_markdown(run_id: str, st: dict | None, summary: dict | None, rows: l
         out += _table(["metric", "value"], [["accuracy", f"{test['accuracy']:.4f}"],
                                             ["macro-F1", f"{test['macro_f1']:.4f}"],
                                             ["UAR", f"{test['uar']:.4f}"]])
-        if val:
+        if summary.get("members"):  # --ensemble: each member a run of its own
+            out += ["", f"Validation macro-F1 {val['best_macro_f1']:.4f}: the mean probability "
+                    f"of {len(summary['members'])} members, each at its own best epoch:", ""]
+            out += _table(["member", "seed", "best epoch", "head weight", "test macro-F1"],
+                          [[f"`members/{k}`", m["seed"], m["best_epoch"], m["sync_weight"],
+                            f"{m['test_macro_f1']:.4f}"] for k, m in enumerate(summary["members"])])
+        elif val:
             out += ["", f"Best validation macro-F1 {val['best_macro_f1']:.4f} at epoch "
                     f"{val['best_epoch']} (the weights tested)."]
         labels = list(test["per_class"])
@@ -116,7 +126,7 @@ def summary_markdown(run_id: str, st: dict | None, summary: dict | None, rows: l
         m = summary.get("model", {})
         out += ["", f"Model: {m.get('name')}, {m.get('parameters', '?')} parameters."]
     out += ["", "## Validation per epoch", "", "```"] + views.metrics_lines(rows) + ["```", ""]
-    out += ["## Plots", "", "![learning curves](plots/learning_curves.png)"]
+    out += ["## Plots", ""] + (["![learning curves](plots/learning_curves.png)"] if rows else [])
     if summary:
         out.append("![confusion matrix](plots/confusion_matrix.png)")
     return "\n".join(out).rstrip() + "\n"

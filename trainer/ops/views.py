@@ -65,7 +65,7 @@ def status_lines(run_id: str, st: dict | None, host: dict | None = None,
             x = st["extract"]
             lines.append(f"extract    {x.get('clips_done', 0)} clip files of about "
                          f"{x.get('media_files', '?')} media files, {x.get('uploaded', 0)} in S3")
-        lines.append(f"epoch      {st.get('epoch', 0)} / {st.get('epochs_max', '?')}")
+        lines.append(f"epoch      {st.get('epoch', 0)} / {st.get('epochs_max', '?')}{member(st)}")
         if st.get("best") is not None:
             lines.append(f"best       val macro-F1 {st['best']:.4f} at epoch "
                          f"{st.get('best_epoch', '?')}")
@@ -156,6 +156,11 @@ def metrics_lines(rows: list[dict]) -> list[str]:
     return metrics_table(rows) + [""] + chart(vals, title="validation macro-F1 per epoch")
 
 
+def member(st: dict) -> str:
+    """`` (member K of N)`` while an ensemble trains its members (trainer.train_members)."""
+    return f" (member {st['member']} of {st['members']})" if st.get("member") else ""
+
+
 def eta_lines(st: dict | None, rows: list[dict], config: dict | None) -> list[str]:
     """Time to completion: epoch times, the epoch cap and how close early stopping is."""
     if not st:
@@ -165,7 +170,7 @@ def eta_lines(st: dict | None, rows: list[dict], config: dict | None) -> list[st
     epoch, cap = st.get("epoch", 0), st.get("epochs_max") or (config or {}).get("epochs")
     recent = [r["epoch_seconds"] for r in rows[-5:] if "epoch_seconds" in r]
     per = sum(recent) / len(recent) if recent else None
-    lines = [f"epoch {epoch} of at most {cap}"
+    lines = [f"epoch {epoch} of at most {cap}{member(st)}"
              + (f"; {per:.1f} s per epoch (mean of the last {len(recent)})" if per else
                 "; no epoch time yet")]
     lines.append(f"to the epoch cap:   {duration(st.get('eta_seconds'))}"

@@ -266,8 +266,8 @@ def test_enrolling_holds_memory_flat():
 def test_a_trained_speaker_model_records_its_fallback_and_predicts_as_evaluate(
         tmp_path, capsys, monkeypatch):
     """Trained for real: the checkpoint and summary.json hold validation macro-F1 with speaker
-    statistics and with the fallback, and the synchrony head's weight, both added to each
-    checkpoint in one rewrite; the run's predictions.csv is its test split; a lone held-out
+    statistics and with the fallback, and the synchrony and linear heads' fits, all added to
+    each checkpoint in one rewrite; the run's predictions.csv is its test split; a lone held-out
     clip with its speaker's enrolment predicts as evaluate does."""
     data = tiny_demo(tmp_path / "data", speakers=8, clips_per_speaker=8)
     out = tmp_path / "run"
@@ -277,17 +277,19 @@ def test_a_trained_speaker_model_records_its_fallback_and_predicts_as_evaluate(
                         lambda self, **extra: (amended.append(set(extra)), amend(self, **extra)))
     assert main(["train", "--data", str(data), "--out", str(out), "--epochs", "2", "--norm",
                  "speaker", *FAST]) == 0
-    assert amended == [{"sync_weight", "fallback"}]  # last.pt and best.pt rewritten once each
+    assert amended == [{"sync_weight", "fallback", "linear_head"}]  # each .pt rewritten once
     summary = json.loads((out / "summary.json").read_text())
     lone = summary["lone_clip"]
     for name in ("best.pt", "last.pt"):
         assert read_checkpoint(out / "checkpoints" / name)["sync_weight"] == summary["sync_weight"]
+        head = read_checkpoint(out / "checkpoints" / name)["linear_head"]
+        assert float(head["mix"]) == pytest.approx(summary["linear_head"]["mix"])
         fb = read_checkpoint(out / "checkpoints" / name)["fallback"]
         assert fb["method"] == lone["fallback"] in CANDIDATES
         assert fb["validation_macro_f1"] == lone["validation"]
         assert set(fb["validation_macro_f1"]) == {"speaker", "fallback", *CANDIDATES}
-    v = lone["validation"]  # the finished model's: at the synchrony head's chosen weight
-    chosen = summary["sync_validation_macro_f1"][str(summary["sync_weight"])]
+    v = lone["validation"]  # the finished model's: its heads at their chosen weights
+    chosen = summary["linear_head"]["validation_macro_f1"]
     assert v["speaker"] == pytest.approx(chosen, abs=1e-6)
     assert v["fallback"] == max(v[m] for m in CANDIDATES)
     with open(out / "predictions.csv", newline="") as f:

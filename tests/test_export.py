@@ -56,9 +56,11 @@ def test_exported_model_agrees_with_eager_on_held_out_clips(runs, model, fmt, tm
     assert prep["norm"] == side["prepare"]["norm"] and len(prep["steps"]) == 3
     assert prep["steps"][0].startswith("pool each stream") and "inside" in prep["steps"][2]
     trained = load_trained(ckpt[model])
-    if model == "hybrid":  # the head's weight, chosen after training, goes too
+    if model == "hybrid":  # the heads' weights, chosen after training, go too
         weight = torch.load(ckpt[model], weights_only=True)["sync_weight"]
         assert float(trained.model.sync_weight) == weight
+        summary = json.loads((ckpt[model].parent.parent / "summary.json").read_text())
+        assert float(trained.model.linear.mix) == pytest.approx(summary["linear_head"]["mix"])
     if model == "ensemble":  # each member's, chosen by its own run
         run = ckpt[model].parent.parent
         assert [float(m.sync_weight) for m in members(trained.model)] == [json.loads(

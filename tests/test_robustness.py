@@ -194,6 +194,8 @@ def test_the_suite_writes_its_table_and_reads_finished_runs_instead_of_repeating
     assert set(cell) == {"hybrid", "ens3", "linear"} and cell["hybrid"]["seeds"] == 1
     run = doc["runs"]["base/hybrid"]["0"]
     assert run["test_speakers"] == 8 and len(run["curve"]) == 1 and 0 <= run["timing"] <= 1
+    summary = json.loads((tmp_path / "base" / "hybrid-seed-0" / "summary.json").read_text())
+    assert run["linear_mix"] == summary["linear_head"]["mix"]  # the linear head's weight
     cfg = json.loads((tmp_path / "base" / "hybrid-seed-0" / "config.json").read_text())
     assert cfg["epochs"] == 1 and cfg["threads"] == 1 and cfg["d_model"] == 32
     assert cfg["data"].endswith("data/base-seed-0")

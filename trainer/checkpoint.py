@@ -84,6 +84,8 @@ def load_trained(path: str | Path) -> Trained:
     load_weights(model, ckpt["model"], path)
     if ckpt.get("sync_weight") is not None:  # chosen after training (trainer.train_sync)
         model.sync_weight.fill_(ckpt["sync_weight"])
+    if ckpt.get("linear_head") is not None:  # fitted after training (trainer.train_linear)
+        model.linear.load_state_dict(ckpt["linear_head"])
     model.eval()
     modality = ckpt.get("config", {}).get("modality", "both")
     # Checkpoints without "prepare" (the lstm's, from 0.1) read clips as stored, globally scaled.

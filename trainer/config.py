@@ -60,6 +60,7 @@ class TrainConfig:
     stats_head: bool = False  # hybrid: per-clip mean and std of each input feature to the logits
     sync_head: bool = True  # hybrid: correlations along fixed class directions (trainer.synchrony)
     sync_pcs: int = 3  # hybrid: principal directions per stream the synchrony head reads too
+    linear_head: bool = True  # hybrid: a regression on clip summaries, fitted after training
     mixup: float = 0.0  # training: mixup's Beta(alpha, alpha) inside each batch (0 = off)
     ema: float = 0.0  # training: decay of the weights' moving average that validation and
     # the test read (trainer.averaging; 0 = off)
@@ -217,7 +218,7 @@ def model_settings(cfg: TrainConfig, audio_dim: int, video_dim: int, n_classes: 
                  input_rank=cfg.input_rank, input_dropout=cfg.input_dropout,
                  center=cfg.center, stats_head=cfg.stats_head,
                  sync_head=cfg.sync_head and cfg.modality == "both" and cfg.fusion == "cross",
-                 sync_pcs=cfg.sync_pcs)
+                 sync_pcs=cfg.sync_pcs, linear_head=cfg.linear_head)
     if cfg.ensemble > 1:  # absent for one model: its checkpoints read as before
         s["members"] = cfg.ensemble
     return s

@@ -48,13 +48,16 @@ HELP = {
                  "on validation (trainer.synchrony); with both streams and --fusion cross",
     "sync_pcs": "hybrid: the synchrony head also reads this many principal directions of each "
                 "stream's variation within clips (where brief events show, whatever class)",
-    "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the logits "
-                  "(the pooled linear model, inside the hybrid)",
+    "stats_head": "hybrid: each input feature's per-clip mean and deviation straight to the "
+                  "logits, learned with the rest (not the default; see --linear-head)",
+    "linear_head": "hybrid: a logistic regression on each input feature's per-clip mean, deviation "
+                   "and maximum, fitted after training and mixed into the output at a weight "
+                   "chosen on validation log-loss (trainer.linear_head)",
     "mixup": "training: mixup inside each batch, lam ~ Beta(MIXUP, MIXUP) (0 = off)",
     "ema": "training: validation, best.pt and the test read an exponential moving average of "
            "the weights with this decay per step, e.g. 0.99 (trainer.averaging; 0 = off)",
-    "ensemble": "train this many models side by side, each from its own initial weights, and "
-                "read the mean of their probabilities (N times the compute; 1 = one model)",
+    "ensemble": "train this many whole runs, seeds SEED to SEED+N-1, in OUT/members/, and read "
+                "the mean of their probabilities (N times the compute; 1 = one model)",
     "noise": "training: std of Gaussian noise added to the standardised input features",
     "select": "early stopping and best.pt by validation macro_f1 or loss",
     "fusion": "hybrid: cross (cross-modal attention over time) or late (pooled streams "

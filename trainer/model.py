@@ -36,6 +36,7 @@ from torch.nn.utils.parametrizations import weight_norm
 from trainer.baseline import LSTMBaseline
 from trainer.ensemble import Ensemble
 from trainer.lean import NormLinear, lean_relu, norm_convs, recomputed_in_backward
+from trainer.linear_head import LinearHead
 from trainer.synchrony import SyncFeatures
 
 FUSIONS = ("cross", "late")
@@ -291,7 +292,8 @@ class HybridModel(nn.Module):
                  heads: int = 4, audio_layers: int = 2, tcn_levels: int = 4, dropout: float = 0.1,
                  fusion: str = "cross", time_scales: tuple[float, float] = (0.02, 2.0),
                  input_rank: int = 0, input_dropout: float = 0.0, center: bool = False,
-                 stats_head: bool = False, sync_head: bool = False, sync_pcs: int = 0):
+                 stats_head: bool = False, sync_head: bool = False, sync_pcs: int = 0,
+                 linear_head: bool = False):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
@@ -309,6 +311,9 @@ class HybridModel(nn.Module):
             self.register_buffer("sync_weight", torch.ones(()))
             self.sync_out = nn.Sequential(nn.Dropout(dropout), nn.Linear(
                 n_classes ** 2 + sync_pcs ** 2, n_classes))
+        # The linear head (trainer.linear_head): a logistic regression on clip summaries,
+        # fitted after training and mixed into the output in evaluation (trainer.train_linear).
+        self.linear = LinearHead(audio_dim, video_dim, n_classes) if linear_head else None
         self.in_drop = ChannelDropout(input_dropout)
         self.audio_in = input_projection(audio_dim, d_model, input_rank)
         self.audio_convs = nn.ModuleList(MultiScaleConv(d_model, (3, 5), dropout)
@@ -325,7 +330,8 @@ class HybridModel(nn.Module):
 
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, parts=False, **_):
         """Logits (B, n_classes); with a synchrony head and ``parts``, (the rest's logits, the
-        head's own), which training scores apart (trainer.losses.training_loss)."""
+        head's own), which training scores apart (trainer.losses.training_loss). In evaluation
+        a linear head's log-probabilities are mixed in (its ``mix``; 0 until it is fitted)."""
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
@@ -350,9 +356,13 @@ class HybridModel(nn.Module):
                             masked_mean(v, video_mask), masked_max(v, video_mask)], -1)
         logits = self.head(pooled)  # (B, 4d) -> (B, n_classes)
         logits = logits if stats is None else logits + stats
-        if sync is None:
+        if sync is not None:
+            if parts:
+                return logits, sync
+            logits = logits + self.sync_weight * sync
+        if self.linear is None or self.training:
             return logits
-        return (logits, sync) if parts else logits + self.sync_weight * sync
+        return self.linear.combine(logits, self.linear(audio, audio_mask, video, video_mask))
 
 
 def build_model(name: str, members: int = 1, **settings) -> nn.Module:

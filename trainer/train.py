@@ -40,8 +40,9 @@ from trainer.status import Status, eta, timings, versions
 from trainer.store.rundir import RunDir
 from trainer.store.uri import is_s3, resolve_data
 from trainer.train_media import extract_in_run
+from trainer.train_linear import fit_after_training
 from trainer.train_members import fit_members
-from trainer.train_sync import choose_sync_weight, fit_sync
+from trainer.train_sync import fit_sync
 
 log = structlog.get_logger()
 
@@ -139,9 +140,7 @@ class Training:
         self.epoch, self.step = 0, 0  # completed epochs; batches done in the current epoch
         self.partial = {"loss_sum": 0.0, "n": 0, "seconds": 0.0}
         self.best, self.best_epoch, self.since_best = -float("inf"), 0, 0
-        self.best_state = None
-        self.history: list[dict] = []
-        self.members: list[dict] = []  # an ensemble's, as each member's run reports it
+        self.best_state, self.history, self.members = None, [], []  # members: an ensemble's
         if self.ckpt:
             self._restore(self.ckpt)
         else:  # a synchrony head's fixed directions, before the first step (train_sync)
@@ -297,20 +296,21 @@ class Training:
         self.status.update(state="evaluating", epoch=self.epoch, eta_seconds=0)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        sync = choose_sync_weight(self.model, self.clips["val"], cfg) or {"weight": None}
+        sync, linear = fit_after_training(self.model, self.clips, cfg)
         test, rows = score_rows(self.model, self.clips["test"], LABELS, self.prepare,
                                 cfg.batch_size, cfg.modality)
         lone = self.measure_fallback()  # evaluate, predict, export read both in the checkpoints
-        self.ckpts.amend(**{k: v for k, v in (("sync_weight", sync["weight"]),
-                                              ("fallback", self.fallback)) if v is not None})
+        kept = {"sync_weight": sync["weight"], "fallback": self.fallback,
+                "linear_head": linear and self.model.linear.state_dict()}
+        self.ckpts.amend(**{k: v for k, v in kept.items() if v is not None})
         run.write_text("predictions.csv", predictions_csv(rows))  # a row per test clip
         summary = {
             "test": test,
             "validation": {"best_macro_f1": self.history[self.best_epoch - 1]["val_macro_f1"]
                            if self.best_epoch else self.validate()[1]["macro_f1"],
                            "best_epoch": self.best_epoch, "selected_by": cfg.select},
-            "lone_clip": lone, "sync_weight": sync["weight"], "sync_validation_macro_f1":
-            sync.get("validation_macro_f1"),  # each weight's: the chosen one's is the model's
+            "lone_clip": lone, "linear_head": linear, "sync_weight": sync["weight"],
+            "sync_validation_macro_f1": sync.get("validation_macro_f1"),  # the weights' scores
             "model": {"name": cfg.model, "parameters": count_parameters(self.model),
                       "settings": self.settings},
             "data": data_summary(ds, self.split, cfg.data, cfg.split),

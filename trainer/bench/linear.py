@@ -29,8 +29,8 @@ import torch
 from trainer.bench.measure import torch_threads
 from trainer.data import LABELS, Clip, load_dataset
 from trainer.metrics import classification_report
+from trainer.train_linear import L2_GRID, fit_regression
 
-L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalty on the mean squared weight, per clip's loss
 NORMS = ("speaker", "none")
 STD_FLOOR = 1e-3
 
@@ -51,27 +51,6 @@ def by_speaker(x: np.ndarray, speakers: list[str]) -> np.ndarray:
         g = x[idx]
         out[idx] = (g - g.mean(0)) / np.maximum(g.std(0), STD_FLOOR)
     return out
-
-
-def fit(x: torch.Tensor, y: torch.Tensor, l2: float, n_classes: int) -> torch.nn.Linear:
-    """Multinomial logistic regression, class-balanced, fitted by full-batch L-BFGS."""
-    counts = torch.bincount(y, minlength=n_classes).clamp(min=1).double()
-    weight = len(y) / (n_classes * counts)  # inverse frequency: every class weighs the same
-    model = torch.nn.Linear(x.shape[1], n_classes).double()
-    torch.nn.init.zeros_(model.weight)
-    torch.nn.init.zeros_(model.bias)
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=300, history_size=20,
-                            tolerance_grad=1e-7, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(x), y, weight=weight)
-        loss = loss + l2 * model.weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return model
 
 
 def linear_baseline(data: str, l2_grid=L2_GRID, norms=NORMS, threads: int = 1) -> dict:
@@ -100,7 +79,7 @@ def _fit_all(data: str, l2_grid, norms) -> dict:
         mean, std = xs["train"].mean(0), np.maximum(xs["train"].std(0), STD_FLOOR)
         xt = {k: torch.from_numpy((v - mean) / std) for k, v in xs.items()}
         for l2 in l2_grid:
-            model = fit(xt["train"], y["train"], l2, n)
+            model = fit_regression(xt["train"], y["train"], l2, n)
             with torch.no_grad():
                 pred = {k: model(v).argmax(1).numpy() for k, v in xt.items()}
             scores = {k: classification_report(y[k].numpy(), pred[k], LABELS[:n]) for k in pred}

@@ -102,6 +102,8 @@ def record(run: Path, summary: dict) -> dict:
     elif "epochs" in summary:
         r.update(epochs=summary["epochs"], best_epoch=summary["validation"]["best_epoch"],
                  seconds=summary["timings"]["total_seconds"], curve=curve(run))
+        if summary.get("linear_head"):  # the linear head's weight, chosen on validation
+            r["linear_mix"] = summary["linear_head"]["mix"]
     else:
         r.update(chosen={k: summary["validation"][k] for k in ("norm", "l2")},
                  train_macro_f1=summary["train"]["macro_f1"])

@@ -19,13 +19,13 @@ decides; where the linear model cannot see the cue (timing pairs), validation gi
 
 Why the log-loss, not macro-F1, for ``mix``: on 3 validation speakers, macro-F1 moves in
 steps of a clip and tied or reversed the weights' order on most seeds; the log-loss reads how
-sure each clip's answer was, and on the faint raw media chose 0.3 to 0.9 where the test
-figures agreed (docs/training.md). While training, the head is off (``mix`` 0, and the model
+sure each clip's answer was, and on the raw media chose 0.3 to 0.9 where the test figures
+agreed (docs/training.md). While training, the head is off (``mix`` 0, and the model
 in training mode does not read it), so training is unchanged.
 
-    head = LinearHead(audio_dim=40, video_dim=64, k=6)   # in the model (trainer.model)
-    fit_linear_head(model, train_clips, val_clips, 32, "both")  # after training
-                                                         # (trainer.train_linear)
+    head = LinearHead(audio_dim=40, video_dim=64, k=6)  # in the hybrid (trainer.model)
+    fit_linear_head(model, {"train": train_clips, "val": val_clips}, cfg)  # after training
+    logits = head(audio, audio_mask, video, video_mask)  # (B, 6)
 """
 
 from __future__ import annotations

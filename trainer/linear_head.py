@@ -34,15 +34,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from trainer.pooling import masked_max, mean_std
+
 
 def summaries(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean, deviation and maximum over real frames: (B, T, C) -> (B, 3C)."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    n = m.sum(1).clamp_min(1.0)
-    mean = (x * m).sum(1) / n
-    std = (((x - mean[:, None]) * m) ** 2).sum(1).div(n).sqrt()
-    top = x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
-    return torch.cat([mean, std, top], -1)
+    """Mean, deviation and maximum over real frames: (B, T, C) -> (B, 3C). No gradient flows
+    here, so the deviation needs no ``eps``: it is the floor's (``trainer.bench.linear``)."""
+    mean, std = mean_std(x, mask, eps=0.0)
+    return torch.cat([mean, std, masked_max(x, mask)], -1)
 
 
 class LinearHead(nn.Module):

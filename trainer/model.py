@@ -37,6 +37,7 @@ from trainer.baseline import LSTMBaseline
 from trainer.ensemble import Ensemble
 from trainer.lean import NormLinear, lean_relu, norm_convs, recomputed_in_backward
 from trainer.linear_head import LinearHead
+from trainer.pooling import masked_max, masked_mean, mean_std
 from trainer.synchrony import SyncFeatures
 
 FUSIONS = ("cross", "late")
@@ -65,25 +66,6 @@ class ChannelDropout(nn.Module):
             return x
         keep = torch.empty(x.shape[0], 1, x.shape[-1], dtype=x.dtype, device=x.device)
         return x * keep.bernoulli_(1 - self.p).div_(1 - self.p)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real frames: (B, T, C) -> (B, C)."""
-    m = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
-    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation over real frames: (B, T, C) -> (B, C), (B, C)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean[:, None]) ** 2, mask)
-    return mean, (var + 1e-6).sqrt()
-
-
-def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max over real frames: (B, T, C) -> (B, C); brief events survive it, unlike the mean."""
-    # max with indices, not amax: backward then keeps the (B, C) indices, not (B, T, C) values
-    return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
 
 
 def drop_relu(drop: nn.Module, x: torch.Tensor) -> torch.Tensor:

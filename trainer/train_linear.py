@@ -13,13 +13,13 @@ from trainer.data import LABELS, Clip
 from trainer.evaluate import predict_logits
 from trainer.linear_head import LinearHead
 from trainer.metrics import classification_report
+from trainer.prepare import STD_FLOOR
 from trainer.train_sync import choose_sync_weight
 
 log = structlog.get_logger()
 
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # penalty on the summed squared weight
 MIXES = tuple(i / 10 for i in range(11))  # the head's weight against the rest of the model
-STD_FLOOR = 1e-3
 
 
 def fit_regression(x: torch.Tensor, y: torch.Tensor, l2: float, n_classes: int) -> nn.Linear:

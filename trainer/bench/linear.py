@@ -29,10 +29,10 @@ import torch
 from trainer.bench.measure import torch_threads
 from trainer.data import LABELS, Clip, load_dataset
 from trainer.metrics import classification_report
+from trainer.prepare import STD_FLOOR
 from trainer.train_linear import L2_GRID, fit_regression
 
 NORMS = ("speaker", "none")
-STD_FLOOR = 1e-3
 
 
 def clip_features(c: Clip) -> np.ndarray:

@@ -54,6 +54,7 @@ from trainer.bench.workload import (
     workload,
 )
 from trainer.config import TrainConfig
+from trainer.runtime_env import apply
 from trainer.store.files import atomic_write_text
 
 WORLD = 2
@@ -154,8 +155,8 @@ class Group:
         self.threads = threads or (WORLD if world == 1 else 1)
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                    GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"),
-                   OMP_NUM_THREADS=str(self.threads),  # as `python -m trainer` runs the bench:
-                   THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "1"))
+                   OMP_NUM_THREADS=str(self.threads))
+        apply(env)  # as `python -m trainer` runs the bench
         self.logs = [tempfile.TemporaryFile("w+") for _ in range(world)]  # stderr, for errors
         self.procs = [subprocess.Popen(
             [sys.executable, "-m", "trainer.bench.ddp", "--worker", "--preset", preset,

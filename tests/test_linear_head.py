@@ -114,3 +114,32 @@ def test_the_exported_model_mixes_the_head_in_as_eager_does(tmp_path):
             eager = torch.softmax(m(**batch), -1).numpy()
         got = exported({k: batch[k].numpy() for k in INPUTS})
         np.testing.assert_allclose(got, eager, atol=1e-5, rtol=0)
+
+
+def test_a_head_at_weight_0_is_left_out_of_evaluation_and_export_with_the_same_output(tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    m = HybridModel(F_A, F_V, K, d_model=16, heads=2, dropout=0.0, linear_head=True).eval()
+    with torch.no_grad():
+        for buf in (m.linear.weight, m.linear.bias):
+            buf.normal_()
+    batch = collate(clips(1, 1.5, 6000))
+    calls, nodes = [], {}
+    m.linear.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        rest = m.train()(**batch)  # training mode (no dropout here): the rest's logits alone
+        linear = m.linear(batch["audio"], batch["audio_mask"], batch["video"], batch["video_mask"])
+    m.eval()
+    for mix in (0.0, 0.5):
+        m.linear.mix.fill_(mix)
+        calls.clear()
+        with torch.no_grad():
+            eager = m(**batch)
+        assert bool(calls) == (mix > 0)  # read only when it has weight
+        torch.testing.assert_close(eager, m.linear.combine(rest, linear))  # the same output
+        path = export_model(m, "onnx", tmp_path / f"m{mix}.onnx")
+        nodes[mix] = len(onnx.load(str(path)).graph.node)
+        got = load_exported(path, threads=1)({k: batch[k].numpy() for k in INPUTS})
+        np.testing.assert_allclose(got, torch.softmax(eager, -1).numpy(), atol=1e-5, rtol=0)
+    assert nodes[0.0] < nodes[0.5]  # the exported graph leaves it out at weight 0

@@ -193,3 +193,28 @@ def test_a_model_without_a_head_is_left_alone():
     fit_sync(model, clips)  # nothing to fit
     assert choose_sync_weight(model, clips, SimpleNamespace(batch_size=8, modality="both")) is None
     assert "sync_weight" not in model.state_dict()
+
+
+def test_at_weight_0_evaluation_skips_the_head_and_says_what_it_said_with_it():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(4)
+    clips = [clip(rng, y, sync=y % 2 == 0) for y in range(6)]
+    model = HybridModel(DA, DV, 6, d_model=16, heads=2, dropout=0.0, sync_head=True).eval()
+    fit_sync(model, clips)
+    calls = []
+    model.sync.register_forward_hook(lambda *_: calls.append(1))
+    batch = collate(clips)
+    with torch.no_grad():
+        rest, head = model(**batch, parts=True)  # what training reads: both parts, always
+        model.sync_weight.fill_(0.0)
+        calls.clear()
+        skipped = model(**batch)
+        assert not calls  # not computed at weight 0 ...
+        torch.testing.assert_close(skipped, rest, rtol=0, atol=0)  # ... the same to the bit
+        model.sync_weight.fill_(2.0)
+        torch.testing.assert_close(model(**batch), rest + 2.0 * head)
+        assert calls
+        model.sync_weight.fill_(0.0)
+        calls.clear()
+        model.train()(**batch, parts=True)  # training reads it whatever the weight
+        assert calls

@@ -313,7 +313,8 @@ class HybridModel(nn.Module):
     def forward(self, audio, audio_mask, audio_t, video, video_mask, video_t, parts=False, **_):
         """Logits (B, n_classes); with a synchrony head and ``parts``, (the rest's logits, the
         head's own), which training scores apart (trainer.losses.training_loss). In evaluation
-        a linear head's log-probabilities are mixed in (its ``mix``; 0 until it is fitted)."""
+        a linear head's log-probabilities are mixed in (its ``mix``; 0 until it is fitted). A
+        head at weight 0 is not computed in evaluation."""
         # Masks once per forward: float (B, T, 1) to zero padding, bool (B, 1, 1, T) for keys.
         am, vm = audio_mask.unsqueeze(-1).to(audio.dtype), video_mask.unsqueeze(-1).to(video.dtype)
         a_keep, v_keep = audio_mask[:, None, None, :], video_mask[:, None, None, :]
@@ -321,7 +322,10 @@ class HybridModel(nn.Module):
         if self.stats is not None:
             stats = self.stats(torch.cat([*mean_std(audio, audio_mask),
                                           *mean_std(video, video_mask)], -1))  # (B, classes)
-        sync = None if self.sync is None else self.sync_out(
+        # In evaluation a head whose weight validation set to 0 adds nothing: not computed
+        # (an exported model then leaves it out of its graph), the output the same to the bit
+        sync = None if self.sync is None or not (parts or self.training or bool(
+            self.sync_weight)) else self.sync_out(
             self.sync(audio, audio_mask, audio_t, video, video_mask, video_t))  # (B, classes)
         if self.center:  # the temporal branches read each clip's deviations from its mean
             audio = masked(audio - masked_mean(audio, audio_mask)[:, None], am)
@@ -344,6 +348,8 @@ class HybridModel(nn.Module):
             logits = logits + self.sync_weight * sync
         if self.linear is None or self.training:
             return logits
+        if not bool(self.linear.mix):
+            return F.log_softmax(logits, -1)  # what combine gives at weight 0
         return self.linear.combine(logits, self.linear(audio, audio_mask, video, video_mask))
 
 

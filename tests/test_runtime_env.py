@@ -1,6 +1,5 @@
 """The settings ``python -m trainer`` makes before torch loads (trainer.runtime_env): filled in
-where the environment has none, the user's own kept, and passed on to the processes the
-DDP bench starts."""
+where the environment has none, the user's own kept, and in place when torch first loads."""
 
 from __future__ import annotations
 

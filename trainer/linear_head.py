@@ -66,3 +66,11 @@ class LinearHead(nn.Module):
 
     def combine(self, rest: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         return (1 - self.mix) * F.log_softmax(rest, -1) + self.mix * F.log_softmax(linear, -1)
+
+    def mixed(self, rest: torch.Tensor, audio, audio_mask, video, video_mask) -> torch.Tensor:
+        """The model's output in evaluation: ``combine`` of ``rest`` (the rest of the model's
+        logits) and this head's. At weight 0 the regression is not run (nor exported): the
+        output is then ``log_softmax(rest)``, what ``combine`` gives."""
+        if not bool(self.mix):
+            return F.log_softmax(rest, -1)
+        return self.combine(rest, self(audio, audio_mask, video, video_mask))

@@ -348,9 +348,7 @@ class HybridModel(nn.Module):
             logits = logits + self.sync_weight * sync
         if self.linear is None or self.training:
             return logits
-        if not bool(self.linear.mix):
-            return F.log_softmax(logits, -1)  # what combine gives at weight 0
-        return self.linear.combine(logits, self.linear(audio, audio_mask, video, video_mask))
+        return self.linear.mixed(logits, audio, audio_mask, video, video_mask)
 
 
 def build_model(name: str, members: int = 1, **settings) -> nn.Module:

@@ -22,6 +22,7 @@ import urllib.request
 import pytest
 
 from trainer.store.s3 import sync_up
+from util import ctrl_c_default
 
 RUN = "20250101-120000-ab12"
 PROMPT = "choice> "
@@ -33,7 +34,7 @@ class Terminal:
     def __init__(self, argv: list[str], cwd):
         self.fd, tty = pty.openpty()
         self.proc = subprocess.Popen(argv, stdin=tty, stdout=tty, stderr=tty, cwd=cwd,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=ctrl_c_default)
         os.close(tty)
         self.screen, self.seen = "", 0
 

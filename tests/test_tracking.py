@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from util import EPOCH_TAGS, FAST, assert_events_match_metrics, read_jsonl, tb_events, tiny_demo
+from util import (EPOCH_TAGS, FAST, assert_events_match_metrics, ctrl_c_default, read_jsonl,
+                  tb_events, tiny_demo)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,11 +101,29 @@ def port_is_open(url: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
+SHOW_SIGINT = ("import signal; h = signal.getsignal(signal.SIGINT); "
+               "print('ignored' if h == signal.SIG_IGN else h.__name__)")
+
+
+def test_a_child_the_tests_stop_with_ctrl_c_has_it_at_its_default_when_the_run_ignores_it():
+    # As in `nohup make test &`: the test process ignores SIGINT, which a child inherits.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.run([sys.executable, "-c", SHOW_SIGINT], capture_output=True,
+                               text=True, timeout=60).stdout
+        reset = subprocess.run([sys.executable, "-c", SHOW_SIGINT], capture_output=True,
+                               text=True, timeout=60, preexec_fn=ctrl_c_default).stdout
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert plain.split() == ["ignored"]  # what made the Ctrl-C tests time out
+    assert reset.split() == ["default_int_handler"]  # Ctrl-C is KeyboardInterrupt again
+
+
 @pytest.mark.slow
 def test_tensorboard_serves_runs_on_a_free_loopback_port_until_ctrl_c(finished_run):
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "tensorboard",
                              str(finished_run.parent)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_default)
     try:
         line = proc.stdout.readline()
         url = re.search(r"TensorBoard on (http://127\.0\.0\.1:\d+/) serving", line).group(1)

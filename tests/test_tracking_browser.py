@@ -24,7 +24,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from trainer.cli import main
-from util import FAST, tiny_demo
+from util import FAST, ctrl_c_default, tiny_demo
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,7 +42,8 @@ def served_cv(tmp_path):
     folds = sorted(p.name for p in cv.iterdir() if (p / "tb").is_dir())
     assert folds
     proc = subprocess.Popen([sys.executable, "-m", "trainer", "tensorboard", str(cv)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_default)
     try:
         url = re.search(r"TensorBoard on (\S+) serving", proc.stdout.readline()).group(1)
         yield url, folds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,16 @@ def write_clip(path: Path, t_a: int = 40, t_v: int = 12, f_a: int = 8, f_v: int 
 def tiny_demo(out: Path, speakers: int = 8, clips_per_speaker: int = 12, seed: int = 0) -> Path:
     make_demo_data(out, seed=seed, speakers=speakers, clips_per_speaker=clips_per_speaker)
     return out
+
+
+def ctrl_c_default() -> None:
+    """A ``preexec_fn`` for a child a test stops with Ctrl-C (SIGINT): SIGINT at its default.
+
+    A test run started as a background job of a non-interactive shell (``nohup make test &``)
+    ignores SIGINT, and an ignored signal is inherited: without this, such a child would ignore
+    the test's Ctrl-C and the test would time out for a reason that is not the product's.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def read_jsonl(path: Path) -> list[dict]:

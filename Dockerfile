@@ -54,7 +54,11 @@ RUN python3 -m venv /tmp/pip \
 # solutions we never run (hands, pose, selfie, objectron: about 25 MB). TensorBoard (the
 # `tracking` extra) goes in with --no-deps too, with absl-py: a run only writes event files
 # (protobuf, already here), so its server's grpcio, werkzeug and data server (about 40 MB) stay
-# out, and pip check would ask for them.
+# out, and pip check would ask for them. Last, after every install and the check, what only
+# downloads or installs goes (about 36 MB): huggingface_hub's Xet download backend (hf-xet),
+# transformers' Hub kernels (kernels: compute kernels fetched from the Hub, never asked for here)
+# and pip itself. The container loads encoders from local files and installs nothing; the
+# import check below runs without them.
 FROM python:3.11-slim-bookworm AS deps
 # Where torch comes from when the context has no wheels/torch-*+cpu-*.whl.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
@@ -97,6 +101,7 @@ RUN set -eu; \
         selfie_segmentation objectron; do find "$site/mediapipe/modules/$m" -name '*.tflite' -delete; done; \
     strip --strip-unneeded "$site"/torch/lib/libtorch_cpu.so "$site"/torch/lib/libtorch_python.so \
         "$site"/llvmlite/binding/libllvmlite.so; \
+    /opt/venv/bin/python -m pip uninstall -y -q hf-xet kernels pip; \
     /opt/venv/bin/python -c 'import av, cv2, librosa, torch, torch.utils.tensorboard, numpy as np, mediapipe as mp; m = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True); m.process(np.zeros((64, 64, 3), np.uint8)); m.close(); librosa.feature.melspectrogram(y=np.zeros(16000, np.float32), sr=16000); import onnxruntime; from transformers import AutoModel, WavLMConfig, HubertConfig, Wav2Vec2Config; [AutoModel.from_config(c(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, conv_dim=(8,) * 7)) for c in (WavLMConfig, HubertConfig, Wav2Vec2Config)]'; \
     rm -rf /var/lib/apt/lists/*
 

@@ -27,6 +27,9 @@ pytestmark = pytest.mark.slow
 # what it can, leaving 1.54 GB. The pretrained encoders' runtimes (onnxruntime 78 MB,
 # transformers cut to its three speech models 20 MB, tokenizers and huggingface_hub) and the
 # TensorBoard writer (12 MB) bring it to 1.73 GB: an instance extracts with them, so they stay.
+# Newer transformers and huggingface_hub pull in download and CLI packages (1.76 GB with
+# transformers 5.25); the Dockerfile removes the ones that only download or install (hf-xet,
+# kernels, pip: 36 MB), and its import check proves the encoders build without them.
 MAX_BYTES = 1_750_000_000
 NET = ["--network", "host"]
 
